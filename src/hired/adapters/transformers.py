@@ -1,0 +1,353 @@
+"""Adapter for Hugging Face transformers' LLaVA-NeXT and LLaVA-1.5 (model and processor instances).
+
+Two instance attributes are set, nothing else is touched:
+
+* ``<LlavaNextModel|LlavaModel>.get_image_features``: runs the vision tower with [CLS]-row hooks on the
+  layers the method needs, keeps the selected patches, projects only those and packs them in LLaVA's
+  order (full image, then the stitched sub-image grid).
+* ``<processor>.replace_image_token``: emits exactly as many ``<image>`` placeholders as the method keeps,
+  computed from the image size alone, so ``model.generate(**processor(...))`` works unchanged.
+
+``remove`` deletes both attributes again, restoring the class behaviour bit for bit.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from hired.adapters.vision import ClsRecorder, encoder_layers, has_cls_token
+from hired.core.grid import NEWLINE, Geometry, Layout, layout_for
+from hired.methods.base import Method, ModelInfo, Selection, num_image_tokens
+from hired.selection import ImageSelection, PartitionSelection
+
+_STATE = "_hired_state"
+_MODEL_ATTR = "get_image_features"
+_PROC_ATTR = "replace_image_token"
+
+
+def _families() -> dict[type, tuple[str, str | None]]:
+    """Supported class → (family, attribute holding the inner model or None if it is the inner model)."""
+    from transformers import (
+        LlavaForConditionalGeneration,
+        LlavaModel,
+        LlavaNextForConditionalGeneration,
+        LlavaNextModel,
+    )
+
+    return {
+        LlavaNextForConditionalGeneration: ("llava_next", "model"),
+        LlavaNextModel: ("llava_next", None),
+        LlavaForConditionalGeneration: ("llava", "model"),
+        LlavaModel: ("llava", None),
+    }
+
+
+@dataclass
+class _State:
+    method: Method
+    family: str
+    geometry: Geometry
+    info: ModelInfo
+    hidden_layers: list[int]  # indices into the tower's hidden_states that form the features
+    roles: dict[str, int]
+    recorder: ClsRecorder
+    processor: Any = None
+    saved: dict[str, Any] = field(default_factory=dict)  # pre-existing instance attributes, restored by remove
+    last: tuple[list[Layout], Selection] | None = None
+
+    @property
+    def newline(self) -> bool:
+        return self.family == "llava_next"
+
+    def token_count(self, layout: Layout) -> int:
+        return num_image_tokens(self.method, layout, self.newline)
+
+
+# --------------------------------------------------------------------------------------------- inspection
+
+
+def _inner_model(model: nn.Module) -> tuple[nn.Module, str]:
+    for cls, (family, attr) in _families().items():
+        if isinstance(model, cls):
+            return (getattr(model, attr) if attr else model), family
+    names = ", ".join(sorted(c.__name__ for c in _families()))
+    raise TypeError(f"hired does not support {type(model).__name__}; supported model classes: {names}")
+
+
+def _hidden_layers(config, num_layers: int) -> list[int]:
+    layer = config.vision_feature_layer
+    layers = [layer] if isinstance(layer, int) else list(layer)
+    out = []
+    for f in layers:
+        idx = f + num_layers + 1 if f < 0 else f
+        if not 1 <= idx <= num_layers:
+            raise ValueError(
+                f"vision_feature_layer {f} does not name the output of one of the {num_layers} encoder layers"
+            )
+        out.append(idx)
+    return out
+
+
+def _geometry(config, family: str) -> Geometry:
+    vc = config.vision_config
+    pins = None
+    if family == "llava_next":
+        pins = tuple(tuple(p) for p in config.image_grid_pinpoints)
+    return Geometry(crop_size=int(vc.image_size), patch_size=int(vc.patch_size), grid_pinpoints=pins)
+
+
+def _check_processor(processor, family: str, geometry: Geometry, config) -> None:
+    from transformers import LlavaNextProcessor, LlavaProcessor
+
+    expected = LlavaNextProcessor if family == "llava_next" else LlavaProcessor
+    if not isinstance(processor, expected):
+        raise TypeError(f"a {family} model needs a {expected.__name__}, got {type(processor).__name__}")
+    strategy = getattr(processor, "vision_feature_select_strategy", None)
+    if strategy is not None and strategy != config.vision_feature_select_strategy:
+        raise ValueError(
+            f"processor vision_feature_select_strategy={strategy!r} differs from the model's "
+            f"{config.vision_feature_select_strategy!r}"
+        )
+    if processor.patch_size is not None and int(processor.patch_size) != geometry.patch_size:
+        raise ValueError(f"processor patch_size {processor.patch_size} differs from the model's {geometry.patch_size}")
+    if family == "llava_next":
+        pins = tuple(tuple(p) for p in processor.image_processor.image_grid_pinpoints)
+        if pins != geometry.grid_pinpoints:
+            raise ValueError("processor image_grid_pinpoints differ from the model config's image_grid_pinpoints")
+
+
+def _build_state(model: nn.Module, processor, method: Method) -> tuple[nn.Module, _State]:
+    """Check everything and build the adapter state. Raises before anything is modified."""
+    if not isinstance(method, Method):
+        raise TypeError(f"method must be a hired method config such as hired.HiRED(...), got {method!r}")
+    inner, family = _inner_model(model)
+    config = inner.config
+    vc = config.vision_config
+    if config.vision_feature_select_strategy != "default":
+        raise ValueError(
+            "hired needs vision_feature_select_strategy='default' (a [CLS] token that is dropped from the "
+            f"features); this model uses {config.vision_feature_select_strategy!r}"
+        )
+    tower = inner.vision_tower
+    if not has_cls_token(tower):
+        raise ValueError(f"vision tower {type(tower).__name__} has no [CLS] token; HiRED reads [CLS] attention")
+    num_layers, num_heads = int(vc.num_hidden_layers), int(vc.num_attention_heads)
+    hidden_layers = _hidden_layers(config, num_layers)
+    info = ModelInfo(num_layers=num_layers, num_heads=num_heads, feature_layer=max(hidden_layers) - 1)
+    roles = dict(method.score_layers(info))
+    for role, layer in roles.items():
+        if not 0 <= layer < num_layers:
+            raise ValueError(f"{role} layer {layer} is out of range: the vision tower has layers 0..{num_layers - 1}")
+    geometry = _geometry(config, family)
+    if processor is not None:
+        _check_processor(processor, family, geometry, config)
+    recorder = ClsRecorder(encoder_layers(tower, num_layers), num_heads)
+    state = _State(method, family, geometry, info, hidden_layers, roles, recorder, processor=processor)
+    return inner, state
+
+
+# ------------------------------------------------------------------------------------------- public API
+
+
+def apply(model: nn.Module, processor, method: Method) -> nn.Module:
+    """Apply a token-reduction ``method`` to a LLaVA-NeXT / LLaVA-1.5 ``model`` and its ``processor``, in place.
+
+    ``processor`` may be ``None`` when inputs are built elsewhere (they must then hold the method's
+    placeholder count). Applying again replaces the previous method. On any error nothing is changed.
+    Returns ``model``.
+    """
+    inner, state = _build_state(model, processor, method)
+    old = getattr(inner, _STATE, None)
+    if old is not None:
+        remove(model, old.processor)
+    state.saved[_MODEL_ATTR] = inner.__dict__.get(_MODEL_ATTR)
+    inner.__dict__[_MODEL_ATTR] = functools.partial(_image_features, inner, state)
+    if processor is not None:
+        state.saved[_PROC_ATTR] = processor.__dict__.get(_PROC_ATTR)
+        processor.__dict__[_PROC_ATTR] = functools.partial(_replace_image_token, processor, state)
+        processor.__dict__[_STATE] = state
+    inner.__dict__[_STATE] = state
+    return model
+
+
+def remove(model: nn.Module, processor=None) -> nn.Module:
+    """Undo ``apply``: the model (and the processor it was applied with, or ``processor``) behave as stock."""
+    inner, _ = _inner_model(model)
+    state = inner.__dict__.pop(_STATE, None)
+    if state is None:
+        raise ValueError("no hired method is applied to this model")
+    _restore(inner, _MODEL_ATTR, state.saved.get(_MODEL_ATTR))
+    for proc in {id(p): p for p in (state.processor, processor) if p is not None}.values():
+        if proc.__dict__.get(_STATE) is state:
+            del proc.__dict__[_STATE]
+            _restore(proc, _PROC_ATTR, state.saved.get(_PROC_ATTR))
+    return model
+
+
+def _restore(obj, name: str, saved) -> None:
+    if saved is None:
+        obj.__dict__.pop(name, None)
+    else:
+        obj.__dict__[name] = saved
+
+
+def applied_method(model: nn.Module) -> Method | None:
+    """The method currently applied to ``model``, or ``None``."""
+    inner, _ = _inner_model(model)
+    state = getattr(inner, _STATE, None)
+    return None if state is None else state.method
+
+
+def last_selection(model: nn.Module) -> list[ImageSelection]:
+    """What the last forward pass kept, one entry per image (in the order images were given)."""
+    inner, _ = _inner_model(model)
+    state: _State | None = getattr(inner, _STATE, None)
+    if state is None:
+        raise ValueError("no hired method is applied to this model")
+    if state.last is None:
+        return []
+    layouts, selection = state.last
+    keep = selection.keep.cpu()
+    out, start = [], 0
+    for layout, budgets in zip(layouts, selection.budgets):
+        p = layout.num_partitions
+        parts = [
+            PartitionSelection(
+                kept=torch.nonzero(keep[start + i]).flatten().tolist(),
+                budget=budgets[i],
+                grid=(layout.side, layout.side),
+                valid=layout.valid_counts[i],
+            )
+            for i in range(p)
+        ]
+        out.append(
+            ImageSelection(
+                image_size=layout.image_size,
+                grid=layout.grid,
+                partitions=parts,
+                num_tokens=state.token_count(layout),
+                num_tokens_stock=_stock_count(layout, state.newline),
+            )
+        )
+        start += p
+    return out
+
+
+def _stock_count(layout: Layout, newline: bool) -> int:
+    """Tokens the unmodified model gives an image: every valid patch, plus LLaVA-NeXT's newlines."""
+    if not newline:
+        return layout.num_valid
+    return layout.num_valid + (layout.valid_rows if layout.num_subimages else 1)
+
+
+# ---------------------------------------------------------------------------------------- the patches
+
+
+def _replace_image_token(processor, state: _State, image_inputs: dict, image_idx: int, **kwargs) -> str:
+    """Placeholders for one image: the method's count for this image size."""
+    if state.family == "llava_next":
+        size = image_inputs["image_sizes"][image_idx]
+        crop = tuple(image_inputs["pixel_values"][0][0].shape[-2:])
+        if crop != (state.geometry.crop_size, state.geometry.crop_size):
+            raise ValueError(
+                f"the processor produced {crop[0]}x{crop[1]} crops but the model expects "
+                f"{state.geometry.crop_size}x{state.geometry.crop_size}"
+            )
+    else:
+        size = tuple(image_inputs["pixel_values"][image_idx].shape[-2:])
+    size = size.tolist() if hasattr(size, "tolist") else list(size)
+    layout = layout_for((int(size[0]), int(size[1])), state.geometry)
+    return processor.image_token * state.token_count(layout)
+
+
+def _layouts(state: _State, pixel_values: torch.Tensor, image_sizes) -> tuple[list[Layout], torch.Tensor]:
+    """Layouts of the batch's images and the pixel values of all their partitions, ``(sum P, C, H, W)``."""
+    if state.family == "llava":
+        if pixel_values.dim() != 4:
+            raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)}: expected (images, C, H, W)")
+        h, w = pixel_values.shape[-2:]
+        return [layout_for((int(h), int(w)), state.geometry)] * pixel_values.shape[0], pixel_values
+    if image_sizes is None:
+        raise ValueError("LLaVA-NeXT needs image_sizes with pixel_values")
+    sizes = image_sizes.tolist() if hasattr(image_sizes, "tolist") else list(image_sizes)
+    layouts = [layout_for((int(h), int(w)), state.geometry) for h, w in sizes]
+    if pixel_values.dim() == 5:
+        pixel_values = torch.cat([pv[: lay.num_partitions] for pv, lay in zip(pixel_values, layouts)])
+    elif pixel_values.dim() != 4:
+        raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)}: expected 4 or 5 dimensions")
+    expected = sum(lay.num_partitions for lay in layouts)
+    if pixel_values.shape[0] != expected:
+        raise ValueError(f"pixel_values hold {pixel_values.shape[0]} partitions, image_sizes imply {expected}")
+    return layouts, pixel_values
+
+
+def _image_features(
+    inner: nn.Module,
+    state: _State,
+    pixel_values: torch.Tensor,
+    image_sizes: torch.Tensor | None = None,
+    vision_feature_layer=None,
+    vision_feature_select_strategy: str | None = None,
+    **kwargs,
+):
+    """Replacement for ``get_image_features``: encode, select, project the kept patches, pack.
+
+    Returns the tower's output with ``pooler_output`` a list of ``(tokens_i, hidden)`` per image.
+    """
+    config = inner.config
+    if vision_feature_layer is not None and vision_feature_layer != config.vision_feature_layer:
+        raise ValueError("hired was applied for the config's vision_feature_layer; pass None or the same value")
+    if vision_feature_select_strategy not in (None, "default"):
+        raise ValueError("hired needs vision_feature_select_strategy='default'")
+    layouts, pixel_values = _layouts(state, pixel_values, image_sizes)
+    kwargs.pop("return_dict", None)
+    kwargs["output_hidden_states"] = True
+    with state.recorder.record(state.roles) as rows:
+        tower_out = inner.vision_tower(pixel_values, return_dict=True, **kwargs)
+    feats = torch.cat([tower_out.hidden_states[i][:, 1:] for i in state.hidden_layers], dim=-1)  # (sum P, T, Dv)
+    tokens = layouts[0].tokens
+    if feats.shape[1] != tokens:
+        raise ValueError(f"the vision tower gave {feats.shape[1]} patch tokens per partition, expected {tokens}")
+    scores = {role: row[:, -tokens:] for role, row in rows.items()}
+    selection = state.method.select(layouts, scores, state.info)
+    state.last = (layouts, selection)
+
+    order, lengths = _pack_order(state, layouts, selection, feats.device)
+    is_token = order != NEWLINE
+    kept = feats.flatten(0, 1)[order[is_token]]  # (K, Dv)
+    projected = inner.multi_modal_projector(kept)  # (K, D)
+    packed = projected.new_empty(order.shape[0], projected.shape[-1])
+    packed[is_token] = projected
+    if state.newline and not bool(is_token.all()):
+        packed[~is_token] = inner.image_newline.to(packed.dtype)
+    tower_out.pooler_output = list(packed.split(lengths))
+    return tower_out
+
+
+def _pack_order(state: _State, layouts: list[Layout], selection: Selection, device) -> tuple[torch.Tensor, list[int]]:
+    """Flat indices into ``(sum P * T)`` of the kept patches in pack order (``NEWLINE`` markers kept)."""
+    keep_newline = state.newline and getattr(state.method, "keep_newline", False)
+    tokens = layouts[0].tokens
+    keep_flat = selection.keep.flatten()
+    pieces, lengths, offset = [], [], 0
+    for layout in layouts:
+        order = layout.pack_order(keep_newline).to(device)
+        is_token = order != NEWLINE
+        flat = torch.where(is_token, order + offset, order)
+        keep = ~is_token
+        keep[is_token] = keep_flat[flat[is_token]]
+        pieces.append(flat[keep])
+        lengths.append(state.token_count(layout))
+        offset += layout.num_partitions * tokens
+    order = torch.cat(pieces)
+    if order.shape[0] != sum(lengths):  # the count promised to the processor must hold
+        raise RuntimeError(
+            f"{type(state.method).__name__} kept {order.shape[0]} tokens but promised {sum(lengths)}; "
+            "its select() disagrees with its count()"
+        )
+    return order, lengths

@@ -1,0 +1,129 @@
+"""The method interface and the registry every token-reduction method lives in."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar, Mapping
+
+import torch
+
+from hired.core.grid import Layout
+from hired.core.select import topk_mask
+
+_REGISTRY: dict[str, type["Method"]] = {}
+
+
+def register(cls: type["Method"]) -> type["Method"]:
+    """Class decorator: make a method config available by its ``name``."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"a method named {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def list_methods() -> dict[str, str]:
+    """Registered method names with a one-line description each."""
+    return {name: cls.summary for name, cls in sorted(_REGISTRY.items())}
+
+
+def get_method(name: str, **options) -> "Method":
+    """Build a method config from its registry name and options (``get_method("hired", budget=0.2)``)."""
+    key = name.strip().lower().replace("-", "_")
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    cls = _REGISTRY[key]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no option {', '.join(unknown)}; options: {', '.join(sorted(fields))}")
+    return cls(**options)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a method may know about the vision tower (filled in by the adapter)."""
+
+    num_layers: int  # L, encoder layers of the vision tower
+    num_heads: int
+    feature_layer: int  # attention layer (0-based) whose output feeds the projector
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a method decided for a batch of images.
+
+    ``keep`` is ``(sum P, T)`` bool over every partition of every image in order; ``budgets`` holds the
+    per-partition budgets of each image.
+    """
+
+    keep: torch.Tensor
+    budgets: list[list[int]]
+
+
+@dataclass(frozen=True)
+class Method:
+    """Base of every method config. Subclasses are frozen dataclasses with a ``name`` and ``summary``.
+
+    A method says which [CLS]-attention rows it needs (``score_layers``), how many patch tokens it keeps
+    for an image layout before any pixel is seen (``count``), and which ones (``select``).
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad option."""
+
+    def score_layers(self, info: ModelInfo) -> Mapping[str, int]:
+        """Role → 0-based vision encoder layer whose [CLS] attention row the method reads."""
+        return {}
+
+    def count(self, layout: Layout) -> int:
+        """Patch tokens kept for one image (image-newline tokens not included)."""
+        raise NotImplementedError
+
+    def partition_budgets(self, layout: Layout, scores: Mapping[str, torch.Tensor]) -> list[int]:
+        """Budget of every partition of one image; ``scores[role]`` is ``(P, T)`` fp32."""
+        raise NotImplementedError
+
+    def select(self, layouts: list[Layout], scores: Mapping[str, torch.Tensor], info: ModelInfo) -> Selection:
+        """Top-k by the ``"select"`` scores inside each partition's budget, over the whole batch.
+
+        ``scores[role]`` is ``(sum P, T)`` fp32 for every partition of every image, in order.
+        """
+        budgets, start = [], 0
+        for layout in layouts:
+            p = layout.num_partitions
+            budgets.append(self.partition_budgets(layout, {r: s[start : start + p] for r, s in scores.items()}))
+            start += p
+        select = scores["select"]
+        valid = torch.cat([lay.valid_mask for lay in layouts]).to(select.device)
+        k = torch.tensor([b for per_image in budgets for b in per_image], device=select.device)
+        return Selection(keep=topk_mask(select, k, valid), budgets=budgets)
+
+
+def check_rate(name: str, value: float, low_open: bool) -> None:
+    """Raise unless ``value`` lies in (0, 1] (``low_open``) or [0, 1]."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    ok = (0.0 < v <= 1.0) if low_open else (0.0 <= v <= 1.0)
+    if not ok:
+        raise ValueError(f"{name} must be in {'(0, 1]' if low_open else '[0, 1]'}, got {value!r}")
+
+
+def num_image_tokens(method: Method, layout: Layout, newline: bool) -> int:
+    """Tokens one image puts in front of the language model: the method's patch tokens plus, with
+    ``newline`` (LLaVA-NeXT) and ``method.keep_newline``, one image-newline token per canvas row.
+
+    This is the single count both the processor (placeholders) and the model (features) obey.
+    """
+    count = method.count(layout)
+    if newline and getattr(method, "keep_newline", False):
+        count += layout.valid_rows if layout.num_subimages else 1
+    return count

@@ -1,0 +1,81 @@
+"""HiRED: High-Resolution Early Dropping (Arif et al., AAAI 2025, arXiv 2408.10945)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Mapping
+
+import torch
+
+from hired.core.budget import allocate, scaled_floor, total_budget
+from hired.core.grid import Layout, full_to_subimage, row_chunk_to_subimage
+from hired.methods.base import Method, ModelInfo, check_rate, register
+
+
+@register
+@dataclass(frozen=True)
+class HiRED(Method):
+    """HiRED token dropping at a fixed budget.
+
+    Budget semantics: exactly ``B = floor(budget * P * T)`` patch tokens per image (P partitions of T
+    patches), or every valid patch if there are fewer. The full image gets ``floor(alpha * B)``; the
+    sub-images share the rest by their visual content, read from the ``budget_layer`` [CLS] attention on
+    the full image. Inside every partition the top patches by the ``selection_layer`` [CLS] attention are
+    kept.
+
+    Args:
+        budget: token budget rate r in (0, 1].
+        alpha: full-image share of the budget, in [0, 1].
+        budget_layer: vision encoder layer (0-based) whose [CLS] attention measures content.
+        selection_layer: encoder layer (0-based) whose [CLS] attention ranks patches; ``None`` uses the
+            layer that produces the features (``vision_feature_layer``, 22 of 24 for LLaVA's CLIP).
+        keep_newline: keep LLaVA-NeXT's image-newline tokens (one per canvas row); the paper drops them.
+        mapping: ``"2d"`` credits each full-image patch to the sub-image covering it; ``"reference"``
+            reproduces the original code's row-chunk mapping (for comparison only).
+    """
+
+    name = "hired"
+    summary = "HiRED: content-aware budget per partition (early-layer CLS), top-k by feature-layer CLS"
+
+    budget: float = 0.2
+    alpha: float = 0.5
+    budget_layer: int = 0
+    selection_layer: int | None = None
+    keep_newline: bool = False
+    mapping: Literal["2d", "reference"] = "2d"
+
+    def validate(self) -> None:
+        check_rate("budget", self.budget, low_open=True)
+        check_rate("alpha", self.alpha, low_open=False)
+        for field in ("budget_layer", "selection_layer"):
+            value = getattr(self, field)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{field} must be a non-negative layer index, got {value!r}")
+        if self.mapping not in ("2d", "reference"):
+            raise ValueError(f"mapping must be '2d' or 'reference', got {self.mapping!r}")
+
+    def score_layers(self, info: ModelInfo) -> Mapping[str, int]:
+        select = info.feature_layer if self.selection_layer is None else self.selection_layer
+        return {"budget": self.budget_layer, "select": select}
+
+    def _budget(self, layout: Layout) -> int:
+        return total_budget(self.budget, layout.num_partitions, layout.tokens)
+
+    def count(self, layout: Layout) -> int:
+        valid = layout.valid_counts
+        return sum(allocate(self._budget(layout), self.alpha, valid, [0] * (len(valid) - 1)))
+
+    def content(self, layout: Layout, full_scores: torch.Tensor) -> list[int]:
+        """Visual content per sub-image: how many of the full image's top ``(1 - alpha) * T`` patches
+        (by ``full_scores``, ``(T,)``) fall inside it."""
+        n = layout.num_subimages
+        top = scaled_floor(1.0 - self.alpha, layout.tokens) if self.alpha < 1 else 0
+        if top == 0:
+            return [0] * n
+        mapping = full_to_subimage(layout) if self.mapping == "2d" else row_chunk_to_subimage(layout)
+        idx = torch.sort(full_scores.float(), descending=True, stable=True).indices[:top]
+        return torch.bincount(mapping.to(idx.device)[idx], minlength=n).tolist()
+
+    def partition_budgets(self, layout: Layout, scores: Mapping[str, torch.Tensor]) -> list[int]:
+        content = self.content(layout, scores["budget"][0]) if layout.num_subimages else []
+        return allocate(self._budget(layout), self.alpha, layout.valid_counts, content)

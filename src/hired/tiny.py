@@ -1,0 +1,187 @@
+"""Tiny LLaVA-NeXT and LLaVA-1.5 models with random weights, built locally (no download).
+
+They have the real architectures (CLIP vision tower with a [CLS] token, anyres grid, projector, Llama
+decoder) at toy sizes, so every code path of the adapters runs in seconds on a CPU. Their answers are
+noise: they exist for tests, demos and timing, not for accuracy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+_CORPUS = (
+    "a photo of a cat sitting on a red chair next to the window . what is in the image ? "
+    "the image shows a dog , a tree and a blue car on the street . describe the picture in detail . "
+    "there are two people and one bird . the sky is clear and the grass is green . yes no maybe "
+    "left right top bottom center small large circle square triangle colour color count how many "
+    "USER: ASSISTANT: Question: Answer: 0 1 2 3 4 5 6 7 8 9"
+)
+
+IMAGE_TOKEN = "<image>"
+
+
+def tiny_tokenizer(vocab_size: int = 384):
+    """A byte-level BPE tokenizer trained on a short built-in text, with ``<image>`` as a special token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        padding_side="left",
+    )
+
+
+def _vision_config(crop_size: int, patch_size: int, hidden: int, layers: int, heads: int):
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        image_size=crop_size,
+        patch_size=patch_size,
+        projection_dim=hidden,
+    )
+
+
+def _text_config(vocab_size: int, hidden: int, layers: int, heads: int, pad_token_id: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        head_dim=hidden // heads,
+        max_position_embeddings=4096,
+        pad_token_id=pad_token_id,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+
+
+def default_pinpoints(crop_size: int) -> list[list[int]]:
+    """Grids 1x2, 2x1, 2x2, 1x3, 3x1 (as ``(height, width)`` in pixels)."""
+    c = crop_size
+    return [[c, 2 * c], [2 * c, c], [2 * c, 2 * c], [c, 3 * c], [3 * c, c]]
+
+
+def tiny_llava_next(
+    seed: int = 0,
+    crop_size: int = 84,
+    patch_size: int = 14,
+    vision_hidden: int = 64,
+    vision_layers: int = 4,
+    vision_heads: int = 2,
+    text_hidden: int = 64,
+    text_layers: int = 2,
+    text_heads: int = 2,
+    pinpoints: list[list[int]] | None = None,
+    attn_implementation: str = "sdpa",
+):
+    """``(model, processor)``: a random-weight ``LlavaNextForConditionalGeneration`` and its processor."""
+    import transformers
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+
+    tokenizer = tiny_tokenizer()
+    pinpoints = pinpoints or default_pinpoints(crop_size)
+    config = LlavaNextConfig(
+        vision_config=_vision_config(crop_size, patch_size, vision_hidden, vision_layers, vision_heads),
+        text_config=_text_config(len(tokenizer), text_hidden, text_layers, text_heads, tokenizer.pad_token_id),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    model.set_attn_implementation(attn_implementation)
+    image_cls = getattr(transformers, "LlavaNextImageProcessorPil", None) or transformers.LlavaNextImageProcessor
+    image_processor = image_cls(
+        size={"shortest_edge": crop_size},
+        crop_size={"height": crop_size, "width": crop_size},
+        image_grid_pinpoints=pinpoints,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # the [CLS] token, as in the llava-hf checkpoints
+    )
+    return model, processor
+
+
+def tiny_llava(
+    seed: int = 0,
+    crop_size: int = 84,
+    patch_size: int = 14,
+    vision_hidden: int = 64,
+    vision_layers: int = 4,
+    vision_heads: int = 2,
+    text_hidden: int = 64,
+    text_layers: int = 2,
+    text_heads: int = 2,
+    attn_implementation: str = "sdpa",
+):
+    """``(model, processor)``: a random-weight ``LlavaForConditionalGeneration`` (LLaVA-1.5) and its processor."""
+    import transformers
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tokenizer = tiny_tokenizer()
+    config = LlavaConfig(
+        vision_config=_vision_config(crop_size, patch_size, vision_hidden, vision_layers, vision_heads),
+        text_config=_text_config(len(tokenizer), text_hidden, text_layers, text_heads, tokenizer.pad_token_id),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.set_attn_implementation(attn_implementation)
+    image_cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    image_processor = image_cls(
+        size={"shortest_edge": crop_size},
+        crop_size={"height": crop_size, "width": crop_size},
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # the [CLS] token, as in the llava-hf checkpoints
+    )
+    return model, processor
+
+
+def save_tiny(path: str | Path, family: str = "llava_next", **kwargs) -> Path:
+    """Write a tiny model and its processor to ``path`` (``from_pretrained`` reads it back)."""
+    build = {"llava_next": tiny_llava_next, "llava": tiny_llava}.get(family)
+    if build is None:
+        raise ValueError(f"family must be 'llava_next' or 'llava', got {family!r}")
+    model, processor = build(**kwargs)
+    path = Path(path)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
