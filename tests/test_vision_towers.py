@@ -1,0 +1,70 @@
+"""[CLS] rows read by hooks equal the towers' own attention maps, for CLIP and DINOv2, and DINOv2 runs end to end."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPVisionConfig, CLIPVisionModel, Dinov2Config, Dinov2Model, LlavaNextConfig
+from transformers import LlavaNextForConditionalGeneration
+
+import hired
+from hired.adapters.vision import ClsRecorder, encoder_layers, has_cls_token
+from hired.tiny import default_pinpoints, tiny_llava_next
+
+
+def _clip():
+    cfg = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                           image_size=56, patch_size=14)
+    return CLIPVisionModel(cfg), cfg
+
+
+def _dinov2():
+    cfg = Dinov2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                       image_size=56, patch_size=14)
+    return Dinov2Model(cfg), cfg
+
+
+@pytest.mark.parametrize("build", [_clip, _dinov2])
+def test_hooked_cls_rows_equal_row_zero_of_eager_attention(build):
+    torch.manual_seed(0)
+    tower, cfg = build()
+    tower.eval().set_attn_implementation("eager")
+    pixels = torch.randn(2, 3, 56, 56)
+    recorder = ClsRecorder(encoder_layers(tower, cfg.num_hidden_layers), cfg.num_attention_heads)
+    with torch.no_grad(), recorder.record({"early": 0, "late": 2}) as rows:
+        out = tower(pixels, output_attentions=True)
+    for role, layer in (("early", 0), ("late", 2)):
+        expected = out.attentions[layer][:, :, 0, :].sum(dim=1)
+        torch.testing.assert_close(rows[role], expected.float(), rtol=1e-5, atol=1e-6)
+    assert has_cls_token(tower)
+
+
+def test_hooks_are_removed_after_recording():
+    tower, cfg = _clip()
+    recorder = ClsRecorder(encoder_layers(tower, cfg.num_hidden_layers), cfg.num_attention_heads)
+    with recorder.record({"select": 1}):
+        pass
+    assert all(not m._forward_hooks for m in tower.modules())
+
+
+def test_llava_next_with_a_dinov2_tower():
+    base, processor = tiny_llava_next()
+    vc = Dinov2Config(hidden_size=64, num_hidden_layers=3, num_attention_heads=2, intermediate_size=128,
+                      image_size=84, patch_size=14)
+    config = LlavaNextConfig(vision_config=vc, text_config=base.config.text_config,
+                             image_token_id=base.config.image_token_id, image_grid_pinpoints=default_pinpoints(84),
+                             vision_feature_layer=-2, vision_feature_select_strategy="default")
+    torch.manual_seed(0)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    image = Image.fromarray(np.random.RandomState(0).randint(0, 255, (100, 220, 3), np.uint8))
+    prompt = "USER: <image>\nwhat? ASSISTANT:"
+    with torch.no_grad():
+        stock = model(**processor(images=image, text=prompt, return_tensors="pt")).logits
+        hired.apply(model, processor, hired.HiRED(budget=1.0, keep_newline=True))
+        assert torch.equal(model(**processor(images=image, text=prompt, return_tensors="pt")).logits, stock)
+        hired.apply(model, processor, hired.HiRED(budget=0.2))
+        inputs = processor(images=image, text=prompt, return_tensors="pt")
+        model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    sel = hired.last_selection(model)[0]
+    assert sel.num_kept == int(0.2 * 4 * 36) == int((inputs["input_ids"] == processor.image_token_id).sum())
+    hired.remove(model, processor)
