@@ -59,6 +59,7 @@ class _State:
     processor: Any = None
     saved: dict[str, Any] = field(default_factory=dict)  # pre-existing instance attributes, restored by remove
     last: tuple[list[Layout], Selection] | None = None
+    last_scores: dict[str, torch.Tensor] | None = None  # role → (sum P, T) fp32 [CLS] rows of the last forward
 
     @property
     def newline(self) -> bool:
@@ -146,6 +147,12 @@ def _build_state(model: nn.Module, processor, method: Method) -> tuple[nn.Module
     geometry = _geometry(config, family)
     if processor is not None:
         _check_processor(processor, family, geometry, config)
+        owner = processor.__dict__.get(_STATE)
+        if owner is not None and owner is not inner.__dict__.get(_STATE):
+            raise ValueError(
+                "this processor already serves hired on another model; call hired.remove on that model "
+                "first, or use a separate processor (processors are cheap to load)"
+            )
     recorder = ClsRecorder(encoder_layers(tower, num_layers), num_heads)
     state = _State(method, family, geometry, info, hidden_layers, roles, recorder, processor=processor)
     return inner, state
@@ -238,6 +245,23 @@ def last_selection(model: nn.Module) -> list[ImageSelection]:
     return out
 
 
+def last_scores(model: nn.Module) -> list[dict[str, torch.Tensor]]:
+    """The [CLS]-attention scores the last forward pass used, one dict per image (as ``last_selection``).
+
+    Each dict maps a method's score role (HiRED: ``"budget"``, ``"select"``) to a ``(P, T)`` fp32 CPU
+    tensor: the [CLS] row (summed over heads) over the T patches of each of the image's P partitions.
+    """
+    inner, _ = _inner_model(model)
+    state: _State | None = getattr(inner, _STATE, None)
+    if state is None:
+        raise ValueError("no hired method is applied to this model")
+    if state.last is None or state.last_scores is None:
+        return []
+    sizes = [layout.num_partitions for layout in state.last[0]]
+    per_role = {role: s.detach().float().cpu().split(sizes) for role, s in state.last_scores.items()}
+    return [{role: parts[i] for role, parts in per_role.items()} for i in range(len(sizes))]
+
+
 def _stock_count(layout: Layout, newline: bool) -> int:
     """Tokens the unmodified model gives an image: every valid patch, plus LLaVA-NeXT's newlines."""
     if not newline:
@@ -316,38 +340,39 @@ def _image_features(
     scores = {role: row[:, -tokens:] for role, row in rows.items()}
     selection = state.method.select(layouts, scores, state.info)
     state.last = (layouts, selection)
+    state.last_scores = scores
 
     order, lengths = _pack_order(state, layouts, selection, feats.device)
-    is_token = order != NEWLINE
-    kept = feats.flatten(0, 1)[order[is_token]]  # (K, Dv)
-    projected = inner.multi_modal_projector(kept)  # (K, D)
-    packed = projected.new_empty(order.shape[0], projected.shape[-1])
-    packed[is_token] = projected
-    if state.newline and not bool(is_token.all()):
-        packed[~is_token] = inner.image_newline.to(packed.dtype)
+    kept = feats.flatten(0, 1)[order.clamp(min=0)]  # (L, Dv); newline slots hold a placeholder row
+    packed = inner.multi_modal_projector(kept)  # (L, D)
+    if state.newline and getattr(state.method, "keep_newline", False):
+        newline = inner.image_newline.to(packed.dtype)
+        packed = torch.where((order == NEWLINE)[:, None], newline, packed)
     tower_out.pooler_output = list(packed.split(lengths))
     return tower_out
 
 
 def _pack_order(state: _State, layouts: list[Layout], selection: Selection, device) -> tuple[torch.Tensor, list[int]]:
-    """Flat indices into ``(sum P * T)`` of the kept patches in pack order (``NEWLINE`` markers kept)."""
+    """Flat indices into ``(sum P * T)`` of the kept patches in pack order (``NEWLINE`` markers kept).
+
+    The kept count is known on the host (it is the promised count), so this needs no device sync.
+    """
     keep_newline = state.newline and getattr(state.method, "keep_newline", False)
     tokens = layouts[0].tokens
-    keep_flat = selection.keep.flatten()
-    pieces, lengths, offset = [], [], 0
+    pieces, offset = [], 0
     for layout in layouts:
-        order = layout.pack_order(keep_newline).to(device)
-        is_token = order != NEWLINE
-        flat = torch.where(is_token, order + offset, order)
-        keep = ~is_token
-        keep[is_token] = keep_flat[flat[is_token]]
-        pieces.append(flat[keep])
-        lengths.append(state.token_count(layout))
+        order = layout.pack_order(keep_newline)
+        pieces.append(torch.where(order != NEWLINE, order + offset, order))
         offset += layout.num_partitions * tokens
-    order = torch.cat(pieces)
-    if order.shape[0] != sum(lengths):  # the count promised to the processor must hold
+    order = torch.cat(pieces).to(device, non_blocking=True)
+    lengths = [state.token_count(layout) for layout in layouts]
+    is_token = order != NEWLINE
+    keep = ~is_token | selection.keep.flatten()[order.clamp(min=0)]
+    if keep.device.type == "cpu" and int(keep.sum()) != sum(lengths):  # the count promised to the processor
         raise RuntimeError(
-            f"{type(state.method).__name__} kept {order.shape[0]} tokens but promised {sum(lengths)}; "
+            f"{type(state.method).__name__} kept {int(keep.sum())} tokens but promised {sum(lengths)}; "
             "its select() disagrees with its count()"
         )
-    return order, lengths
+    # positions of the kept entries, in order, without a data-dependent shape
+    positions = torch.sort((~keep).to(torch.uint8), stable=True).indices[: sum(lengths)]
+    return order[positions], lengths

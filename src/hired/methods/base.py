@@ -100,10 +100,14 @@ class Method:
             p = layout.num_partitions
             budgets.append(self.partition_budgets(layout, {r: s[start : start + p] for r, s in scores.items()}))
             start += p
-        select = scores["select"]
-        valid = torch.cat([lay.valid_mask for lay in layouts]).to(select.device)
-        k = torch.tensor([b for per_image in budgets for b in per_image], device=select.device)
-        return Selection(keep=topk_mask(select, k, valid), budgets=budgets)
+        return topk_selection(layouts, budgets, scores["select"])
+
+
+def topk_selection(layouts: list[Layout], budgets: list[list[int]], scores: torch.Tensor) -> Selection:
+    """Keep the top ``budgets[i][p]`` valid patches of partition ``p`` of image ``i`` by ``scores`` ``(sum P, T)``."""
+    valid = torch.cat([lay.valid_mask for lay in layouts]).to(scores.device, non_blocking=True)
+    k = torch.tensor([b for per_image in budgets for b in per_image]).to(scores.device, non_blocking=True)
+    return Selection(keep=topk_mask(scores, k, valid), budgets=budgets)
 
 
 def check_rate(name: str, value: float, low_open: bool) -> None:

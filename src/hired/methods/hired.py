@@ -9,7 +9,7 @@ import torch
 
 from hired.core.budget import allocate, scaled_floor, total_budget
 from hired.core.grid import Layout, full_to_subimage, row_chunk_to_subimage
-from hired.methods.base import Method, ModelInfo, check_rate, register
+from hired.methods.base import Method, ModelInfo, Selection, check_rate, register, topk_selection
 
 
 @register
@@ -68,14 +68,41 @@ class HiRED(Method):
     def content(self, layout: Layout, full_scores: torch.Tensor) -> list[int]:
         """Visual content per sub-image: how many of the full image's top ``(1 - alpha) * T`` patches
         (by ``full_scores``, ``(T,)``) fall inside it."""
-        n = layout.num_subimages
-        top = scaled_floor(1.0 - self.alpha, layout.tokens) if self.alpha < 1 else 0
-        if top == 0:
-            return [0] * n
-        mapping = full_to_subimage(layout) if self.mapping == "2d" else row_chunk_to_subimage(layout)
-        idx = torch.sort(full_scores.float(), descending=True, stable=True).indices[:top]
-        return torch.bincount(mapping.to(idx.device)[idx], minlength=n).tolist()
+        return self.contents([layout], full_scores[None])[0]
+
+    def contents(self, layouts: list[Layout], full_scores: torch.Tensor) -> list[list[int]]:
+        """``content`` for a batch of images at once (one device sync); ``full_scores`` is ``(n, T)``."""
+        top = scaled_floor(1.0 - self.alpha, layouts[0].tokens) if self.alpha < 1 else 0
+        n_sub = [lay.num_subimages for lay in layouts]
+        if top == 0 or not any(n_sub):
+            return [[0] * n for n in n_sub]
+        to_sub = full_to_subimage if self.mapping == "2d" else row_chunk_to_subimage
+        device = full_scores.device
+        width = max(n_sub)
+        # sub-image of every full-image patch, offset per image into one (n * width) histogram
+        # (an image without sub-images credits its own slot 0, which the slicing below drops)
+        mapping = torch.stack(
+            [(to_sub(lay) if lay.num_subimages else torch.zeros(lay.tokens, dtype=torch.long)) + i * width
+             for i, lay in enumerate(layouts)]
+        ).to(device, non_blocking=True)
+        idx = torch.sort(full_scores.float(), dim=1, descending=True, stable=True).indices[:, :top]
+        hits = mapping.gather(1, idx).flatten()
+        counts = torch.bincount(hits, minlength=len(layouts) * width).view(len(layouts), width).tolist()
+        return [row[:n] for row, n in zip(counts, n_sub)]
 
     def partition_budgets(self, layout: Layout, scores: Mapping[str, torch.Tensor]) -> list[int]:
         content = self.content(layout, scores["budget"][0]) if layout.num_subimages else []
         return allocate(self._budget(layout), self.alpha, layout.valid_counts, content)
+
+    def select(self, layouts: list[Layout], scores: Mapping[str, torch.Tensor], info: ModelInfo) -> Selection:
+        firsts, start = [], 0
+        for layout in layouts:
+            firsts.append(start)
+            start += layout.num_partitions
+        full_rows = scores["budget"][torch.tensor(firsts, device=scores["budget"].device)]
+        contents = self.contents(layouts, full_rows)
+        budgets = [
+            allocate(self._budget(lay), self.alpha, lay.valid_counts, content)
+            for lay, content in zip(layouts, contents)
+        ]
+        return topk_selection(layouts, budgets, scores["select"])

@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny random-weight LLaVA models built once per session, kept stock between tests.
+
+Session models are expensive-ish to build (~1 s each), so they are shared. Every test that applies
+hired to one of them must get it through the function-scoped ``llava_next`` / ``llava`` /
+``llava_next_eager`` fixtures: their teardown removes any method still applied and then checks that
+no hired attribute survived on the model or the processor, so no test can leak state into the next.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import hired
+from hired.tiny import tiny_llava, tiny_llava_next
+
+_PATCHED_ATTRS = ("get_image_features", "_hired_state")
+_PROC_ATTRS = ("replace_image_token", "_hired_state")
+
+
+def make_image(h: int, w: int, seed: int = 0) -> Image.Image:
+    """A deterministic random RGB image of height ``h`` and width ``w``."""
+    rng = np.random.RandomState(seed)
+    return Image.fromarray(rng.randint(0, 256, size=(h, w, 3), dtype=np.uint8), mode="RGB")
+
+
+@pytest.fixture(scope="session")
+def image_factory():
+    """``image_factory(h, w, seed=0)`` → deterministic random PIL image."""
+    return make_image
+
+
+def _leftovers(model, processor) -> list[str]:
+    inner = model.model
+    left = [f"model.{a}" for a in _PATCHED_ATTRS if a in inner.__dict__]
+    left += [f"processor.{a}" for a in _PROC_ATTRS if a in processor.__dict__]
+    return left
+
+
+def _clean(model, processor) -> None:
+    """Teardown: remove whatever is still applied, then insist that the pair is stock again."""
+    if hired.applied_method(model) is not None:
+        hired.remove(model, processor)
+    left = _leftovers(model, processor)
+    # force the pair back to stock so later tests are not poisoned, then report the leak
+    for attr in _PATCHED_ATTRS:
+        model.model.__dict__.pop(attr, None)
+    for attr in _PROC_ATTRS:
+        processor.__dict__.pop(attr, None)
+    assert not left, f"hired state leaked past remove(): {left}"
+
+
+@pytest.fixture(scope="session")
+def _llava_next_session():
+    with torch.no_grad():
+        return tiny_llava_next(seed=0)
+
+
+@pytest.fixture(scope="session")
+def _llava_next_eager_session():
+    with torch.no_grad():
+        return tiny_llava_next(seed=0, attn_implementation="eager")
+
+
+@pytest.fixture(scope="session")
+def _llava_session():
+    with torch.no_grad():
+        return tiny_llava(seed=0)
+
+
+@pytest.fixture
+def llava_next(_llava_next_session):
+    """The shared tiny LLaVA-NeXT (sdpa) ``(model, processor)``, guaranteed stock before and after."""
+    model, processor = _llava_next_session
+    _clean(model, processor)
+    yield model, processor
+    _clean(model, processor)
+
+
+@pytest.fixture
+def llava_next_eager(_llava_next_eager_session):
+    """The shared tiny LLaVA-NeXT with eager attention, same weights as ``llava_next``."""
+    model, processor = _llava_next_eager_session
+    _clean(model, processor)
+    yield model, processor
+    _clean(model, processor)
+
+
+@pytest.fixture
+def llava(_llava_session):
+    """The shared tiny LLaVA-1.5 ``(model, processor)``, guaranteed stock before and after."""
+    model, processor = _llava_session
+    _clean(model, processor)
+    yield model, processor
+    _clean(model, processor)
