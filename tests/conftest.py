@@ -95,3 +95,15 @@ def llava(_llava_session):
     _clean(model, processor)
     yield model, processor
     _clean(model, processor)
+
+
+@pytest.fixture(scope="session")
+def next_pair(_llava_next_session):
+    """The session's tiny LLaVA-NeXT ``(model, processor)``; tests using it must leave it stock."""
+    return _llava_next_session
+
+
+@pytest.fixture(scope="session")
+def llava_pair(_llava_session):
+    """The session's tiny LLaVA-1.5 ``(model, processor)``; tests using it must leave it stock."""
+    return _llava_session

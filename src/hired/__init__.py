@@ -4,23 +4,28 @@
     hired.apply(model, processor, hired.HiRED(budget=0.2, alpha=0.5))
     out = model.generate(**processor(images=img, text=prompt, return_tensors="pt"), max_new_tokens=32)
     hired.last_selection(model)   # what was kept, per image and partition
+    hired.last_scores(model)      # the [CLS]-attention scores that decided it
     hired.remove(model, processor)
 """
 
-from hired.adapters.transformers import applied_method, apply, last_selection, remove
-from hired.methods import HiRED, Method, get_method, list_methods
+from hired.adapters.transformers import applied_method, apply, last_scores, last_selection, remove
+from hired.methods import ClsTopK, HiRED, Method, Random, Spatial, get_method, list_methods
 from hired.selection import ImageSelection, PartitionSelection
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClsTopK",
     "HiRED",
     "ImageSelection",
     "Method",
     "PartitionSelection",
+    "Random",
+    "Spatial",
     "applied_method",
     "apply",
     "get_method",
+    "last_scores",
     "last_selection",
     "list_methods",
     "remove",

@@ -1,4 +1,5 @@
-"""The ``hired`` command: ``generate`` (one answer with dropping), ``demo`` (offline tiny model), ``methods``."""
+"""The ``hired`` command: ``generate`` (one answer with dropping), ``show`` (draw what was kept), ``demo``
+(offline tiny model), ``methods``."""
 
 from __future__ import annotations
 
@@ -208,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--compare", action="store_true", help="also answer with all tokens first")
     gen.set_defaults(func=cmd_generate)
+
+    from hired.viz import add_show_parser
+
+    add_show_parser(sub)
 
     demo = sub.add_parser("demo", help="run HiRED on a tiny random-weight model (offline, seconds)")
     demo.add_argument("--budget", type=float, default=0.2)

@@ -31,7 +31,9 @@ def load_image(source: "str | Path | Image.Image") -> Image.Image:
         try:
             image = Image.open(BytesIO(data))
             image.load()
-        except (UnidentifiedImageError, OSError) as err:
+        except UnidentifiedImageError:
+            raise ValueError(f"cannot decode image {name}: not an image format Pillow can read") from None
+        except OSError as err:  # truncated or corrupt data
             raise ValueError(f"cannot decode image {name}: {err}") from None
     if image.width == 0 or image.height == 0:
         raise ValueError(f"image has zero size ({image.width}x{image.height}): {name}")

@@ -366,8 +366,15 @@ def _pack_order(state: _State, layouts: list[Layout], selection: Selection, devi
         offset += layout.num_partitions * tokens
     order = torch.cat(pieces).to(device, non_blocking=True)
     lengths = [state.token_count(layout) for layout in layouts]
+    for layout, budgets in zip(layouts, selection.budgets):  # host-side: the budgets must add up to the count
+        if sum(budgets) != state.method.count(layout):
+            raise RuntimeError(
+                f"{type(state.method).__name__} allotted {sum(budgets)} tokens to a {layout.image_size} image "
+                f"but promised {state.method.count(layout)}; its select() disagrees with its count()"
+            )
     is_token = order != NEWLINE
-    keep = ~is_token | selection.keep.flatten()[order.clamp(min=0)]
+    # score-free methods (spatial, random) decide on the CPU: bring their mask to the features' device
+    keep = ~is_token | selection.keep.to(device, non_blocking=True).flatten()[order.clamp(min=0)]
     if keep.device.type == "cpu" and int(keep.sum()) != sum(lengths):  # the count promised to the processor
         raise RuntimeError(
             f"{type(state.method).__name__} kept {int(keep.sum())} tokens but promised {sum(lengths)}; "

@@ -63,6 +63,25 @@ def largest_remainder(total: int, weights: Sequence[float], caps: Sequence[int] 
     return alloc
 
 
+def even_split(budget: int, valid: Sequence[int]) -> list[int]:
+    """Split an image's ``budget`` evenly over its partitions, none above its valid patches.
+
+    Every partition gets the same quota ``budget / P``; a partition with fewer valid patches keeps all
+    of them and what it frees is shared evenly by the others. Integer shares come from
+    :func:`largest_remainder` (one extra unit to the lower partition indices on ties). The total is
+    ``min(budget, sum(valid))``, a function of the layout alone.
+
+    Args:
+        budget: B, the image's total token budget.
+        valid: valid patches per partition, full image first.
+    """
+    if budget < 0:
+        raise ValueError(f"budget must be non-negative, got {budget}")
+    if not valid:
+        raise ValueError("an image has at least one partition")
+    return largest_remainder(budget, [1] * len(valid), valid)
+
+
 def allocate(budget: int, alpha: float, valid: Sequence[int], content: Sequence[float]) -> list[int]:
     """HiRED's per-partition budgets (full image first).
 

@@ -1,6 +1,8 @@
-"""Per-partition top-k with a deterministic order."""
+"""Per-partition top-k with a deterministic order, and evenly spaced lattice points."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -25,3 +27,35 @@ def topk_mask(scores: torch.Tensor, k: torch.Tensor, valid: torch.Tensor | None 
     order = torch.sort(s, dim=1, descending=True, stable=True).indices
     keep_sorted = torch.arange(t, device=scores.device)[None, :] < k.to(scores.device)[:, None]
     return torch.zeros(n, t, dtype=torch.bool, device=scores.device).scatter_(1, order, keep_sorted)
+
+
+def lattice_indices(height: int, width: int, k: int) -> torch.Tensor:
+    """``k`` distinct cells of a ``height x width`` grid on an evenly spaced 2-D lattice, row-major.
+
+    The lattice has ``a`` rows, ``a ≈ sqrt(k * height / width)`` so its spacing is about the same along
+    both axes (at least ``ceil(k / width)`` and at most ``min(height, k)`` rows, so that it fits). Row
+    ``i`` holds ``floor((i + 1) k / a) - floor(i k / a)`` points (the uneven ones spread over the rows);
+    points sit at the centres of equal slices: row ``floor((2i + 1) height / 2a)``, column
+    ``floor((2j + 1) width / 2n)`` for the ``j``-th of ``n`` points in that row. A perfect square ``k``
+    in a square grid gives the regular ``sqrt(k) x sqrt(k)`` lattice.
+
+    Returns:
+        Long ``(k,)``: flat indices ``row * width + column``, ascending.
+    """
+    if height <= 0 or width <= 0:
+        raise ValueError(f"grid must be non-empty, got {height} x {width}")
+    if not 0 <= k <= height * width:
+        raise ValueError(f"cannot place {k} points on a {height} x {width} grid")
+    if k == 0:
+        return torch.zeros(0, dtype=torch.long)
+    a = round(math.sqrt(k * height / width))
+    a = max(-(-k // width), min(a, height, k), 1)
+    i = torch.arange(a)
+    per_row = ((i + 1) * k) // a - (i * k) // a  # (a,), each in [1, width]
+    rows = ((2 * i + 1) * height) // (2 * a)
+    row_of = torch.repeat_interleave(i, per_row)  # (k,)
+    first = torch.cumsum(per_row, 0) - per_row
+    j = torch.arange(k) - first[row_of]
+    n = per_row[row_of]
+    cols = ((2 * j + 1) * width) // (2 * n)
+    return rows[row_of] * width + cols
