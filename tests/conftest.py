@@ -17,7 +17,7 @@ import hired
 from hired.tiny import tiny_llava, tiny_llava_next
 
 _PATCHED_ATTRS = ("get_image_features", "_hired_state")
-_PROC_ATTRS = ("replace_image_token", "_hired_state")
+_PROC_ATTRS = ("replace_image_token", "_process_images", "_hired_state")
 
 
 def make_image(h: int, w: int, seed: int = 0) -> Image.Image:

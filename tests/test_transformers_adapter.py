@@ -12,10 +12,12 @@ import copy
 import math
 from fractions import Fraction
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from torch import nn
 
 import hired
@@ -654,3 +656,15 @@ def test_processor_serving_another_model_is_refused(llava_next, image_factory):
     hired.remove(model, processor)
     assert "replace_image_token" not in processor.__dict__
     assert torch.equal(_one_per_prompt(processor, [(150, 150)])["input_ids"], stock_ids)
+
+
+@pytest.mark.parametrize("bad", [Image.new("RGB", (0, 5)), np.zeros((0, 7, 3), np.uint8)])
+def test_zero_size_image_is_one_clear_error(llava_next, bad):
+    model, processor = llava_next
+    hired.apply(model, processor, hired.HiRED(budget=0.2))
+    good = Image.new("RGB", (40, 30))
+    with pytest.raises(ValueError, match=r"image 1 has zero size"):
+        processor(images=[good, bad], text=["USER: <image>\nhi", "USER: <image>\nhi"], return_tensors="pt",
+                  padding=True)
+    hired.remove(model, processor)
+    assert "_process_images" not in processor.__dict__

@@ -1,14 +1,15 @@
 """Adapter for Hugging Face transformers' LLaVA-NeXT and LLaVA-1.5 (model and processor instances).
 
-Two instance attributes are set, nothing else is touched:
+Instance attributes are set, nothing else is touched:
 
 * ``<LlavaNextModel|LlavaModel>.get_image_features``: runs the vision tower with [CLS]-row hooks on the
   layers the method needs, keeps the selected patches, projects only those and packs them in LLaVA's
   order (full image, then the stitched sub-image grid).
 * ``<processor>.replace_image_token``: emits exactly as many ``<image>`` placeholders as the method keeps,
-  computed from the image size alone, so ``model.generate(**processor(...))`` works unchanged.
+  computed from the image size alone, so ``model.generate(**processor(...))`` works unchanged;
+  ``<processor>._process_images`` first rejects empty images with a clear error.
 
-``remove`` deletes both attributes again, restoring the class behaviour bit for bit.
+``remove`` deletes these attributes again, restoring the class behaviour bit for bit.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from hired.selection import ImageSelection, PartitionSelection
 
 _STATE = "_hired_state"
 _MODEL_ATTR = "get_image_features"
-_PROC_ATTR = "replace_image_token"
+_PROC_ATTRS = ("replace_image_token", "_process_images")
 
 
 def _families() -> dict[type, tuple[str, str | None]]:
@@ -175,8 +176,10 @@ def apply(model: nn.Module, processor, method: Method) -> nn.Module:
     state.saved[_MODEL_ATTR] = inner.__dict__.get(_MODEL_ATTR)
     inner.__dict__[_MODEL_ATTR] = functools.partial(_image_features, inner, state)
     if processor is not None:
-        state.saved[_PROC_ATTR] = processor.__dict__.get(_PROC_ATTR)
-        processor.__dict__[_PROC_ATTR] = functools.partial(_replace_image_token, processor, state)
+        patches = {"replace_image_token": _replace_image_token, "_process_images": _checked_process_images}
+        for name, fn in patches.items():
+            state.saved[name] = processor.__dict__.get(name)
+            processor.__dict__[name] = functools.partial(fn, processor, state)
         processor.__dict__[_STATE] = state
     inner.__dict__[_STATE] = state
     return model
@@ -192,7 +195,8 @@ def remove(model: nn.Module, processor=None) -> nn.Module:
     for proc in {id(p): p for p in (state.processor, processor) if p is not None}.values():
         if proc.__dict__.get(_STATE) is state:
             del proc.__dict__[_STATE]
-            _restore(proc, _PROC_ATTR, state.saved.get(_PROC_ATTR))
+            for name in _PROC_ATTRS:
+                _restore(proc, name, state.saved.get(name))
     return model
 
 
@@ -270,6 +274,27 @@ def _stock_count(layout: Layout, newline: bool) -> int:
 
 
 # ---------------------------------------------------------------------------------------- the patches
+
+
+def _checked_process_images(processor, state: _State, images, **kwargs):
+    """The processor's own image step, after checking that no image is empty (one clear error)."""
+    for i, image in enumerate(_flat_images(images)):
+        size = getattr(image, "size", None)
+        if isinstance(size, tuple):  # PIL: (width, height)
+            empty = 0 in size
+        else:
+            shape = getattr(image, "shape", None)
+            empty = shape is not None and 0 in tuple(shape)
+        if empty:
+            raise ValueError(f"image {i} has zero size ({size if isinstance(size, tuple) else tuple(shape)})")
+    original = state.saved.get("_process_images") or functools.partial(type(processor)._process_images, processor)
+    return original(images, **kwargs)
+
+
+def _flat_images(images) -> list:
+    if isinstance(images, (list, tuple)):
+        return [leaf for item in images for leaf in _flat_images(item)]
+    return [images]
 
 
 def _replace_image_token(processor, state: _State, image_inputs: dict, image_idx: int, **kwargs) -> str:
