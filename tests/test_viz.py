@@ -6,17 +6,15 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import matplotlib  # noqa: F401  (a test dependency: the suite fails loudly without it)
 import pytest
 import torch
+from PIL import Image
 
-pytest.importorskip("matplotlib")
-
-from PIL import Image  # noqa: E402
-
-import hired  # noqa: E402
-from hired import viz  # noqa: E402
-from hired.cli import demo_image, main  # noqa: E402
-from hired.tiny import save_tiny  # noqa: E402
+import hired
+from hired import viz
+from hired.cli import demo_image, main
+from hired.tiny import save_tiny
 
 # (height, width) → sub-image grid (rows, cols) with the tiny models' pinpoints
 SHAPES = {(120, 120): (2, 2), (100, 300): (1, 3), (300, 100): (3, 1), (60, 300): (1, 3)}
