@@ -70,31 +70,30 @@ def _llava_session():
         return tiny_llava(seed=0)
 
 
-@pytest.fixture
-def llava_next(_llava_next_session):
-    """The shared tiny LLaVA-NeXT (sdpa) ``(model, processor)``, guaranteed stock before and after."""
-    model, processor = _llava_next_session
+def _kept_stock(pair):
+    """Yield a shared ``(model, processor)`` pair, checking it is stock before and after the test."""
+    model, processor = pair
     _clean(model, processor)
     yield model, processor
     _clean(model, processor)
+
+
+@pytest.fixture
+def llava_next(_llava_next_session):
+    """The shared tiny LLaVA-NeXT (sdpa) ``(model, processor)``, guaranteed stock before and after."""
+    yield from _kept_stock(_llava_next_session)
 
 
 @pytest.fixture
 def llava_next_eager(_llava_next_eager_session):
     """The shared tiny LLaVA-NeXT with eager attention, same weights as ``llava_next``."""
-    model, processor = _llava_next_eager_session
-    _clean(model, processor)
-    yield model, processor
-    _clean(model, processor)
+    yield from _kept_stock(_llava_next_eager_session)
 
 
 @pytest.fixture
 def llava(_llava_session):
     """The shared tiny LLaVA-1.5 ``(model, processor)``, guaranteed stock before and after."""
-    model, processor = _llava_session
-    _clean(model, processor)
-    yield model, processor
-    _clean(model, processor)
+    yield from _kept_stock(_llava_session)
 
 
 @pytest.fixture(scope="session")
