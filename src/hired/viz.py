@@ -75,7 +75,7 @@ def run_method(model, processor, image, method, prompt: str = "Describe the imag
     import torch
 
     import hired
-    from hired.adapters.transformers import _STATE, _inner_model
+    from hired.adapters.transformers import _applied_state
     from hired.cli import build_prompt
 
     image = load_image(image)
@@ -90,7 +90,7 @@ def run_method(model, processor, image, method, prompt: str = "Describe the imag
             model(**inputs, **extra)
         selection = hired.last_selection(model)[0]
         scores = hired.last_scores(model)[0]
-        layers = dict(getattr(_inner_model(model)[0], _STATE).roles)
+        layers = dict(_applied_state(model).roles)
     finally:
         if previous is not None:
             hired.apply(model, processor, previous)

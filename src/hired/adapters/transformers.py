@@ -207,19 +207,24 @@ def _restore(obj, name: str, saved) -> None:
         obj.__dict__[name] = saved
 
 
+def _applied_state(model: nn.Module, required: bool = True) -> _State | None:
+    """The adapter state of ``model``; with ``required``, an error when no method is applied."""
+    inner, _ = _inner_model(model)
+    state = inner.__dict__.get(_STATE)
+    if state is None and required:
+        raise ValueError("no hired method is applied to this model")
+    return state
+
+
 def applied_method(model: nn.Module) -> Method | None:
     """The method currently applied to ``model``, or ``None``."""
-    inner, _ = _inner_model(model)
-    state = getattr(inner, _STATE, None)
+    state = _applied_state(model, required=False)
     return None if state is None else state.method
 
 
 def last_selection(model: nn.Module) -> list[ImageSelection]:
     """What the last forward pass kept, one entry per image (in the order images were given)."""
-    inner, _ = _inner_model(model)
-    state: _State | None = getattr(inner, _STATE, None)
-    if state is None:
-        raise ValueError("no hired method is applied to this model")
+    state = _applied_state(model)
     if state.last is None:
         return []
     layouts, selection = state.last
@@ -255,10 +260,7 @@ def last_scores(model: nn.Module) -> list[dict[str, torch.Tensor]]:
     Each dict maps a method's score role (HiRED: ``"budget"``, ``"select"``) to a ``(P, T)`` fp32 CPU
     tensor: the [CLS] row (summed over heads) over the T patches of each of the image's P partitions.
     """
-    inner, _ = _inner_model(model)
-    state: _State | None = getattr(inner, _STATE, None)
-    if state is None:
-        raise ValueError("no hired method is applied to this model")
+    state = _applied_state(model)
     if state.last is None or state.last_scores is None:
         return []
     sizes = [layout.num_partitions for layout in state.last[0]]

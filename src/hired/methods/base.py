@@ -131,3 +131,15 @@ def num_image_tokens(method: Method, layout: Layout, newline: bool) -> int:
     if newline and getattr(method, "keep_newline", False):
         count += layout.valid_rows if layout.num_subimages else 1
     return count
+
+
+def check_layer(name: str, value) -> None:
+    """Raise unless ``value`` is ``None`` or a non-negative layer index."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"{name} must be a non-negative layer index or None, got {value!r}")
+
+
+def check_bool(name: str, value) -> None:
+    """Raise unless ``value`` is ``True`` or ``False``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")

@@ -9,7 +9,7 @@ import torch
 
 from hired.core.budget import allocate, scaled_floor, total_budget
 from hired.core.grid import Layout, full_to_subimage, row_chunk_to_subimage
-from hired.methods.base import Method, ModelInfo, Selection, check_rate, register, topk_selection
+from hired.methods.base import Method, ModelInfo, Selection, check_layer, check_rate, register, topk_selection
 
 
 @register
@@ -47,10 +47,10 @@ class HiRED(Method):
     def validate(self) -> None:
         check_rate("budget", self.budget, low_open=True)
         check_rate("alpha", self.alpha, low_open=False)
-        for field in ("budget_layer", "selection_layer"):
-            value = getattr(self, field)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ValueError(f"{field} must be a non-negative layer index, got {value!r}")
+        if self.budget_layer is None:
+            raise ValueError("budget_layer must be a non-negative layer index, got None")
+        check_layer("budget_layer", self.budget_layer)
+        check_layer("selection_layer", self.selection_layer)
         if self.mapping not in ("2d", "reference"):
             raise ValueError(f"mapping must be '2d' or 'reference', got {self.mapping!r}")
 
@@ -62,8 +62,7 @@ class HiRED(Method):
         return total_budget(self.budget, layout.num_partitions, layout.tokens)
 
     def count(self, layout: Layout) -> int:
-        valid = layout.valid_counts
-        return sum(allocate(self._budget(layout), self.alpha, valid, [0] * (len(valid) - 1)))
+        return sum(self._allocate(layout, [0] * layout.num_subimages))
 
     def content(self, layout: Layout, full_scores: torch.Tensor) -> list[int]:
         """Visual content per sub-image: how many of the full image's top ``(1 - alpha) * T`` patches
@@ -90,9 +89,11 @@ class HiRED(Method):
         counts = torch.bincount(hits, minlength=len(layouts) * width).view(len(layouts), width).tolist()
         return [row[:n] for row, n in zip(counts, n_sub)]
 
-    def partition_budgets(self, layout: Layout, scores: Mapping[str, torch.Tensor]) -> list[int]:
-        content = self.content(layout, scores["budget"][0]) if layout.num_subimages else []
+    def _allocate(self, layout: Layout, content: list[int]) -> list[int]:
         return allocate(self._budget(layout), self.alpha, layout.valid_counts, content)
+
+    def partition_budgets(self, layout: Layout, scores: Mapping[str, torch.Tensor]) -> list[int]:
+        return self._allocate(layout, self.content(layout, scores["budget"][0]))
 
     def select(self, layouts: list[Layout], scores: Mapping[str, torch.Tensor], info: ModelInfo) -> Selection:
         firsts, start = [], 0
@@ -101,8 +102,5 @@ class HiRED(Method):
             start += layout.num_partitions
         full_rows = scores["budget"][torch.tensor(firsts, device=scores["budget"].device)]
         contents = self.contents(layouts, full_rows)
-        budgets = [
-            allocate(self._budget(lay), self.alpha, lay.valid_counts, content)
-            for lay, content in zip(layouts, contents)
-        ]
+        budgets = [self._allocate(lay, content) for lay, content in zip(layouts, contents)]
         return topk_selection(layouts, budgets, scores["select"])

@@ -20,17 +20,16 @@ import torch
 from hired.core.budget import even_split, total_budget
 from hired.core.grid import Layout
 from hired.core.select import lattice_indices
-from hired.methods.base import Method, ModelInfo, Selection, check_rate, register, topk_selection
-
-
-def _check_layer(name: str, value) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise ValueError(f"{name} must be a non-negative layer index or None, got {value!r}")
-
-
-def _check_bool(name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
+from hired.methods.base import (
+    Method,
+    ModelInfo,
+    Selection,
+    check_bool,
+    check_layer,
+    check_rate,
+    register,
+    topk_selection,
+)
 
 
 def _device(scores: Mapping[str, torch.Tensor]) -> torch.device:
@@ -105,7 +104,7 @@ class Spatial(_EvenSplit, Method):
 
     def validate(self) -> None:
         check_rate("budget", self.budget, low_open=True)
-        _check_bool("keep_newline", self.keep_newline)
+        check_bool("keep_newline", self.keep_newline)
 
     def select(self, layouts: list[Layout], scores: Mapping[str, torch.Tensor], info: ModelInfo) -> Selection:
         budgets = [self._budgets(layout) for layout in layouts]
@@ -156,7 +155,7 @@ class Random(_EvenSplit, Method):
         check_rate("budget", self.budget, low_open=True)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        _check_bool("keep_newline", self.keep_newline)
+        check_bool("keep_newline", self.keep_newline)
 
     def random_scores(self, layout: Layout) -> torch.Tensor:
         """Float ``(P, T)`` uniform draws on the CPU, a function of ``seed`` and ``layout`` only."""
@@ -202,8 +201,8 @@ class ClsTopK(_EvenSplit, Method):
 
     def validate(self) -> None:
         check_rate("budget", self.budget, low_open=True)
-        _check_layer("selection_layer", self.selection_layer)
-        _check_bool("keep_newline", self.keep_newline)
+        check_layer("selection_layer", self.selection_layer)
+        check_bool("keep_newline", self.keep_newline)
 
     def score_layers(self, info: ModelInfo) -> Mapping[str, int]:
         return {"select": info.feature_layer if self.selection_layer is None else self.selection_layer}
