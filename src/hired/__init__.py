@@ -8,7 +8,14 @@
     hired.remove(model, processor)
 """
 
-from hired.adapters.transformers import applied_method, apply, last_scores, last_selection, remove
+from hired.adapters.transformers import (
+    applied_method,
+    apply,
+    last_scores,
+    last_selection,
+    prepare_inputs,
+    remove,
+)
 from hired.methods import ClsTopK, HiRED, Method, Random, Spatial, get_method, list_methods
 from hired.selection import ImageSelection, PartitionSelection
 
@@ -28,5 +35,6 @@ __all__ = [
     "last_scores",
     "last_selection",
     "list_methods",
+    "prepare_inputs",
     "remove",
 ]

@@ -15,6 +15,7 @@ Instance attributes are set, nothing else is touched:
 from __future__ import annotations
 
 import functools
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +23,9 @@ import torch
 from torch import nn
 
 from hired.adapters.vision import ClsRecorder, encoder_layers, has_cls_token
-from hired.core.grid import NEWLINE, Geometry, Layout, layout_for
-from hired.methods.base import Method, ModelInfo, Selection, num_image_tokens
+from hired.core.grid import Geometry, Layout, layout_for
+from hired.methods.base import Method, ModelInfo, Selection, adaptive_message, newline_tokens, num_image_tokens
+from hired.methods.pack import keeps_newline, pack_features
 from hired.selection import ImageSelection, PartitionSelection
 
 _STATE = "_hired_state"
@@ -56,11 +58,14 @@ class _State:
     info: ModelInfo
     hidden_layers: list[int]  # indices into the tower's hidden_states that form the features
     roles: dict[str, int]
+    key_roles: dict[str, int]
     recorder: ClsRecorder
     processor: Any = None
     saved: dict[str, Any] = field(default_factory=dict)  # pre-existing instance attributes, restored by remove
     last: tuple[list[Layout], Selection] | None = None
     last_scores: dict[str, torch.Tensor] | None = None  # role → (sum P, T) fp32 [CLS] rows of the last forward
+    # while hired.prepare_inputs runs the processor: id of the processed images → their encoder output
+    encoding: dict | None = None
 
     @property
     def newline(self) -> bool:
@@ -142,7 +147,8 @@ def _build_state(model: nn.Module, processor, method: Method) -> tuple[nn.Module
     hidden_layers = _hidden_layers(config, num_layers)
     info = ModelInfo(num_layers=num_layers, num_heads=num_heads, feature_layer=max(hidden_layers) - 1)
     roles = dict(method.score_layers(info))
-    for role, layer in roles.items():
+    key_roles = dict(method.key_layers(info))
+    for role, layer in [*roles.items(), *key_roles.items()]:
         if not 0 <= layer < num_layers:
             raise ValueError(f"{role} layer {layer} is out of range: the vision tower has layers 0..{num_layers - 1}")
     geometry = _geometry(config, family)
@@ -155,7 +161,7 @@ def _build_state(model: nn.Module, processor, method: Method) -> tuple[nn.Module
                 "first, or use a separate processor (processors are cheap to load)"
             )
     recorder = ClsRecorder(encoder_layers(tower, num_layers), num_heads)
-    state = _State(method, family, geometry, info, hidden_layers, roles, recorder, processor=processor)
+    state = _State(method, family, geometry, info, hidden_layers, roles, key_roles, recorder, processor=processor)
     return inner, state
 
 
@@ -198,6 +204,32 @@ def remove(model: nn.Module, processor=None) -> nn.Module:
             for name in _PROC_ATTRS:
                 _restore(proc, name, state.saved.get(name))
     return model
+
+
+def prepare_inputs(model: nn.Module, processor, images=None, text=None, **kwargs):
+    """Model inputs built in two passes: encode the images first, then write the prompt with as many
+    ``<image>`` placeholders as the method kept for each. Works for every method and is the way to run
+    an adaptive one (PruMerge, PruMerge+ without a budget), whose count is unknown before the encoder.
+
+    Takes the processor's arguments (``return_tensors="pt"``, ``padding=True``, ...). The result holds
+    the text inputs and ``mm_encoder_outputs`` instead of pixel values, for ``model.generate(**inputs)``
+    or ``model(**inputs)``; the images are encoded exactly once.
+    """
+    state = _applied_state(model)
+    if processor is None or processor.__dict__.get(_STATE) is not state:
+        raise ValueError("prepare_inputs needs the processor that hired.apply was given with this model")
+    inner, _ = _inner_model(model)
+    state.encoding = {"model": inner}
+    try:
+        inputs = processor(images=images, text=text, **kwargs)
+        encoded = state.encoding.get("last")
+    finally:
+        state.encoding = None
+    if encoded is not None:
+        for key in ("pixel_values", "image_sizes"):
+            inputs.pop(key, None)
+        inputs["mm_encoder_outputs"] = {"image": encoded}
+    return inputs
 
 
 def _restore(obj, name: str, saved) -> None:
@@ -246,7 +278,7 @@ def last_selection(model: nn.Module) -> list[ImageSelection]:
                 image_size=layout.image_size,
                 grid=layout.grid,
                 partitions=parts,
-                num_tokens=state.token_count(layout),
+                num_tokens=sum(budgets) + (newline_tokens(layout) if keeps_newline(state.method, state.newline) else 0),
                 num_tokens_stock=_stock_count(layout, state.newline),
             )
         )
@@ -270,9 +302,7 @@ def last_scores(model: nn.Module) -> list[dict[str, torch.Tensor]]:
 
 def _stock_count(layout: Layout, newline: bool) -> int:
     """Tokens the unmodified model gives an image: every valid patch, plus LLaVA-NeXT's newlines."""
-    if not newline:
-        return layout.num_valid
-    return layout.num_valid + (layout.valid_rows if layout.num_subimages else 1)
+    return layout.num_valid + (newline_tokens(layout) if newline else 0)
 
 
 # ---------------------------------------------------------------------------------------- the patches
@@ -300,7 +330,8 @@ def _flat_images(images) -> list:
 
 
 def _replace_image_token(processor, state: _State, image_inputs: dict, image_idx: int, **kwargs) -> str:
-    """Placeholders for one image: the method's count for this image size."""
+    """Placeholders for one image: the method's count for this image size (adaptive methods: the count the
+    model gave it, when ``hired.prepare_inputs`` drives the processor)."""
     if state.family == "llava_next":
         size = image_inputs["image_sizes"][image_idx]
         crop = tuple(image_inputs["pixel_values"][0][0].shape[-2:])
@@ -311,9 +342,31 @@ def _replace_image_token(processor, state: _State, image_inputs: dict, image_idx
             )
     else:
         size = tuple(image_inputs["pixel_values"][image_idx].shape[-2:])
+    if state.encoding is not None:
+        return processor.image_token * len(_encode_in_processor(state, image_inputs).pooler_output[image_idx])
+    if state.method.adaptive:
+        raise ValueError(adaptive_message(state.method))
     size = size.tolist() if hasattr(size, "tolist") else list(size)
     layout = layout_for((int(size[0]), int(size[1])), state.geometry)
     return processor.image_token * state.token_count(layout)
+
+
+def _encode_in_processor(state: _State, image_inputs: dict):
+    """Encode the processor's images with the model once (``hired.prepare_inputs``); cached per batch."""
+    key = id(image_inputs)
+    if key not in state.encoding:
+        inner = state.encoding["model"]
+        param = next(inner.vision_tower.parameters())
+        pixel_values = image_inputs["pixel_values"]
+        if isinstance(pixel_values, (list, tuple)):
+            pixel_values = torch.stack([torch.as_tensor(pv) for pv in pixel_values])
+        pixel_values = torch.as_tensor(pixel_values).to(param.device, param.dtype)
+        sizes = image_inputs.get("image_sizes")
+        extra = {} if sizes is None else {"image_sizes": torch.as_tensor(sizes).to(param.device)}
+        with torch.no_grad():
+            state.encoding[key] = inner.get_image_features(pixel_values=pixel_values, **extra)
+        state.encoding["last"] = state.encoding[key]
+    return state.encoding[key]
 
 
 def _layouts(state: _State, pixel_values: torch.Tensor, image_sizes) -> tuple[list[Layout], torch.Tensor]:
@@ -358,55 +411,24 @@ def _image_features(
     layouts, pixel_values = _layouts(state, pixel_values, image_sizes)
     kwargs.pop("return_dict", None)
     kwargs["output_hidden_states"] = True
-    with state.recorder.record(state.roles) as rows:
+    with ExitStack() as stack:
+        rows = stack.enter_context(state.recorder.record(state.roles))
+        keys = stack.enter_context(state.recorder.record_keys(state.key_roles))
         tower_out = inner.vision_tower(pixel_values, return_dict=True, **kwargs)
     feats = torch.cat([tower_out.hidden_states[i][:, 1:] for i in state.hidden_layers], dim=-1)  # (sum P, T, Dv)
     tokens = layouts[0].tokens
     if feats.shape[1] != tokens:
         raise ValueError(f"the vision tower gave {feats.shape[1]} patch tokens per partition, expected {tokens}")
     scores = {role: row[:, -tokens:] for role, row in rows.items()}
-    selection = state.method.select(layouts, scores, state.info)
+    keys = {role: k[:, -tokens:] for role, k in keys.items()}
+    selection = state.method.select(layouts, scores, state.info, keys=keys)
     state.last = (layouts, selection)
     state.last_scores = scores
 
-    order, lengths = _pack_order(state, layouts, selection, feats.device)
-    kept = feats.flatten(0, 1)[order.clamp(min=0)]  # (L, Dv); newline slots hold a placeholder row
-    packed = inner.multi_modal_projector(kept)  # (L, D)
-    if state.newline and getattr(state.method, "keep_newline", False):
-        newline = inner.image_newline.to(packed.dtype)
-        packed = torch.where((order == NEWLINE)[:, None], newline, packed)
-    tower_out.pooler_output = list(packed.split(lengths))
+    packed = pack_features(state.method, layouts, selection, feats, state.newline)
+    projected = inner.multi_modal_projector(packed.features)  # (L, D)
+    if keeps_newline(state.method, state.newline):
+        newline = inner.image_newline.to(projected.dtype)
+        projected = torch.where(packed.is_newline[:, None], newline, projected)
+    tower_out.pooler_output = list(projected.split(packed.lengths))
     return tower_out
-
-
-def _pack_order(state: _State, layouts: list[Layout], selection: Selection, device) -> tuple[torch.Tensor, list[int]]:
-    """Flat indices into ``(sum P * T)`` of the kept patches in pack order (``NEWLINE`` markers kept).
-
-    The kept count is known on the host (it is the promised count), so this needs no device sync.
-    """
-    keep_newline = state.newline and getattr(state.method, "keep_newline", False)
-    tokens = layouts[0].tokens
-    pieces, offset = [], 0
-    for layout in layouts:
-        order = layout.pack_order(keep_newline)
-        pieces.append(torch.where(order != NEWLINE, order + offset, order))
-        offset += layout.num_partitions * tokens
-    order = torch.cat(pieces).to(device, non_blocking=True)
-    lengths = [state.token_count(layout) for layout in layouts]
-    for layout, budgets in zip(layouts, selection.budgets):  # host-side: the budgets must add up to the count
-        if sum(budgets) != state.method.count(layout):
-            raise RuntimeError(
-                f"{type(state.method).__name__} allotted {sum(budgets)} tokens to a {layout.image_size} image "
-                f"but promised {state.method.count(layout)}; its select() disagrees with its count()"
-            )
-    is_token = order != NEWLINE
-    # score-free methods (spatial, random) decide on the CPU: bring their mask to the features' device
-    keep = ~is_token | selection.keep.to(device, non_blocking=True).flatten()[order.clamp(min=0)]
-    if keep.device.type == "cpu" and int(keep.sum()) != sum(lengths):  # the count promised to the processor
-        raise RuntimeError(
-            f"{type(state.method).__name__} kept {int(keep.sum())} tokens but promised {sum(lengths)}; "
-            "its select() disagrees with its count()"
-        )
-    # positions of the kept entries, in order, without a data-dependent shape
-    positions = torch.sort((~keep).to(torch.uint8), stable=True).indices[: sum(lengths)]
-    return order[positions], lengths

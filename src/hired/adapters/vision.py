@@ -70,6 +70,25 @@ class ClsRecorder:
             for h in handles:
                 h.remove()
 
+    @contextmanager
+    def record_keys(self, wanted: Mapping[str, int]) -> Iterator[dict[str, torch.Tensor]]:
+        """Within the block, forward passes fill ``keys[role]`` with the ``(B, N, H * D)`` projected keys of
+        layer ``wanted[role]`` (merging methods compare patches by key similarity)."""
+        keys: dict[str, torch.Tensor] = {}
+        handles = []
+        try:
+            for role, layer in wanted.items():
+                _, k_mod = qk_projections(self.layers[layer])
+
+                def on_k(_m, _inp, out, role=role):
+                    keys[role] = out.detach()
+
+                handles.append(k_mod.register_forward_hook(on_k))
+            yield keys
+        finally:
+            for h in handles:
+                h.remove()
+
     def _hook(self, q_mod: nn.Module, k_mod: nn.Module, roles: list[str], rows: dict) -> list:
         seen: dict[str, torch.Tensor] = {}
 

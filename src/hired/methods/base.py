@@ -54,11 +54,15 @@ class Selection:
     """What a method decided for a batch of images.
 
     ``keep`` is ``(sum P, T)`` bool over every partition of every image in order; ``budgets`` holds the
-    per-partition budgets of each image.
+    per-partition number of kept tokens of each image (host integers). Merging methods add ``weights``,
+    ``(sum P, T, T)`` fp32: the token kept at slot ``t`` of partition ``p`` is
+    ``sum_s weights[p, t, s] * feature[p, s]`` (convex rows; see :mod:`hired.core.merge`). Kept tokens
+    keep LLaVA's spatial order either way.
     """
 
     keep: torch.Tensor
     budgets: list[list[int]]
+    weights: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,9 @@ class Method:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    #: whether the token count depends on the image content (known only after the vision tower ran);
+    #: such a method cannot tell the processor its placeholder count: use ``hired.prepare_inputs``
+    adaptive: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -82,6 +89,10 @@ class Method:
         """Role → 0-based vision encoder layer whose [CLS] attention row the method reads."""
         return {}
 
+    def key_layers(self, info: ModelInfo) -> Mapping[str, int]:
+        """Role → 0-based encoder layer whose keys ``(sum P, T, H * D)`` the method reads (merging methods)."""
+        return {}
+
     def count(self, layout: Layout) -> int:
         """Patch tokens kept for one image (image-newline tokens not included)."""
         raise NotImplementedError
@@ -90,10 +101,17 @@ class Method:
         """Budget of every partition of one image; ``scores[role]`` is ``(P, T)`` fp32."""
         raise NotImplementedError
 
-    def select(self, layouts: list[Layout], scores: Mapping[str, torch.Tensor], info: ModelInfo) -> Selection:
+    def select(
+        self,
+        layouts: list[Layout],
+        scores: Mapping[str, torch.Tensor],
+        info: ModelInfo,
+        keys: Mapping[str, torch.Tensor] | None = None,
+    ) -> Selection:
         """Top-k by the ``"select"`` scores inside each partition's budget, over the whole batch.
 
-        ``scores[role]`` is ``(sum P, T)`` fp32 for every partition of every image, in order.
+        ``scores[role]`` is ``(sum P, T)`` fp32 for every partition of every image, in order;
+        ``keys[role]`` is ``(sum P, T, H * D)`` for the roles of :meth:`key_layers`.
         """
         budgets, start = [], 0
         for layout in layouts:
@@ -127,10 +145,26 @@ def num_image_tokens(method: Method, layout: Layout, newline: bool) -> int:
 
     This is the single count both the processor (placeholders) and the model (features) obey.
     """
+    if method.adaptive:
+        raise ValueError(adaptive_message(method))
     count = method.count(layout)
     if newline and getattr(method, "keep_newline", False):
-        count += layout.valid_rows if layout.num_subimages else 1
+        count += newline_tokens(layout)
     return count
+
+
+def newline_tokens(layout: Layout) -> int:
+    """LLaVA-NeXT's image-newline tokens for an image: one per valid canvas row, or one after a lone full image."""
+    return layout.valid_rows if layout.num_subimages else 1
+
+
+def adaptive_message(method: Method) -> str:
+    """The error for asking an adaptive method for its count before the vision tower has run."""
+    return (
+        f"{type(method).__name__} keeps a content-dependent number of tokens, which is not known before the "
+        "vision tower runs: build the inputs with hired.prepare_inputs(model, processor, images=..., text=...), "
+        f"or give it a fixed budget, e.g. {type(method).__name__}(budget=0.2)"
+    )
 
 
 def check_layer(name: str, value) -> None:

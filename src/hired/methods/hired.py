@@ -95,7 +95,7 @@ class HiRED(Method):
     def partition_budgets(self, layout: Layout, scores: Mapping[str, torch.Tensor]) -> list[int]:
         return self._allocate(layout, self.content(layout, scores["budget"][0]))
 
-    def select(self, layouts: list[Layout], scores: Mapping[str, torch.Tensor], info: ModelInfo) -> Selection:
+    def select(self, layouts: list[Layout], scores: Mapping[str, torch.Tensor], info: ModelInfo, keys=None) -> Selection:
         firsts, start = [], 0
         for layout in layouts:
             firsts.append(start)

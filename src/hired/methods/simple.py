@@ -106,7 +106,7 @@ class Spatial(_EvenSplit, Method):
         check_rate("budget", self.budget, low_open=True)
         check_bool("keep_newline", self.keep_newline)
 
-    def select(self, layouts: list[Layout], scores: Mapping[str, torch.Tensor], info: ModelInfo) -> Selection:
+    def select(self, layouts: list[Layout], scores: Mapping[str, torch.Tensor], info: ModelInfo, keys=None) -> Selection:
         budgets = [self._budgets(layout) for layout in layouts]
         keep = torch.cat([_lattice_mask(layout, tuple(b)) for layout, b in zip(layouts, budgets)])
         return Selection(keep=keep.to(_device(scores)), budgets=budgets)
@@ -162,7 +162,7 @@ class Random(_EvenSplit, Method):
         gen = torch.Generator().manual_seed(_image_seed(self.seed, layout))
         return torch.rand(layout.num_partitions, layout.tokens, generator=gen)
 
-    def select(self, layouts: list[Layout], scores: Mapping[str, torch.Tensor], info: ModelInfo) -> Selection:
+    def select(self, layouts: list[Layout], scores: Mapping[str, torch.Tensor], info: ModelInfo, keys=None) -> Selection:
         budgets = [self._budgets(layout) for layout in layouts]
         draws = torch.cat([self.random_scores(layout) for layout in layouts])
         return topk_selection(layouts, budgets, draws.to(_device(scores), non_blocking=True))

@@ -1,0 +1,82 @@
+"""Packing a selection into the token sequence the language model sees (framework-free).
+
+One implementation for every adapter: the kept patches of each image, in LLaVA's order (full image, then
+the stitched sub-image canvas row by row, with image-newline slots where the method keeps them), merged
+first when the method merges. The per-image lengths are the counts the processor was promised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from hired.core.grid import NEWLINE, Layout
+from hired.methods.base import Method, Selection, newline_tokens
+
+
+@dataclass(frozen=True)
+class Packed:
+    """Pre-projector features of the kept tokens of a batch.
+
+    ``features`` is ``(L, Dv)``, every image's tokens one after another; rows where ``is_newline`` is True
+    are image-newline slots holding a placeholder row (the adapter puts the model's newline embedding
+    there after projecting). ``lengths[i]`` is image i's share of L.
+    """
+
+    features: torch.Tensor
+    is_newline: torch.Tensor
+    lengths: list[int]
+
+
+def keeps_newline(method: Method, newline: bool) -> bool:
+    """Whether image-newline tokens go to the LLM (LLaVA-NeXT with a method that keeps them)."""
+    return newline and bool(getattr(method, "keep_newline", False))
+
+
+def pack_order(
+    method: Method, layouts: list[Layout], selection: Selection, newline: bool, device: torch.device
+) -> tuple[torch.Tensor, list[int]]:
+    """Flat indices into ``(sum P * T)`` of the kept patches in pack order (``NEWLINE`` markers kept), and
+    the number of tokens of each image.
+
+    For fixed-count methods the kept count is known on the host (it is the promised count), so this
+    needs no device sync.
+    """
+    with_newline = keeps_newline(method, newline)
+    tokens = layouts[0].tokens
+    pieces, offset, lengths = [], 0, []
+    for layout, budgets in zip(layouts, selection.budgets):
+        if not method.adaptive and sum(budgets) != method.count(layout):
+            raise RuntimeError(
+                f"{type(method).__name__} allotted {sum(budgets)} tokens to a {layout.image_size} image "
+                f"but promised {method.count(layout)}; its select() disagrees with its count()"
+            )
+        order = layout.pack_order(with_newline)
+        pieces.append(torch.where(order != NEWLINE, order + offset, order))
+        offset += layout.num_partitions * tokens
+        lengths.append(sum(budgets) + (newline_tokens(layout) if with_newline else 0))
+    order = torch.cat(pieces).to(device, non_blocking=True)
+    is_token = order != NEWLINE
+    # score-free methods (spatial, random) decide on the CPU: bring their mask to the features' device
+    keep = ~is_token | selection.keep.to(device, non_blocking=True).flatten()[order.clamp(min=0)]
+    total = sum(lengths)
+    if keep.device.type == "cpu" and int(keep.sum()) != total:  # the count promised to the processor
+        raise RuntimeError(
+            f"{type(method).__name__} kept {int(keep.sum())} tokens but its budgets add up to {total}; "
+            "its select() returned inconsistent budgets"
+        )
+    # positions of the kept entries, in order, without a data-dependent shape
+    positions = torch.sort((~keep).to(torch.uint8), stable=True).indices[:total]
+    return order[positions], lengths
+
+
+def pack_features(
+    method: Method, layouts: list[Layout], selection: Selection, features: torch.Tensor, newline: bool
+) -> Packed:
+    """Gather (and merge) the kept tokens of ``features`` ``(sum P, T, Dv)`` in pack order."""
+    order, lengths = pack_order(method, layouts, selection, newline, features.device)
+    if selection.weights is not None:
+        features = torch.bmm(selection.weights.to(features.device, features.dtype), features)
+    kept = features.flatten(0, 1)[order.clamp(min=0)]  # (L, Dv); newline slots hold a placeholder row
+    return Packed(kept, order == NEWLINE, lengths)
