@@ -16,7 +16,18 @@ from hired.adapters.transformers import (
     prepare_inputs,
     remove,
 )
-from hired.methods import ClsTopK, HiRED, Method, Random, Spatial, get_method, list_methods
+from hired.methods import (
+    ClsTopK,
+    HiRED,
+    Method,
+    PruMerge,
+    PruMergePlus,
+    Random,
+    Spatial,
+    VisionZip,
+    get_method,
+    list_methods,
+)
 from hired.selection import ImageSelection, PartitionSelection
 
 __version__ = "0.1.0"
@@ -27,8 +38,11 @@ __all__ = [
     "ImageSelection",
     "Method",
     "PartitionSelection",
+    "PruMerge",
+    "PruMergePlus",
     "Random",
     "Spatial",
+    "VisionZip",
     "applied_method",
     "apply",
     "get_method",

@@ -98,14 +98,23 @@ def build_prompt(processor, question: str) -> str:
 
 
 def answer(model, processor, image, prompt: str, max_new_tokens: int) -> tuple[str, int, float]:
-    """Greedy answer, the number of prompt tokens that were ``<image>`` placeholders, and the seconds taken."""
+    """Greedy answer, the number of prompt tokens that were ``<image>`` placeholders, and the seconds taken
+    (preprocessing and generation). Adaptive methods (PruMerge without a budget) go through
+    ``hired.prepare_inputs``."""
     import torch
 
-    inputs = processor(images=image, text=prompt, return_tensors="pt").to(model.device)
+    import hired
+
+    start = time.perf_counter()
+    method = hired.applied_method(model)
+    if method is not None and method.adaptive:  # the count is known only after encoding: two passes
+        inputs = hired.prepare_inputs(model, processor, images=image, text=prompt, return_tensors="pt")
+    else:
+        inputs = processor(images=image, text=prompt, return_tensors="pt")
+    inputs = inputs.to(model.device)
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     n_image = int((inputs["input_ids"] == processor.image_token_id).sum())
-    start = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     seconds = time.perf_counter() - start

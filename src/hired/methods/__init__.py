@@ -2,6 +2,7 @@
 
 from hired.methods.base import Method, ModelInfo, Selection, get_method, list_methods, num_image_tokens, register
 from hired.methods.hired import HiRED
+from hired.methods.merging import PruMerge, PruMergePlus, VisionZip
 from hired.methods.simple import ClsTopK, Random, Spatial
 
 __all__ = [
@@ -9,9 +10,12 @@ __all__ = [
     "HiRED",
     "Method",
     "ModelInfo",
+    "PruMerge",
+    "PruMergePlus",
     "Random",
     "Selection",
     "Spatial",
+    "VisionZip",
     "get_method",
     "list_methods",
     "num_image_tokens",
