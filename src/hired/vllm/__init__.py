@@ -1,0 +1,36 @@
+"""HiRED inside vLLM, as an out-of-tree plugin (``pip install "hired[vllm]"``).
+
+vLLM loads :func:`register` from the ``vllm.general_plugins`` entry point in every process. It replaces
+the ``LlavaNextForConditionalGeneration`` and ``LlavaForConditionalGeneration`` architectures with thin
+subclasses of vLLM's own classes that behave exactly as stock unless the model is given
+``hf_overrides={"hired": {"method": "hired", "budget": 0.2, "alpha": 0.5}}``::
+
+    from vllm import LLM
+    llm = LLM(model="llava-hf/llava-v1.6-vicuna-7b-hf", hf_overrides={"hired": {"budget": 0.2}})
+
+Only fixed-budget methods work here (vLLM sizes each prompt from the image size before the encoder runs).
+"""
+
+from __future__ import annotations
+
+ARCHITECTURES = {
+    "LlavaNextForConditionalGeneration": "HiredLlavaNextForConditionalGeneration",
+    "LlavaForConditionalGeneration": "HiredLlavaForConditionalGeneration",
+}
+
+
+def register() -> None:
+    """The ``vllm.general_plugins`` entry point: register the HiRED-capable classes (idempotent)."""
+    from vllm import ModelRegistry
+
+    from hired.vllm import models
+
+    for arch, name in ARCHITECTURES.items():
+        ModelRegistry.register_model(arch, getattr(models, name))
+
+
+def last_selection(llm) -> list:
+    """What the last vision-encoder pass of an in-process ``vllm.LLM`` kept (list of
+    :class:`hired.ImageSelection`, one per image; empty when ``hired`` is off). Needs the engine in this
+    process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``); meant for tests and inspection."""
+    return llm.apply_model(lambda model: model.hired_last_selection())[0]

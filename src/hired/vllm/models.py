@@ -1,0 +1,287 @@
+"""HiRED-capable LLaVA-NeXT and LLaVA-1.5 for vLLM: thin subclasses of vLLM's own classes.
+
+Without ``hired`` in the model's ``hf_overrides`` every override below calls the parent, so the model
+runs exactly as stock vLLM. With it:
+
+* the processing info's ``get_num_image_tokens`` returns the core's count for the image size
+  (:func:`hired.methods.base.num_image_tokens`), so vLLM writes that many placeholders into the prompt;
+* ``_process_image_input`` runs vLLM's vision tower with [CLS]-row hooks on the layers the method needs
+  (q and k out of each layer's fused ``qkv_proj``; no N x N map), lets the method select, packs the kept
+  features in the promised order (:func:`hired.methods.pack.pack_features`), then projects them.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Mapping
+
+import torch
+from torch import nn
+from vllm.model_executor.models.llava import (
+    LlavaDummyInputsBuilder,
+    LlavaForConditionalGeneration,
+    LlavaMultiModalProcessor,
+    LlavaProcessingInfo,
+)
+from vllm.model_executor.models.llava_next import (
+    LlavaNextForConditionalGeneration,
+    LlavaNextMultiModalProcessor,
+    LlavaNextProcessingInfo,
+)
+from vllm.multimodal import MULTIMODAL_REGISTRY
+
+from hired.core.grid import Layout
+from hired.core.scores import cls_attention
+from hired.methods.base import Selection
+from hired.methods.pack import keeps_newline, pack_features
+from hired.selection import ImageSelection, PartitionSelection
+from hired.vllm.config import Spec, spec_from_config
+
+# ------------------------------------------------------------------------------------- processing info
+
+
+class _CountMixin:
+    """Placeholder count from the core when ``hired`` is configured, vLLM's own otherwise."""
+
+    _family: str
+
+    def hired_spec(self) -> Spec | None:
+        config = self.get_hf_config()
+        cached = self.__dict__.get("_hired_spec")
+        if cached is None or cached[0] is not config:
+            cached = (config, spec_from_config(config, self._family))
+            self.__dict__["_hired_spec"] = cached
+        return cached[1]
+
+    def get_num_image_tokens(self, *, image_width: int, image_height: int) -> int:
+        spec = self.hired_spec()
+        if spec is None:
+            return super().get_num_image_tokens(image_width=image_width, image_height=image_height)
+        return spec.num_tokens(image_height, image_width)
+
+
+class HiredLlavaNextProcessingInfo(_CountMixin, LlavaNextProcessingInfo):
+    _family = "llava_next"
+
+
+class HiredLlavaProcessingInfo(_CountMixin, LlavaProcessingInfo):
+    _family = "llava"
+
+
+# ---------------------------------------------------------------------------------- [CLS] rows and keys
+
+
+def _attention_modules(tower: nn.Module) -> nn.ModuleList:
+    """The ``self_attn`` module of every encoder layer vLLM built (CLIP: ``vision_model.encoder.layers``)."""
+    try:
+        layers = tower.vision_model.encoder.layers
+    except AttributeError:
+        raise TypeError(f"hired expects vLLM's CLIPVisionModel as vision tower, got {type(tower).__name__}") from None
+    return nn.ModuleList([layer.self_attn for layer in layers])
+
+
+@contextmanager
+def record(tower: nn.Module, roles: Mapping[str, int], key_roles: Mapping[str, int]) -> Iterator[tuple[dict, dict]]:
+    """Within the block, a tower forward fills ``rows[role]`` with ``(B, N)`` fp32 [CLS] rows (summed over
+    all heads) and ``keys[role]`` with ``(B, N, H * D)`` keys, from the hooked layers' ``qkv_proj``."""
+    attns = _attention_modules(tower)
+    rows: dict[str, torch.Tensor] = {}
+    keys: dict[str, torch.Tensor] = {}
+    wanted: dict[int, tuple[list[str], list[str]]] = {}
+    for role, layer in roles.items():
+        wanted.setdefault(layer, ([], []))[0].append(role)
+    for role, layer in key_roles.items():
+        wanted.setdefault(layer, ([], []))[1].append(role)
+    handles = []
+
+    def hook(attn, row_roles, key_roles_here):
+        def on_qkv(_module, _inputs, output):
+            qkv = output[0] if isinstance(output, tuple) else output
+            q, k, _ = qkv.chunk(3, dim=-1)  # (B, N, H_local * D) each
+            if row_roles:
+                row = cls_attention(q[:, 0], k, attn.num_heads_per_partition)
+                if attn.tp_size > 1:  # heads are split over tensor-parallel ranks: add up their rows
+                    from vllm.distributed import tensor_model_parallel_all_reduce
+
+                    row = tensor_model_parallel_all_reduce(row)
+                for role in row_roles:
+                    rows[role] = row
+            for role in key_roles_here:
+                keys[role] = k.detach()
+
+        return on_qkv
+
+    try:
+        for layer, (row_roles, key_roles_here) in wanted.items():
+            attn = attns[layer]
+            if key_roles_here and attn.tp_size > 1:
+                raise NotImplementedError("merging methods need all heads' keys; run the vision tower unsharded")
+            handles.append(attn.qkv_proj.register_forward_hook(hook(attn, row_roles, key_roles_here)))
+        yield rows, keys
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# ---------------------------------------------------------------------------------------- the model mixin
+
+
+_ORACLE_CACHE: dict[tuple[Layout, int], tuple[torch.Tensor, list[int]]] = {}
+
+
+def _oracle_keep(layout: Layout, count: int) -> tuple[torch.Tensor, list[int]]:
+    """Bool ``(P, T)``: the first ``count`` patches of the pack order, and the per-partition counts."""
+    key = (layout, count)
+    if key not in _ORACLE_CACHE:
+        keep = torch.zeros(layout.num_partitions * layout.tokens, dtype=torch.bool)
+        keep[layout.pack_order(False)[:count]] = True
+        keep = keep.view(layout.num_partitions, layout.tokens)
+        _ORACLE_CACHE[key] = (keep, keep.sum(dim=1).tolist())
+    return _ORACLE_CACHE[key]
+
+
+class _HiredModelMixin:
+    """Encoder → [CLS] rows → selection → pack → projector, for ``spec`` (``None``: the parent's path)."""
+
+    _family: str
+
+    def _hired_init(self) -> None:
+        self.hired_spec = spec_from_config(self.config, self._family)
+        self._hired_last: tuple[list[Layout], torch.Tensor, list[list[int]]] | None = None
+        if self.hired_spec is not None:
+            _attention_modules(self.vision_tower)  # fail at start-up on an unexpected tower
+
+    def _hired_features(self, pixel_values: torch.Tensor, layouts: list[Layout]) -> list[torch.Tensor]:
+        """``pixel_values`` ``(sum P, C, H, W)`` → one ``(tokens_i, D)`` tensor per image."""
+        spec = self.hired_spec
+        tokens = layouts[0].tokens
+        if spec.oracle:
+            feats = self._image_pixels_to_features(self.vision_tower, pixel_values)
+            parts = [_oracle_keep(lay, spec.method.count(lay)) for lay in layouts]
+            selection = Selection(keep=torch.cat([k for k, _ in parts]).to(feats.device), budgets=[b for _, b in parts])
+        else:
+            with record(self.vision_tower, spec.roles, spec.key_roles) as (rows, keys):
+                feats = self._image_pixels_to_features(self.vision_tower, pixel_values)  # (sum P, T, Dv)
+            scores = {role: row[:, -tokens:] for role, row in rows.items()}
+            if spec.key_roles:
+                selection = spec.method.select(
+                    layouts, scores, spec.info, keys={r: k[:, -tokens:] for r, k in keys.items()}
+                )
+            else:
+                selection = spec.method.select(layouts, scores, spec.info)
+        if feats.shape[1] != tokens:
+            raise ValueError(f"the vision tower gave {feats.shape[1]} patch tokens per partition, expected {tokens}")
+        self._hired_last = (layouts, selection.keep.detach().cpu(), selection.budgets)
+        packed = pack_features(spec.method, layouts, selection, feats, spec.newline)
+        embeds = self.multi_modal_projector(packed.features)  # (L, D)
+        if keeps_newline(spec.method, spec.newline):
+            newline = self.image_newline.to(embeds.dtype)
+            embeds = torch.where(packed.is_newline.to(embeds.device)[:, None], newline, embeds)
+        return list(embeds.split(packed.lengths))
+
+    def hired_last_selection(self) -> list[ImageSelection]:
+        """What the last encoder pass kept, one entry per image (empty before any image or when off)."""
+        if self.hired_spec is None or self._hired_last is None:
+            return []
+        layouts, keep, budgets = self._hired_last
+        spec = self.hired_spec
+        out, start = [], 0
+        for layout, image_budgets in zip(layouts, budgets):
+            parts = [
+                PartitionSelection(
+                    kept=torch.nonzero(keep[start + p]).flatten().tolist(),
+                    budget=image_budgets[p],
+                    grid=(layout.side, layout.side),
+                    valid=layout.valid_counts[p],
+                )
+                for p in range(layout.num_partitions)
+            ]
+            stock = layout.num_valid
+            if spec.newline:
+                stock += layout.valid_rows if layout.num_subimages else 1
+            out.append(
+                ImageSelection(
+                    image_size=layout.image_size,
+                    grid=layout.grid,
+                    partitions=parts,
+                    num_tokens=spec.num_tokens(*layout.image_size),
+                    num_tokens_stock=stock,
+                )
+            )
+            start += layout.num_partitions
+        return out
+
+
+# ------------------------------------------------------------------------------------------ LLaVA-NeXT
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    LlavaNextMultiModalProcessor,
+    info=HiredLlavaNextProcessingInfo,
+    dummy_inputs=LlavaDummyInputsBuilder,
+)
+class HiredLlavaNextForConditionalGeneration(_HiredModelMixin, LlavaNextForConditionalGeneration):
+    """vLLM's LLaVA-NeXT; with ``hf_overrides={"hired": {...}}`` it drops visual tokens before the LLM."""
+
+    _family = "llava_next"
+
+    def __init__(self, *, vllm_config, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._hired_init()
+
+    def _process_image_input(self, image_input):
+        if self.hired_spec is None or image_input["type"] != "pixel_values":
+            return super()._process_image_input(image_input)
+        pixel_values = image_input["pixel_values"]
+        image_sizes = image_input.get("image_sizes")
+        if image_sizes is None:
+            raise ValueError("LLaVA-NeXT with hired needs image_sizes next to pixel_values")
+        sizes = image_sizes.tolist() if hasattr(image_sizes, "tolist") else list(image_sizes)
+        layouts = [self.hired_spec.layout(h, w) for h, w in sizes]
+        per_image = list(pixel_values)  # (P_i, C, H, W) each; a batched tensor may be padded along P
+        for i, (pv, lay) in enumerate(zip(per_image, layouts)):
+            if pv.shape[0] < lay.num_partitions:
+                raise ValueError(
+                    f"image {i} of size {tuple(lay.image_size)} has {pv.shape[0]} crops, its layout needs "
+                    f"{lay.num_partitions}"
+                )
+        stacked = torch.cat([pv[: lay.num_partitions] for pv, lay in zip(per_image, layouts)])
+        return self._hired_features(stacked, layouts)
+
+
+# ------------------------------------------------------------------------------------------- LLaVA-1.5
+
+
+def _llava_info(ctx):
+    from transformers import CLIPVisionConfig, LlavaConfig
+
+    if isinstance(ctx.get_hf_config(LlavaConfig).vision_config, CLIPVisionConfig):
+        return HiredLlavaProcessingInfo(ctx)
+    return _STOCK_LLAVA_FACTORIES.info(ctx)  # Pixtral and other towers: vLLM's own
+
+
+def _llava_processor(info, dummy_inputs):
+    if isinstance(info, HiredLlavaProcessingInfo):
+        return LlavaMultiModalProcessor(info, dummy_inputs)
+    return _STOCK_LLAVA_FACTORIES.processor(info, dummy_inputs)
+
+
+_STOCK_LLAVA_FACTORIES = LlavaForConditionalGeneration._processor_factory  # vLLM's own (LLaVA and Pixtral-HF)
+
+
+@MULTIMODAL_REGISTRY.register_processor(_llava_processor, info=_llava_info, dummy_inputs=LlavaDummyInputsBuilder)
+class HiredLlavaForConditionalGeneration(_HiredModelMixin, LlavaForConditionalGeneration):
+    """vLLM's LLaVA-1.5; with ``hf_overrides={"hired": {...}}`` it drops visual tokens before the LLM."""
+
+    _family = "llava"
+
+    def __init__(self, *, vllm_config, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._hired_init()
+
+    def _process_image_input(self, image_input):
+        if self.hired_spec is None or image_input["type"] != "pixel_values":
+            return super()._process_image_input(image_input)
+        pixel_values = image_input["pixel_values"]  # (B, C, H, W)
+        layouts = [self.hired_spec.layout(0, 0)] * pixel_values.shape[0]
+        return self._hired_features(pixel_values, layouts)
