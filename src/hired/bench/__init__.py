@@ -1,0 +1,32 @@
+"""Efficiency benchmark: TTFT (split into preprocessing, vision tower, selection, LLM prefill), decode and
+end-to-end throughput and peak memory of a method against the full model and the oracle.
+
+    from hired.bench import build_arch, run_benchmark, Settings, markdown
+    model, processor = build_arch("small")                      # random weights, no download
+    result = run_benchmark(model, processor, image, Settings(batch_sizes=(1,)))
+    print(markdown(result))
+
+``hired bench --arch small --random-weights`` does the same from the command line.
+"""
+
+from hired.bench.archs import ARCHS, Arch, build_arch, list_archs
+from hired.bench.cli import add_bench_parser
+from hired.bench.oracle import oracle, reference_attention
+from hired.bench.report import markdown, plot
+from hired.bench.runner import MethodSpec, Settings, run_benchmark, run_once
+
+__all__ = [
+    "ARCHS",
+    "Arch",
+    "MethodSpec",
+    "Settings",
+    "add_bench_parser",
+    "build_arch",
+    "list_archs",
+    "markdown",
+    "oracle",
+    "plot",
+    "reference_attention",
+    "run_benchmark",
+    "run_once",
+]

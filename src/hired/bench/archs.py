@@ -1,0 +1,211 @@
+"""Known architectures with random weights, built locally (no download), for timing.
+
+Timing does not depend on weight values, so a model with the real shapes and random weights reproduces a
+checkpoint's cost offline. ``build_arch(name, device, dtype)`` returns ``(model, processor)``:
+
+* ``llava-next-7b``: the shapes of ``llava-hf/llava-v1.6-vicuna-7b-hf`` (CLIP ViT-L/14 at 336 px, 24
+  layers, 1024 wide, 16 heads; Vicuna-7B, 32 layers, 4096 wide, vocabulary 32064; anyres pinpoints up to
+  672x672, 1008x336 and 336x1008; features from layer -2).
+* ``llava-1.5-7b``: the shapes of ``llava-hf/llava-1.5-7b-hf`` (same tower and LLM, one 336 px crop).
+* ``small``: a scaled-down LLaVA-NeXT for CPUs with the *same token geometry* (336 px crops of 14 px
+  patches, so a 600x600 image gives 5 partitions of 576 patches) and, as in the 7B model, a language
+  model that dominates the cost: about 20 times the vision tower's multiply-adds at full budget.
+
+The processor uses a small local byte-level tokenizer (``hired.tiny.tiny_tokenizer``) that knows
+``<image>`` and some English; its ids all lie inside the configs' vocabularies, so the embedding and
+output layers have the real sizes while no tokenizer file is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["ARCHS", "Arch", "build_arch", "list_archs"]
+
+_PINPOINTS_336 = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))  # llava-v1.6, (height, width)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Shapes of one architecture (``family`` is ``"llava_next"`` or ``"llava"``)."""
+
+    name: str
+    family: str
+    summary: str
+    # vision tower (CLIP ViT)
+    crop_size: int
+    patch_size: int
+    vision_hidden: int
+    vision_intermediate: int
+    vision_layers: int
+    vision_heads: int
+    # language model (Llama)
+    text_hidden: int
+    text_intermediate: int
+    text_layers: int
+    text_heads: int
+    vocab_size: int
+    vision_feature_layer: int = -2
+    grid_pinpoints: tuple[tuple[int, int], ...] | None = None
+    max_position_embeddings: int = 4096
+
+
+ARCHS: dict[str, Arch] = {
+    a.name: a
+    for a in (
+        Arch(
+            name="llava-next-7b",
+            family="llava_next",
+            summary="llava-v1.6-vicuna-7b shapes: CLIP ViT-L/14-336 (24x1024) + Vicuna-7B (32x4096), anyres",
+            crop_size=336,
+            patch_size=14,
+            vision_hidden=1024,
+            vision_intermediate=4096,
+            vision_layers=24,
+            vision_heads=16,
+            text_hidden=4096,
+            text_intermediate=11008,
+            text_layers=32,
+            text_heads=32,
+            vocab_size=32064,
+            grid_pinpoints=_PINPOINTS_336,
+        ),
+        Arch(
+            name="llava-1.5-7b",
+            family="llava",
+            summary="llava-1.5-7b shapes: CLIP ViT-L/14-336 (24x1024) + Vicuna-7B (32x4096), one 336 px crop",
+            crop_size=336,
+            patch_size=14,
+            vision_hidden=1024,
+            vision_intermediate=4096,
+            vision_layers=24,
+            vision_heads=16,
+            text_hidden=4096,
+            text_intermediate=11008,
+            text_layers=32,
+            text_heads=32,
+            vocab_size=32064,
+        ),
+        Arch(
+            name="small",
+            family="llava_next",
+            summary="CPU-sized LLaVA-NeXT: 336 px crops, 14 px patches (tower 8x128), LLM 8x512 dominating cost",
+            crop_size=336,
+            patch_size=14,
+            vision_hidden=128,
+            vision_intermediate=512,
+            vision_layers=8,
+            vision_heads=2,
+            text_hidden=512,
+            text_intermediate=1376,
+            text_layers=8,
+            text_heads=8,
+            vocab_size=32064,
+            grid_pinpoints=_PINPOINTS_336,
+        ),
+    )
+}
+
+
+def list_archs() -> dict[str, str]:
+    """Architecture names with a one-line description each."""
+    return {name: arch.summary for name, arch in ARCHS.items()}
+
+
+def _config(arch: Arch, image_token_id: int, pad_token_id: int):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextConfig
+
+    vision = CLIPVisionConfig(
+        hidden_size=arch.vision_hidden,
+        intermediate_size=arch.vision_intermediate,
+        num_hidden_layers=arch.vision_layers,
+        num_attention_heads=arch.vision_heads,
+        image_size=arch.crop_size,
+        patch_size=arch.patch_size,
+        projection_dim=768,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+    )
+    text = LlamaConfig(
+        vocab_size=arch.vocab_size,
+        hidden_size=arch.text_hidden,
+        intermediate_size=arch.text_intermediate,
+        num_hidden_layers=arch.text_layers,
+        num_attention_heads=arch.text_heads,
+        num_key_value_heads=arch.text_heads,
+        max_position_embeddings=arch.max_position_embeddings,
+        rms_norm_eps=1e-5,
+        pad_token_id=pad_token_id,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    common = dict(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=image_token_id,
+        projector_hidden_act="gelu",
+        vision_feature_layer=arch.vision_feature_layer,
+        vision_feature_select_strategy="default",
+    )
+    if arch.family == "llava_next":
+        return LlavaNextConfig(image_grid_pinpoints=[list(p) for p in arch.grid_pinpoints], **common)
+    return LlavaConfig(**common)
+
+
+def _processor(arch: Arch, tokenizer):
+    import transformers
+
+    size = {"shortest_edge": arch.crop_size}
+    crop = {"height": arch.crop_size, "width": arch.crop_size}
+    common = dict(
+        tokenizer=tokenizer,
+        patch_size=arch.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # the [CLS] token
+    )
+    if arch.family == "llava_next":
+        cls = getattr(transformers, "LlavaNextImageProcessorPil", None) or transformers.LlavaNextImageProcessor
+        image_processor = cls(size=size, crop_size=crop, image_grid_pinpoints=[list(p) for p in arch.grid_pinpoints])
+        return transformers.LlavaNextProcessor(image_processor=image_processor, **common)
+    cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    return transformers.LlavaProcessor(image_processor=cls(size=size, crop_size=crop), **common)
+
+
+def build_arch(
+    name: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    attn_implementation: str = "sdpa",
+    seed: int = 0,
+):
+    """``(model, processor)``: architecture ``name`` (see ``ARCHS``) with random weights, in eval mode.
+
+    The weights are created and initialised directly on ``device`` in ``dtype`` (a 7B model in float16
+    needs about 14 GB there; ``device="meta"`` builds the shapes only, without memory, for inspection).
+    Nothing is downloaded. The processor emits the stock placeholder count; ``hired.apply`` changes it.
+    """
+    from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+
+    from hired.tiny import IMAGE_TOKEN, tiny_tokenizer
+
+    arch = ARCHS.get(name)
+    if arch is None:
+        raise ValueError(f"unknown architecture {name!r}; available: {', '.join(ARCHS)}")
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}")
+        dtype = getattr(torch, dtype)
+    tokenizer = tiny_tokenizer()
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    if len(tokenizer) > arch.vocab_size:
+        raise ValueError(f"the local tokenizer has {len(tokenizer)} ids, more than {name}'s vocabulary")
+    config = _config(arch, image_token_id, tokenizer.pad_token_id)
+    cls = LlavaNextForConditionalGeneration if arch.family == "llava_next" else LlavaForConditionalGeneration
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = cls._from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+    model.eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, _processor(arch, tokenizer)

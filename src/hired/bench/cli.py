@@ -1,0 +1,207 @@
+"""``hired bench``: the efficiency benchmark from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from hired.bench.archs import ARCHS
+from hired.bench.runner import PAPER_BATCH_SIZES, PAPER_BUDGETS, MethodSpec, Settings
+
+CPU_BATCH_SIZES = (1,)
+"""Default batch size on a CPU (the paper's 1, 2, 4 on CUDA): keeps ``--arch small`` to a few minutes."""
+
+DEFAULT_IMAGE_SIZE = 600
+"""The paper's 600 x 600 image: 5 partitions (full image + 2x2 grid) in LLaVA-NeXT."""
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_bench_parser(sub) -> argparse.ArgumentParser:
+    """Register ``hired bench`` on an ``argparse`` sub-parser collection."""
+    p = sub.add_parser(
+        "bench",
+        help="efficiency benchmark: TTFT (split), throughput, peak memory vs full and the oracle",
+        description=(
+            "Time a method against the full model and the oracle (the same number of visual tokens with no "
+            "selection work). Defaults reproduce the HiRED paper's setting: a 600x600 image, 15 new tokens, "
+            "budgets 1.0/0.4/0.2, batch 1/2/4 and float16 on CUDA (batch 1 and float32 on a CPU)."
+        ),
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="local model folder or hub id (LLaVA-NeXT or LLaVA-1.5)")
+    src.add_argument("--arch", choices=sorted(ARCHS), help="a known architecture with random weights (needs --random-weights)")
+    p.add_argument("--random-weights", action="store_true", help="confirm --arch: random weights, nothing downloaded")
+    p.add_argument("--methods", default="hired", help="comma-separated method names (see `hired methods`), default hired")
+    p.add_argument("--option", action="append", metavar="[NAME:]KEY=VALUE", help="method option, repeatable")
+    p.add_argument("--budgets", type=_floats, default=PAPER_BUDGETS, help="comma-separated budgets, default 1.0,0.4,0.2")
+    p.add_argument("--batch-sizes", type=_ints, default=None, help="comma-separated batch sizes (default 1,2,4 on CUDA, 1 on CPU)")
+    p.add_argument("--runs", type=int, default=3, help="timed runs per row (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up runs per row, not timed (default 1)")
+    p.add_argument("--new-tokens", type=int, default=15, help="greedy tokens per run, exactly (default 15)")
+    p.add_argument("--image", help="image file (default: a synthetic 600x600 picture)")
+    p.add_argument("--prompt", default=None, help="question about the image (wrapped in the chat template)")
+    p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="auto: float16 on CUDA, float32 on CPU")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-full", action="store_true", help="skip the full (stock) model rows")
+    p.add_argument("--no-oracle", action="store_true", help="skip the oracle rows")
+    p.add_argument("--no-reference-attention", action="store_true",
+                   help="skip the reference attention path (full N x N maps) rows")
+    p.add_argument("--json", metavar="PATH", help="also write the results (with every run) as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="also write the Markdown table to a file")
+    p.add_argument("--plot", metavar="PATH.png", help="TTFT and memory vs budget (needs matplotlib: hired[viz])")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench)
+    return p
+
+
+def _specs(args) -> tuple[MethodSpec, ...]:
+    from hired.cli import _parse_value
+
+    names = [n.strip() for n in args.methods.split(",") if n.strip()]
+    if not names:
+        raise SystemExit("hired bench: --methods needs at least one method name")
+    per: dict[str, dict] = {n: {} for n in names}
+    for item in args.option or []:
+        target, sep, rest = item.partition(":")
+        if not sep or "=" in target:
+            target, rest = None, item
+        key, eq, value = rest.partition("=")
+        if not eq or not key.strip():
+            raise SystemExit(f"hired bench: --option expects [NAME:]KEY=VALUE, got {item!r}")
+        key = key.strip().replace("-", "_")
+        if key == "budget":
+            raise SystemExit("hired bench: set budgets with --budgets, not --option budget=...")
+        for name in [target] if target else names:
+            if name not in per:
+                raise SystemExit(f"hired bench: --option {item!r} names {name!r}, which is not in --methods")
+            per[name][key] = _parse_value(value)
+    return tuple(MethodSpec(n, per[n]) for n in names)
+
+
+def _image(args):
+    from hired.images import load_image
+
+    if args.image:
+        return load_image(args.image), args.image
+    from hired.cli import demo_image
+
+    size = (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
+    return demo_image(size), f"synthetic {DEFAULT_IMAGE_SIZE}x{DEFAULT_IMAGE_SIZE} (hired.cli.demo_image)"
+
+
+def _command(args, settings: Settings, device: str) -> str:
+    """The command line that reproduces this run, every setting spelled out."""
+    parts = ["hired", "bench"]
+    parts += ["--arch", args.arch, "--random-weights"] if args.arch else ["--model", args.model]
+    parts += ["--methods", args.methods]
+    for item in args.option or []:
+        parts += ["--option", item]
+    parts += ["--budgets", ",".join(f"{b:g}" for b in settings.budgets)]
+    parts += ["--batch-sizes", ",".join(str(b) for b in settings.batch_sizes)]
+    parts += ["--runs", str(settings.runs), "--warmup", str(settings.warmup), "--new-tokens", str(settings.new_tokens)]
+    parts += ["--device", device, "--dtype", args.dtype]
+    if args.threads is not None:
+        parts += ["--threads", str(args.threads)]
+    if args.image:
+        parts += ["--image", args.image]
+    if args.prompt:
+        parts += ["--prompt", args.prompt]
+    parts += [flag for flag, on in (("--no-full", args.no_full), ("--no-oracle", args.no_oracle),
+                                    ("--no-reference-attention", args.no_reference_attention)) if on]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def cmd_bench(args) -> int:
+    """Check the arguments, then build or load the model, run, print the table and write the files."""
+    import torch
+
+    if args.arch and not args.random_weights:
+        raise SystemExit("hired bench: --arch builds the model with random weights; add --random-weights to confirm")
+    if args.random_weights and not args.arch:
+        raise SystemExit("hired bench: --random-weights goes with --arch NAME")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch.device(device)
+    except RuntimeError as err:
+        raise SystemExit(f"hired bench: bad --device {device!r}: {err}") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"hired bench: --device {device} but CUDA is not available")
+    batch_sizes = args.batch_sizes or (PAPER_BATCH_SIZES if device.startswith("cuda") else CPU_BATCH_SIZES)
+    settings = Settings(
+        methods=_specs(args),
+        budgets=args.budgets,
+        batch_sizes=batch_sizes,
+        runs=args.runs,
+        warmup=args.warmup,
+        new_tokens=args.new_tokens,
+        full=not args.no_full,
+        oracle=not args.no_oracle,
+        reference_attention=not args.no_reference_attention,
+        question=args.prompt or Settings.question,
+        progress=not args.no_progress,
+    )
+    try:
+        settings.check()
+    except ValueError as err:
+        raise SystemExit(f"hired bench: {err}") from None
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"hired bench: --threads must be at least 1, got {args.threads}")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise SystemExit('hired bench: --plot needs matplotlib: pip install "hired[viz]"') from None
+    threads = torch.get_num_threads()
+    try:
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        return _bench(args, settings, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _bench(args, settings: Settings, device: str) -> int:
+    from hired.bench.report import markdown, plot
+    from hired.bench.runner import run_benchmark
+    from hired.cli import _torch_dtype, load_model
+
+    image, image_name = _image(args)
+    if args.arch:
+        from hired.bench.archs import build_arch
+
+        model, processor = build_arch(args.arch, device, _torch_dtype(args.dtype, device))
+        name = f"{args.arch} (random weights)"
+    else:
+        model, processor = load_model(args.model, device, args.dtype)
+        name = args.model
+    command = _command(args, settings, device)
+    result = run_benchmark(model, processor, image, settings, model_name=name, image_name=image_name, command=command)
+    table = markdown(result)
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"JSON written to {args.json}", file=sys.stderr)
+    if args.plot:
+        plot(result, args.plot)
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0

@@ -1,0 +1,153 @@
+"""Two comparison paths for the benchmark, each a reversible patch of one model instance.
+
+* ``oracle``: the same model fed a given number of visual tokens per image with no selection work. The
+  vision tower runs as stock; the first ``N_i`` patch features of image ``i`` (a fixed slice of its
+  partitions, no scores, no sort) are projected and fill ``N_i`` placeholders. No dropping method can
+  be faster at that count: it is the limit, and a method's TTFT over the oracle's is its overhead.
+* ``reference_attention``: the vision tower runs with eager attention and returns every layer's full
+  ``(heads, N, N)`` attention map, which is how the reference HiRED code obtains its [CLS] scores
+  (``output_attentions=True``). Combined with ``hired.apply`` it shows what computing only the [CLS]
+  row from q and k saves.
+
+Both set instance attributes or hooks only and restore the model (and processor) on exit.
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from hired.core.grid import Geometry, layout_for
+
+_FEATURES = "get_image_features"
+_PLACEHOLDERS = "replace_image_token"
+
+
+def _inner(model: nn.Module) -> tuple[nn.Module, bool]:
+    """The module holding ``vision_tower`` / ``multi_modal_projector`` and whether it is LLaVA-NeXT."""
+    from transformers import LlavaModel, LlavaNextModel
+
+    inner = getattr(model, "model", model)
+    if isinstance(inner, LlavaNextModel):
+        return inner, True
+    if isinstance(inner, LlavaModel):
+        return inner, False
+    raise TypeError(f"the oracle supports LLaVA-NeXT and LLaVA-1.5 models, got {type(model).__name__}")
+
+
+@dataclass
+class OracleRecord:
+    """What the oracle fed the language model in the last forward: visual features per image."""
+
+    features_per_image: list[int] = field(default_factory=list)
+
+
+def _geometry(config, next_family: bool) -> Geometry:
+    vc = config.vision_config
+    pins = tuple(tuple(p) for p in config.image_grid_pinpoints) if next_family else None
+    return Geometry(crop_size=int(vc.image_size), patch_size=int(vc.patch_size), grid_pinpoints=pins)
+
+
+def _oracle_features(
+    inner: nn.Module,
+    next_family: bool,
+    counts: Sequence[int],
+    record: OracleRecord,
+    pixel_values: torch.Tensor,
+    image_sizes: torch.Tensor | None = None,
+    vision_feature_layer=None,
+    vision_feature_select_strategy: str | None = None,
+    **kwargs,
+):
+    """Replacement for ``get_image_features``: stock tower, the first ``counts[i]`` patches of image ``i``.
+
+    ``pixel_values`` is ``(images, P_max, C, H, W)`` (LLaVA-NeXT) or ``(images, C, H, W)``; returns the
+    tower's output with ``pooler_output`` a list of ``(counts[i], hidden)``.
+    """
+    config = inner.config
+    if next_family:
+        geometry = _geometry(config, True)
+        sizes = image_sizes.tolist()
+        parts = [layout_for((int(h), int(w)), geometry).num_partitions for h, w in sizes]
+        if pixel_values.dim() == 5:
+            pixel_values = torch.cat([pv[:p] for pv, p in zip(pixel_values, parts)])
+    else:
+        parts = [1] * pixel_values.shape[0]
+    if len(parts) != len(counts):
+        raise ValueError(f"the oracle was given counts for {len(counts)} images but the batch has {len(parts)}")
+    kwargs.pop("return_dict", None)
+    kwargs["output_hidden_states"] = True
+    out = inner.vision_tower(pixel_values, return_dict=True, **kwargs)
+    layer = config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
+    layers = [layer] if isinstance(layer, int) else list(layer)
+    feats = torch.cat([out.hidden_states[i][:, 1:] for i in layers], dim=-1)  # (sum P, T, Dv), [CLS] dropped
+    slices, start = [], 0
+    for p, n in zip(parts, counts):
+        flat = feats[start : start + p].flatten(0, 1)  # (P * T, Dv)
+        if n > flat.shape[0]:
+            raise ValueError(f"the oracle cannot feed {n} tokens from an image of {flat.shape[0]} patches")
+        slices.append(flat[:n])
+        start += p
+    projected = inner.multi_modal_projector(torch.cat(slices))  # (sum N, D)
+    out.pooler_output = list(projected.split(list(counts)))
+    record.features_per_image = [int(n) for n in counts]
+    return out
+
+
+def _oracle_placeholders(processor, counts: Sequence[int], image_inputs: dict, image_idx: int, **kwargs) -> str:
+    return processor.image_token * int(counts[image_idx])
+
+
+@contextmanager
+def oracle(model: nn.Module, processor, counts: Sequence[int]) -> Iterator[OracleRecord]:
+    """Within the block, ``processor`` emits ``counts[i]`` placeholders for image ``i`` of a call and
+    ``model`` fills them with a fixed slice of that image's stock patch features.
+
+    ``model`` must be stock (no hired method applied). Yields an ``OracleRecord`` of what was fed.
+    """
+    import hired
+
+    if hired.applied_method(model) is not None:
+        raise ValueError("the oracle runs on the stock model; call hired.remove(model, processor) first")
+    counts = [int(n) for n in counts]
+    if not counts or min(counts) < 1:
+        raise ValueError(f"oracle counts must be positive integers, got {counts}")
+    inner, next_family = _inner(model)
+    record = OracleRecord()
+    saved_model = inner.__dict__.get(_FEATURES)
+    saved_proc = processor.__dict__.get(_PLACEHOLDERS)
+    inner.__dict__[_FEATURES] = functools.partial(_oracle_features, inner, next_family, counts, record)
+    processor.__dict__[_PLACEHOLDERS] = functools.partial(_oracle_placeholders, processor, counts)
+    try:
+        yield record
+    finally:
+        for obj, name, saved in ((inner, _FEATURES, saved_model), (processor, _PLACEHOLDERS, saved_proc)):
+            if saved is None:
+                obj.__dict__.pop(name, None)
+            else:
+                obj.__dict__[name] = saved
+
+
+@contextmanager
+def reference_attention(model: nn.Module) -> Iterator[None]:
+    """Within the block the vision tower runs eager attention and returns all its ``(B, heads, N, N)``
+    attention maps (``output_attentions=True``), as the reference code does to read [CLS] attention."""
+    inner, _ = _inner(model)
+    tower = inner.vision_tower
+    previous = tower.config._attn_implementation
+
+    def force_maps(_module, args, kwargs):
+        return args, {**kwargs, "output_attentions": True}
+
+    tower.set_attn_implementation("eager")
+    handle = tower.register_forward_pre_hook(force_maps, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+        tower.set_attn_implementation(previous)

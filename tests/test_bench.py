@@ -1,0 +1,289 @@
+"""The efficiency benchmark's measuring and reporting code on tiny models (structure and sanity, not speed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import hired
+from hired.bench import ARCHS, MethodSpec, Settings, build_arch, markdown, oracle, plot, reference_attention, run_benchmark
+from hired.bench.timing import PARTS, CpuMemory
+from hired.cli import demo_image, main
+from hired.core.grid import Geometry, layout_for
+from hired.methods.base import num_image_tokens
+from hired.tiny import save_tiny
+
+PROMPT = "USER: <image>\nWhat is this? ASSISTANT:"
+TINY = dict(runs=1, warmup=0, new_tokens=3, progress=False)
+
+
+def _geometry(model) -> Geometry:
+    vc = model.config.vision_config
+    pins = getattr(model.config, "image_grid_pinpoints", None)
+    return Geometry(int(vc.image_size), int(vc.patch_size), tuple(tuple(p) for p in pins) if pins else None)
+
+
+def _expected_tokens(model, method, image, newline: bool) -> int:
+    layout = layout_for((image.height, image.width), _geometry(model))
+    return num_image_tokens(method, layout, newline)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a CPU shared with other jobs, two threads stall each other on tiny ops."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def image():
+    return demo_image((100, 200))  # 1x2 grid on the tiny LLaVA-NeXT: 3 partitions of 36 patches
+
+
+@pytest.fixture(scope="module")
+def next_result(_llava_next_session, image):
+    model, processor = _llava_next_session
+    settings = Settings(budgets=(0.25,), batch_sizes=(1, 2), **{**TINY, "runs": 2})
+    result = run_benchmark(model, processor, image, settings, model_name="tiny")
+    assert hired.applied_method(model) is None
+    assert not {"get_image_features", "_hired_state"} & set(model.model.__dict__)
+    assert not {"replace_image_token", "_hired_state"} & set(processor.__dict__)
+    return result
+
+
+def test_json_structure(next_result):
+    meta = next_result["meta"]
+    for key in ("device", "device_name", "dtype", "torch", "transformers", "memory", "date", "runs", "warmup"):
+        assert meta[key] not in (None, ""), key
+    assert meta["torch"] == torch.__version__ and meta["runs"] == 2
+    json.loads(json.dumps(next_result))  # JSON-ready
+    rows = next_result["rows"]
+    # per batch: full, then per budget: method, oracle, reference path
+    assert [(r["batch"], r["kind"], r["budget"]) for r in rows] == [
+        (b, kind, budget)
+        for b in (1, 2)
+        for kind, budget in [("full", None)] + [(k, 0.25) for k in ("method", "oracle", "reference")]
+    ]
+    for row in rows:
+        assert len(row["runs"]) == 2
+        for key, stat in row["summary"].items():
+            assert stat["min"] <= stat["median"] <= stat["max"], key
+        if row["kind"] in ("method", "reference"):
+            assert row["overhead_vs_oracle"] > -1.0
+        else:
+            assert "overhead_vs_oracle" not in row
+
+
+def test_runs_are_sane(next_result):
+    for row in next_result["rows"]:
+        for run in row["runs"]:
+            assert run["ttft"] > 0 and run["total"] > run["ttft"] and run["decode"] > 0
+            for part in PARTS:
+                assert run[part] >= 0, part
+            assert sum(run[p] for p in PARTS) <= run["ttft"] * (1 + 1e-6)
+            assert sum(run[p] for p in PARTS) == pytest.approx(run["ttft"], rel=1e-6)
+            assert run["vision"] > 0 and run["prefill"] > 0
+            assert 0 < run["llm"] <= run["prefill"]
+            assert run["e2e_tok_s"] == pytest.approx(row["batch"] * 3 / run["total"])
+            assert run["decode_tok_s"] == pytest.approx(row["batch"] * 2 / run["decode"])
+            assert run["peak_memory"] > 0 and 0 <= run["run_memory"] <= run["peak_memory"]
+
+
+def test_token_counts(next_result, _llava_next_session, image):
+    model, _ = _llava_next_session
+    full = _expected_tokens(model, hired.HiRED(budget=1.0, keep_newline=True), image, True)  # every valid patch + rows
+    for row in next_result["rows"]:
+        assert len(row["tokens_per_image"]) == row["batch"]
+        assert row["stock_tokens_per_image"] == full
+        if row["kind"] == "full":
+            assert row["tokens_per_image"] == [full] * row["batch"]
+        else:
+            want = _expected_tokens(model, hired.HiRED(budget=row["budget"]), image, True)
+            assert want < full
+            assert row["tokens_per_image"] == [want] * row["batch"]
+
+
+def test_oracle_count_equals_method_kept_count(next_result):
+    rows = next_result["rows"]
+    methods = [r for r in rows if r["kind"] == "method"]
+    oracles = [r for r in rows if r["kind"] == "oracle"]
+    assert len(methods) == len(oracles) == 2
+    for m, o in zip(methods, oracles):
+        assert (m["batch"], m["budget"]) == (o["batch"], o["budget"])
+        assert o["features_per_image"] == m["kept_per_image"] == o["tokens_per_image"] == m["tokens_per_image"]
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next_newline"])
+def test_oracle_matches_other_models_and_options(family, llava, llava_next, image):
+    model, processor = llava if family == "llava" else llava_next
+    options = {"keep_newline": True} if family == "llava_next_newline" else {}
+    settings = Settings(methods=(MethodSpec("hired", options),), budgets=(0.3,), batch_sizes=(2,),
+                        full=False, reference_attention=False, **TINY)
+    rows = run_benchmark(model, processor, image, settings)["rows"]
+    assert [r["kind"] for r in rows] == ["method", "oracle"]
+    method, orc = rows
+    want = _expected_tokens(model, hired.HiRED(budget=0.3, **options), image, family != "llava")
+    assert orc["features_per_image"] == method["kept_per_image"] == [want, want]
+    assert method["tokens_per_image"] == orc["tokens_per_image"] == [want, want]
+
+
+def test_oracle_context_feeds_the_count_and_restores(llava_next, image):
+    model, processor = llava_next
+    with oracle(model, processor, [5, 9]) as record:
+        inputs = processor(images=[image, image], text=[PROMPT, PROMPT], return_tensors="pt", padding=True)
+        assert (inputs["input_ids"] == processor.image_token_id).sum(dim=1).tolist() == [5, 9]
+        out = model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
+        assert out.shape[1] == inputs["input_ids"].shape[1] + 2
+        assert record.features_per_image == [5, 9]
+    stock = processor(images=image, text=PROMPT, return_tensors="pt")
+    assert int((stock["input_ids"] == processor.image_token_id).sum()) > 9
+    hired.apply(model, processor, hired.HiRED(budget=0.2))
+    with pytest.raises(ValueError, match="stock model"):
+        with oracle(model, processor, [5]):
+            pass
+    with pytest.raises(ValueError, match="positive"):
+        hired.remove(model, processor)
+        with oracle(model, processor, [0]):
+            pass
+
+
+def test_reference_attention_returns_full_maps_and_restores(llava_next, image):
+    model, processor = llava_next
+    tower = model.model.vision_tower
+    seen = []
+    handle = tower.register_forward_hook(lambda _m, _a, out: seen.append(out.attentions))
+    try:
+        hired.apply(model, processor, hired.HiRED(budget=0.3))
+        inputs = processor(images=image, text=PROMPT, return_tensors="pt")
+        with reference_attention(model):
+            assert tower.config._attn_implementation == "eager"
+            model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    finally:
+        handle.remove()
+    maps, after = seen
+    n = model.config.vision_config.num_hidden_layers
+    tokens = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2 + 1
+    assert len(maps) == n and maps[0].shape == (3, model.config.vision_config.num_attention_heads, tokens, tokens)
+    assert after is None and tower.config._attn_implementation == "sdpa"
+
+
+def test_markdown_and_plot(next_result, tmp_path):
+    text = markdown(next_result)
+    meta = next_result["meta"]
+    assert meta["device_name"] in text and meta["torch"] in text and meta["transformers"] in text
+    table = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(table) == len(next_result["rows"])
+    assert "oracle(hired)" in text and "%" in table[1]
+    path = plot(next_result, tmp_path / "bench.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cpu_memory_meter_sees_a_run_peak():
+    meter = CpuMemory()
+    if not meter.resettable:
+        pytest.fail("/proc/self/clear_refs should be writable on Linux")
+    meter.start()
+    block = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB, touched
+    del block
+    peak, base = meter.stop()
+    assert peak - base >= 60 * 1024 * 1024
+    meter.start()
+    peak, base = meter.stop()
+    assert peak - base < 32 * 1024 * 1024  # the mark was reset: the earlier block is not counted again
+
+
+def test_arch_shapes_match_the_checkpoints():
+    model, processor = build_arch("llava-next-7b", device="meta", dtype=torch.float16)
+    vc, tc = model.config.vision_config, model.config.text_config
+    assert (vc.num_hidden_layers, vc.hidden_size, vc.num_attention_heads, vc.image_size, vc.patch_size) == (24, 1024, 16, 336, 14)
+    assert (tc.num_hidden_layers, tc.hidden_size, tc.intermediate_size, tc.vocab_size) == (32, 4096, 11008, 32064)
+    assert model.config.vision_feature_layer == -2
+    assert [list(p) for p in model.config.image_grid_pinpoints] == [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+    assert abs(sum(p.numel() for p in model.parameters()) - 7.063e9) < 0.001e9  # llava-v1.6-vicuna-7b: 7.06B
+    assert model.dtype == torch.float16
+    assert processor.image_token_id < tc.vocab_size
+    llava, _ = build_arch("llava-1.5-7b", device="meta", dtype="float16")
+    assert type(llava).__name__ == "LlavaForConditionalGeneration"
+    with pytest.raises(ValueError, match="unknown architecture 'nope'"):
+        build_arch("nope")
+
+
+def test_small_arch_has_the_paper_geometry():
+    model, processor = build_arch("small")
+    inputs = processor(images=demo_image((600, 600)), text=PROMPT, return_tensors="pt")
+    assert inputs["pixel_values"].shape[1] == 5  # full image + 2x2 grid
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 2928  # 5 x 576 + 48 newlines, as 7B
+    vision = sum(p.numel() for p in model.model.vision_tower.parameters())
+    llm = sum(p.numel() for p in model.model.language_model.layers.parameters())
+    assert llm > 10 * vision  # the language model dominates the cost
+    assert set(ARCHS) >= {"llava-next-7b", "llava-1.5-7b", "small"}
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return str(save_tiny(tmp_path_factory.mktemp("bench") / "tiny"))
+
+
+def test_cli_end_to_end(tiny_dir, tmp_path, capsys):
+    args = ["bench", "--model", tiny_dir, "--budgets", "0.5,0.25", "--batch-sizes", "1", "--runs", "1",
+            "--warmup", "0", "--new-tokens", "2", "--threads", "1", "--no-progress",
+            "--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md"), "--plot", str(tmp_path / "r.png")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert [r["kind"] for r in result["rows"]] == ["full"] + ["method", "oracle", "reference"] * 2
+    assert result["meta"]["image_size"] == [600, 600] and result["meta"]["torch_threads"] == 1
+    assert "--budgets 0.5,0.25" in result["meta"]["command"]
+    assert (tmp_path / "r.md").read_text() in out
+    assert (tmp_path / "r.png").stat().st_size > 0
+
+
+def _run_bad(argv, capsys) -> str:
+    try:
+        rc = main(argv)
+    except SystemExit as exc:
+        return str(exc.code) + capsys.readouterr().err
+    assert rc != 0
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--arch", "small"], "add --random-weights"),
+        (["--model", "x", "--random-weights"], "--random-weights goes with --arch"),
+        (["--model", "x", "--budgets", "1.5"], "budget must be in (0, 1]"),
+        (["--model", "x", "--batch-sizes", "0"], "batch sizes must be positive"),
+        (["--model", "x", "--runs", "0"], "runs must be at least 1"),
+        (["--model", "x", "--new-tokens", "1"], "new tokens must be at least 2"),
+        (["--model", "x", "--methods", "nope"], "unknown method 'nope'"),
+        (["--model", "x", "--option", "alpha=2"], "alpha must be in [0, 1]"),
+        (["--model", "x", "--option", "budget=0.3"], "--budgets"),
+        (["--model", "x", "--option", "spatial:seed=1"], "not in --methods"),
+        (["--model", "x", "--threads", "0"], "--threads must be at least 1"),
+        (["--model", "x", "--image", "missing.png"], "image not found"),
+    ],
+)
+def test_bad_arguments_give_one_clear_error(extra, message, capsys):
+    assert message in _run_bad(["bench", "--no-progress", *extra], capsys)
+
+
+def test_adaptive_method_without_two_pass_inputs_is_a_clear_error(monkeypatch, capsys):
+    from dataclasses import dataclass
+
+    from hired.methods.base import _REGISTRY, Method
+
+    @dataclass(frozen=True)
+    class Adaptive(Method):
+        name = "adaptive_test"
+        adaptive = True
+
+    monkeypatch.setitem(_REGISTRY, "adaptive_test", Adaptive)
+    monkeypatch.delattr(hired, "prepare_inputs", raising=False)
+    err = _run_bad(["bench", "--model", "x", "--methods", "adaptive_test", "--no-progress"], capsys)
+    assert "adaptive number of tokens" in err and "prepare_inputs" in err
