@@ -287,3 +287,17 @@ def test_adaptive_method_without_two_pass_inputs_is_a_clear_error(monkeypatch, c
     monkeypatch.delattr(hired, "prepare_inputs", raising=False)
     err = _run_bad(["bench", "--model", "x", "--methods", "adaptive_test", "--no-progress"], capsys)
     assert "adaptive number of tokens" in err and "prepare_inputs" in err
+
+
+def test_adaptive_method_runs_on_two_pass_inputs(llava_next, image):
+    model, processor = llava_next
+    settings = Settings(methods=(MethodSpec("prumerge", {"budget": None}),), budgets=(0.5, 0.25), batch_sizes=(1,),
+                        full=False, reference_attention=False, **TINY)
+    rows = run_benchmark(model, processor, image, settings)["rows"]
+    assert [(r["kind"], r["budget"]) for r in rows] == [("method", None), ("oracle", None)]
+    method, orc = rows
+    assert orc["features_per_image"] == method["kept_per_image"] == method["tokens_per_image"] == orc["tokens_per_image"]
+    for row in rows:
+        run = row["runs"][0]
+        assert all(run[p] >= 0 for p in PARTS) and run["vision"] > 0
+        assert sum(run[p] for p in PARTS) == pytest.approx(run["ttft"], rel=1e-6)

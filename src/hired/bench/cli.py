@@ -87,8 +87,8 @@ def _specs(args) -> tuple[MethodSpec, ...]:
         if not eq or not key.strip():
             raise SystemExit(f"hired bench: --option expects [NAME:]KEY=VALUE, got {item!r}")
         key = key.strip().replace("-", "_")
-        if key == "budget":
-            raise SystemExit("hired bench: set budgets with --budgets, not --option budget=...")
+        if key == "budget" and _parse_value(value) is not None:
+            raise SystemExit("hired bench: set budgets with --budgets; --option NAME:budget=none asks for an adaptive form")
         for name in [target] if target else names:
             if name not in per:
                 raise SystemExit(f"hired bench: --option {item!r} names {name!r}, which is not in --methods")
@@ -104,7 +104,7 @@ def _image(args):
     from hired.cli import demo_image
 
     size = (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
-    return demo_image(size), f"synthetic {DEFAULT_IMAGE_SIZE}x{DEFAULT_IMAGE_SIZE} (hired.cli.demo_image)"
+    return demo_image(size), "synthetic (hired.cli.demo_image)"
 
 
 def _command(args, settings: Settings, device: str) -> str:

@@ -19,7 +19,9 @@ def _ms(stat: dict) -> str:
 def _budget(row: dict) -> str:
     if row["kind"] == "full":
         return "1.0 (all)"
-    return "-" if row["budget"] is None else f"{row['budget']:g}"
+    if row["budget"] is None:
+        return "adaptive" if row.get("adaptive") else "-"
+    return str(float(row["budget"]))
 
 
 def header(result: dict) -> str:
@@ -32,7 +34,7 @@ def header(result: dict) -> str:
     return (
         f"Model `{m['model']}` ({m['model_class']}), {m['dtype']} on {m['device']}: {m['device_name']}{threads}. "
         f"torch {m['torch']}, transformers {m['transformers']}, hired {m['hired']}, Python {m['python']}. "
-        f"Image {m['image']} ({m['image_size'][1]}x{m['image_size'][0]}), {m['new_tokens']} new tokens, greedy. "
+        f"Image {m['image']}, {m['image_size'][1]}x{m['image_size'][0]} px, {m['new_tokens']} new tokens, greedy. "
         f"{m['warmup']} warm-up + {m['runs']} runs per row: median (min-max). Memory: {m['memory']}. "
         f"{m['date']}.{load}"
     )

@@ -45,7 +45,11 @@ _METRICS = (
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method by name with fixed options; the budget is set per row."""
+    """A registered method by name with fixed options; the budget is set per row.
+
+    ``options={"budget": None}`` asks for a method's adaptive form (PruMerge, PruMerge+): it then runs
+    once per batch size, at the count it chooses, instead of once per budget.
+    """
 
     name: str
     options: dict[str, Any] = field(default_factory=dict)
@@ -67,18 +71,22 @@ class MethodSpec:
             raise ValueError(f"unknown method {self.name!r}; available: {', '.join(sorted(_REGISTRY))}")
         return _REGISTRY[key]
 
-    @property
-    def has_budget(self) -> bool:
-        return "budget" in {f.name for f in dataclasses.fields(self.cls)}
-
-    @property
-    def adaptive(self) -> bool:
-        return bool(getattr(self.cls, "adaptive", False))
+    def budgets_for(self, budgets: tuple[float, ...]) -> tuple[float | None, ...]:
+        """The budgets this method runs at: ``budgets``, or ``(None,)`` (no budget option, or adaptive)."""
+        has_budget = "budget" in {f.name for f in dataclasses.fields(self.cls)}
+        if not has_budget or ("budget" in self.options and self.options["budget"] is None):
+            return (None,)
+        return tuple(budgets)
 
     @property
     def label(self) -> str:
         opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
         return f"{self.cls.name}({opts})" if opts else self.cls.name
+
+
+def is_adaptive(method) -> bool:
+    """Whether ``method`` keeps a content-dependent number of tokens (known only after the vision tower)."""
+    return bool(getattr(method, "adaptive", False))
 
 
 @dataclass(frozen=True)
@@ -115,15 +123,17 @@ class Settings:
         if not self.methods and not self.full:
             raise ValueError("nothing to run: no method and no full model")
         for spec in self.methods:
-            if spec.adaptive and not hasattr(hired, "prepare_inputs"):
-                raise ValueError(
-                    f"method {spec.cls.name!r} keeps an adaptive number of tokens, known only after the vision "
-                    "tower runs; benchmarking it needs hired.prepare_inputs (two-pass inputs), which this "
-                    "version of hired does not have"
-                )
-            if spec.has_budget and not self.budgets:
+            budgets = spec.budgets_for(self.budgets)
+            if not budgets:
                 raise ValueError(f"method {spec.cls.name!r} needs at least one budget")
-            spec.build(self.budgets[0] if spec.has_budget else None)  # validates the options
+            for budget in budgets:
+                method = spec.build(budget)  # validates the options
+                if is_adaptive(method) and not hasattr(hired, "prepare_inputs"):
+                    raise ValueError(
+                        f"method {spec.cls.name!r} keeps an adaptive number of tokens, known only after the "
+                        "vision tower runs; benchmarking it needs hired.prepare_inputs (two-pass inputs), "
+                        "which this version of hired does not have"
+                    )
 
 
 @dataclass
@@ -146,7 +156,7 @@ def _groups(settings: Settings, info) -> list[list[_Case]]:
         if settings.full:
             groups.append([_Case("full", "full", batch)])
         for spec in settings.methods:
-            for budget in settings.budgets if spec.has_budget else (None,):
+            for budget in spec.budgets_for(settings.budgets):
                 method = spec.build(budget)
                 group = [_Case(spec.label, "method", batch, spec, budget, method)]
                 if settings.oracle:
@@ -201,7 +211,7 @@ def _case_context(model, processor, case: _Case, counts: list[int] | None) -> It
 def _inputs(model, processor, case: _Case, images, prompts):
     import hired
 
-    if case.kind in ("method", "reference") and case.spec.adaptive:
+    if case.kind in ("method", "reference") and is_adaptive(case.method):
         inputs = hired.prepare_inputs(model, processor, images=images, text=prompts, return_tensors="pt")
     else:
         inputs = processor(images=images, text=prompts, return_tensors="pt", padding=True)
@@ -348,6 +358,7 @@ def run_benchmark(model: nn.Module, processor, image, settings: Settings | None 
                 "method": case.spec.cls.name if case.spec else None,
                 "options": dict(case.spec.options) if case.spec else {},
                 "budget": case.budget,
+                "adaptive": is_adaptive(case.method),
                 "batch": case.batch,
                 "tokens_per_image": case.tokens_per_image,
                 "stock_tokens_per_image": stock_tokens,

@@ -6,7 +6,10 @@ A run is one ``generate`` call of ``new_tokens`` greedy tokens, from the raw ima
        ─ projector ─ projector end ─ LLM prefill (merge, language model, head, first argmax) ─ first token
        ─ decode ─ end
 
-so ``ttft = preprocess + setup + vision + selection + projector + prefill`` exactly. ``selection`` is
+so ``ttft = preprocess + setup + vision + selection + projector + prefill`` exactly. With two-pass
+inputs (``hired.prepare_inputs``, needed by adaptive methods) the images are encoded while the inputs are
+built: preprocess is then that step less the encoding, setup is 0 and prefill is all of ``generate`` up to
+the first token. ``selection`` is
 everything between the vision tower and the projector: the method's scoring, budget and top-k, and the
 gather of the kept features (for the stock model only the choice of the feature layer). Marks come from
 forward hooks on ``vision_tower``, ``multi_modal_projector`` and ``language_model`` (first call of the
@@ -144,6 +147,13 @@ class Probes:
         s = self.clock.seconds
         m = self.marks
         out = {part: s(m[a], m[b]) for part, (a, b) in _PART_BOUNDS.items()}
+        if s(m["inputs"], m["vision_start"]) < 0:
+            # two-pass inputs (hired.prepare_inputs): the images were encoded while the inputs were built;
+            # preprocess is the rest of that step, prefill all of generate up to the first token
+            encode = s(m["vision_start"], m["projector_end"])
+            out["preprocess"] = s(m["start"], m["inputs"]) - encode
+            out["setup"] = 0.0
+            out["prefill"] = s(m["inputs"], m["first_token"])
         out["ttft"] = s(m["start"], m["first_token"])
         out["llm"] = s(m["llm_start"], m["llm_end"])
         out["decode"] = s(m["first_token"], m["end"])
