@@ -394,3 +394,12 @@ def test_cli_generate_runs_the_merging_methods(tiny_folder, argv, capsys):
     assert f"[{argv[1]}]" in out and "kept per partition" in out
     if "--budget" in argv:
         assert f"-> {math.floor(0.3 * 4 * 36)} (" in out
+
+
+def test_default_layers_follow_the_authors_code():
+    info = ModelInfo(num_layers=24, num_heads=16, feature_layer=22)  # LLaVA's CLIP, vision_feature_layer=-2
+    assert PruMerge().score_layers(info) == {"select": 23} and PruMerge().key_layers(info) == {"merge": 23}
+    assert VisionZip().score_layers(info) == {"select": 22} and VisionZip().key_layers(info) == {"merge": 22}
+    assert PruMergePlus(layer=5).key_layers(info) == {"merge": 5}
+    with pytest.raises(ValueError, match="keys of encoder layer 22"):
+        VisionZip().select([layout_for((84, 84), SINGLE)], {"select": torch.rand(1, 36)}, info)

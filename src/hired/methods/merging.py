@@ -55,8 +55,32 @@ def _check_int(name: str, value, low: int) -> None:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
+class _KeyMerge:
+    """Mixin: [CLS] attention and keys from one encoder layer (needs a ``layer`` field)."""
+
+    layer: int | None
+
+    def _default_layer(self, info: ModelInfo) -> int:
+        raise NotImplementedError
+
+    def _layer(self, info: ModelInfo) -> int:
+        return self._default_layer(info) if self.layer is None else self.layer
+
+    def score_layers(self, info: ModelInfo) -> Mapping[str, int]:
+        return {"select": self._layer(info)}
+
+    def key_layers(self, info: ModelInfo) -> Mapping[str, int]:
+        return {"merge": self._layer(info)}
+
+    def _merge_keys(self, keys: Mapping[str, torch.Tensor] | None, info: ModelInfo) -> torch.Tensor:
+        """``(sum P, T, H * D)`` keys the adapter recorded for :meth:`key_layers`."""
+        if not keys or "merge" not in keys:
+            raise ValueError(f"{type(self).__name__} needs the keys of encoder layer {self._layer(info)}")
+        return keys["merge"]
+
+
 @dataclass(frozen=True)
-class _PruMergeBase(_EvenSplit, Method):
+class _PruMergeBase(_KeyMerge, _EvenSplit, Method):
     """Shared options and the merge step of PruMerge and PruMerge+."""
 
     budget: float | None = None
@@ -75,16 +99,8 @@ class _PruMergeBase(_EvenSplit, Method):
         check_layer("layer", self.layer)
         check_bool("keep_newline", self.keep_newline)
 
-    def _layer(self, info: ModelInfo) -> int:
-        if self.layer is not None:
-            return self.layer
+    def _default_layer(self, info: ModelInfo) -> int:
         return min(info.feature_layer + 1, info.num_layers - 1)
-
-    def score_layers(self, info: ModelInfo) -> Mapping[str, int]:
-        return {"select": self._layer(info)}
-
-    def key_layers(self, info: ModelInfo) -> Mapping[str, int]:
-        return {"merge": self._layer(info)}
 
     def count(self, layout: Layout) -> int:
         if self.adaptive:
@@ -107,12 +123,11 @@ class _PruMergeBase(_EvenSplit, Method):
         info: ModelInfo,
         keys: Mapping[str, torch.Tensor] | None = None,
     ) -> Selection:
-        if not keys or "merge" not in keys:
-            raise ValueError(f"{type(self).__name__} needs the keys of encoder layer {self._layer(info)}")
+        merge_keys = self._merge_keys(keys, info)
         s = scores["select"]
         valid = _valid(layouts, s.device)
         keep, budgets = self._keep(layouts, s, valid)
-        weights = knn_merge_weights(keys["merge"], s, keep, valid, self.neighbours)
+        weights = knn_merge_weights(merge_keys, s, keep, valid, self.neighbours)
         return Selection(keep=keep, budgets=budgets, weights=weights)
 
 
@@ -199,7 +214,7 @@ class PruMergePlus(_PruMergeBase):
 
 @register
 @dataclass(frozen=True)
-class VisionZip(_EvenSplit, Method):
+class VisionZip(_KeyMerge, _EvenSplit, Method):
     """VisionZip (Yang et al., "VisionZip: Longer is Better but Not Necessary in Vision Language Models",
     CVPR 2025, arXiv 2412.04467).
 
@@ -236,14 +251,8 @@ class VisionZip(_EvenSplit, Method):
         check_layer("layer", self.layer)
         check_bool("keep_newline", self.keep_newline)
 
-    def _layer(self, info: ModelInfo) -> int:
-        return info.feature_layer if self.layer is None else self.layer
-
-    def score_layers(self, info: ModelInfo) -> Mapping[str, int]:
-        return {"select": self._layer(info)}
-
-    def key_layers(self, info: ModelInfo) -> Mapping[str, int]:
-        return {"merge": self._layer(info)}
+    def _default_layer(self, info: ModelInfo) -> int:
+        return info.feature_layer
 
     def select(
         self,
@@ -252,8 +261,7 @@ class VisionZip(_EvenSplit, Method):
         info: ModelInfo,
         keys: Mapping[str, torch.Tensor] | None = None,
     ) -> Selection:
-        if not keys or "merge" not in keys:
-            raise ValueError(f"VisionZip needs the keys of encoder layer {self._layer(info)}")
+        merge_keys = self._merge_keys(keys, info)
         s = scores["select"]
         device = s.device
         valid = _valid(layouts, device)
@@ -266,5 +274,5 @@ class VisionZip(_EvenSplit, Method):
         rank = rest.long().cumsum(dim=1) - 1  # raster position among the remaining patches
         step = (rest.sum(dim=1) // n_ctx.clamp(min=1)).clamp(min=1)[:, None]
         targets = rest & (rank % step == 0) & (rank // step < n_ctx[:, None])
-        weights = group_merge_weights(keys["merge"], targets, rest & ~targets)
+        weights = group_merge_weights(merge_keys, targets, rest & ~targets)
         return Selection(keep=dominant | targets, budgets=budgets, weights=weights)
