@@ -231,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_vllm_parser(sub)
 
+    from hired.eval.report import add_report_parser
+
+    add_report_parser(sub)
+
     demo = sub.add_parser("demo", help="run HiRED on a tiny random-weight model (offline, seconds)")
     demo.add_argument("--budget", type=float, default=0.2)
     demo.add_argument("--alpha", type=float, default=0.5)
