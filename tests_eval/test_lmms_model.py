@@ -70,12 +70,27 @@ def _rows(results):
     return [(r.text, r.token_counts.to_dict()) for r in results]
 
 
-@pytest.mark.parametrize("options", [{"method": "hired", "budget": "0.4"}, {"method": "cls_topk", "budget": 0.3}, {"method": "none"}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"method": "hired", "budget": "0.4"},
+        {"method": "cls_topk", "budget": 0.3},
+        {"method": "prumerge", "budget": "none"},  # adaptive: inputs built by hired.prepare_inputs
+        {"method": "none"},
+    ],
+)
 def test_batches_give_the_same_answers_and_counts_as_one_by_one(tiny_folder, options):
     one = _rows(_model(tiny_folder, batch_size=1, **options).generate_until(_gen_requests()))
     many = _rows(_model(tiny_folder, batch_size=3, **options).generate_until(_gen_requests()))
     assert many == one
     assert all(isinstance(text, str) for text, _ in one)
+    kept = [c["visual_tokens"] for _, c in one]
+    stock = [c["visual_tokens_stock"] for _, c in one]
+    assert kept[1] == stock[1] == 0  # the text-only document
+    if options["method"] == "none":
+        assert kept == stock
+    else:
+        assert all(k < s for k, s, d in zip(kept, stock, DOCS) if d["images"])
 
 
 def test_visual_tokens_per_sample_match_the_selection_and_the_stock_model(tiny_folder):

@@ -8,7 +8,9 @@ Registered with lmms-eval through the entry-point group ``lmms_eval.models`` (``
 
 ``method`` is any name of ``hired.list_methods()`` (default ``hired``), or ``none`` / ``full`` for the
 stock model; every other key of ``--model_args`` that is not one of the model's own arguments below is
-an option of that method (``budget``, ``alpha``, ``mapping``, ``seed``, ...).
+an option of that method (``budget``, ``alpha``, ``mapping``, ``seed``, ...; ``none`` means ``None``).
+Adaptive methods (PruMerge, PruMerge+ with ``budget=none``) get their inputs from
+``hired.prepare_inputs``, which writes each image's placeholders after its tokens were chosen.
 
 Visual tokens are reported twice:
 
