@@ -45,12 +45,16 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="local model folder or hub id (LLaVA-NeXT or LLaVA-1.5)")
-    src.add_argument("--arch", choices=sorted(ARCHS), help="a known architecture with random weights (needs --random-weights)")
+    src.add_argument(
+        "--arch", choices=sorted(ARCHS), help="a known architecture with random weights (needs --random-weights)"
+    )
     p.add_argument("--random-weights", action="store_true", help="confirm --arch: random weights, nothing downloaded")
-    p.add_argument("--methods", default="hired", help="comma-separated method names (see `hired methods`), default hired")
+    p.add_argument("--methods", default="hired", help="comma-separated method names (`hired methods`), default hired")
     p.add_argument("--option", action="append", metavar="[NAME:]KEY=VALUE", help="method option, repeatable")
-    p.add_argument("--budgets", type=_floats, default=PAPER_BUDGETS, help="comma-separated budgets, default 1.0,0.4,0.2")
-    p.add_argument("--batch-sizes", type=_ints, default=None, help="comma-separated batch sizes (default 1,2,4 on CUDA, 1 on CPU)")
+    p.add_argument("--budgets", type=_floats, default=PAPER_BUDGETS, help="comma-separated, default 1.0,0.4,0.2")
+    p.add_argument(
+        "--batch-sizes", type=_ints, default=None, help="comma-separated batch sizes (default 1,2,4 on CUDA, 1 on CPU)"
+    )
     p.add_argument("--runs", type=int, default=3, help="timed runs per row (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up runs per row, not timed (default 1)")
     p.add_argument("--new-tokens", type=int, default=15, help="greedy tokens per run, exactly (default 15)")
@@ -88,7 +92,9 @@ def _specs(args) -> tuple[MethodSpec, ...]:
             raise SystemExit(f"hired bench: --option expects [NAME:]KEY=VALUE, got {item!r}")
         key = key.strip().replace("-", "_")
         if key == "budget" and _parse_value(value) is not None:
-            raise SystemExit("hired bench: set budgets with --budgets; --option NAME:budget=none asks for an adaptive form")
+            raise SystemExit(
+                "hired bench: set budgets with --budgets; --option NAME:budget=none asks for an adaptive form"
+            )
         for name in [target] if target else names:
             if name not in per:
                 raise SystemExit(f"hired bench: --option {item!r} names {name!r}, which is not in --methods")
