@@ -149,7 +149,13 @@ class _HiredModelMixin:
         self.hired_spec = spec_from_config(self.config, self._family)
         self._hired_last: tuple[list[Layout], torch.Tensor, list[list[int]]] | None = None
         if self.hired_spec is not None:
-            _attention_modules(self.vision_tower)  # fail at start-up on an unexpected tower
+            attns = _attention_modules(self.vision_tower)  # fail at start-up on an unexpected tower
+            if self.hired_spec.key_roles and attns[0].tp_size > 1:
+                raise ValueError(
+                    f"hf_overrides['hired']: {self.hired_spec.method.name} merges by keys of all heads, which "
+                    "tensor parallelism splits over ranks; use a selection-only method (hired, cls_topk, spatial, "
+                    "random) or tensor_parallel_size=1"
+                )
 
     def _hired_features(self, pixel_values: torch.Tensor, layouts: list[Layout]) -> list[torch.Tensor]:
         """``pixel_values`` ``(sum P, C, H, W)`` → one ``(tokens_i, D)`` tensor per image."""
