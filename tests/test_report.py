@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hired.cli import main
-from hired.eval.report import build_table, find_runs, parse_metric_overrides
+from hired.eval.report import PAPER_METRICS, build_table, find_runs, parse_metric_overrides
 
 
 def write_run(
@@ -162,3 +162,32 @@ def test_cli(paper_like, tmp_path, capsys):
     assert "| hired alpha=0.5 budget=0.4 | 760 (40%) | 63.6 (98.1%) |" in out.read_text()
     assert main(["report", str(tmp_path / "nothing-here")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def _paper_table_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy" / "paper_table.py"
+    spec = importlib.util.spec_from_file_location("paper_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paper_table_script_commands(tmp_path, capsys):
+    script = _paper_table_script()
+    out = tmp_path / "acc"
+    write_run(out / "full", f"{PRE},method=full", {"pope": {"pope_f1_score": 0.876}})  # already done: skipped
+    assert script.main(["--dry-run", "--gpus", "8", "--out", str(out), "--only", "full,hired-20", "--run", "vz=method=visionzip,budget=0.2"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("[full] already done")
+    assert printed[1].startswith("[hired-20] accelerate launch --num_processes 8 -m lmms_eval --model hired_llava ")
+    assert "--model_args pretrained=llava-hf/llava-v1.6-vicuna-7b-hf,method=hired,budget=0.2,alpha=0.5,dtype=float16" in printed[1]
+    assert f"--tasks {script.TASKS} --batch_size 4 --log_samples --output_path {out / 'hired-20'}" in printed[1]
+    assert printed[2].startswith("[vz] ") and "method=visionzip,budget=0.2" in printed[2]
+    assert "report" in printed[3] and str(out / "table.md") in printed[3]
+    assert set(script.TASKS.split(",")) == set(PAPER_METRICS)  # the report knows each task's paper metric
+    with pytest.raises(SystemExit, match="unknown run"):
+        script.main(["--dry-run", "--only", "hired-30"])
+    with pytest.raises(SystemExit, match="--run expects"):
+        script.main(["--dry-run", "--run", "nomethod"])
