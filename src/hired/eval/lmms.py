@@ -377,13 +377,18 @@ class HiredLlava(lmms):
         max_new = gen_kwargs.get("max_new_tokens", gen_kwargs.get("max_gen_toks", self.default_max_new_tokens))
         temperature = float(gen_kwargs.get("temperature") or 0.0)
         do_sample = bool(gen_kwargs.get("do_sample", False)) or temperature > 0
+        pad = self.tokenizer.pad_token_id
         kwargs = {
             "max_new_tokens": int(max_new),
             "do_sample": do_sample,
             "num_beams": int(gen_kwargs.get("num_beams") or 1),
-            "pad_token_id": self.tokenizer.pad_token_id,
+            "pad_token_id": self.eot_token_id if pad is None else pad,
             "eos_token_id": self.eot_token_id,
         }
+        stops = [u for u in until if u]
+        if stops:  # stop each row at its first stop string instead of generating to the limit
+            kwargs["stop_strings"] = stops
+            kwargs["tokenizer"] = self.tokenizer
         if do_sample:
             kwargs["temperature"] = temperature if temperature > 0 else 1.0
             if gen_kwargs.get("top_p") is not None:
