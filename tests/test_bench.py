@@ -230,6 +230,14 @@ def test_arch_shapes_match_the_checkpoints():
         build_arch("nope")
 
 
+def test_arch_too_large_for_the_device_is_a_clear_error(monkeypatch):
+    from hired.bench import archs
+
+    monkeypatch.setattr(archs, "_available_bytes", lambda device: 100 * 10**6)
+    with pytest.raises(ValueError, match=r"small needs about 0\.2 GB for its float32 weights but cpu has 0\.1 GB free"):
+        build_arch("small")
+
+
 def test_small_arch_has_the_paper_geometry():
     model, processor = build_arch("small")
     inputs = processor(images=demo_image((600, 600)), text=PROMPT, return_tensors="pt")

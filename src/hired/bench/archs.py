@@ -204,9 +204,39 @@ def build_arch(
         raise ValueError(f"the local tokenizer has {len(tokenizer)} ids, more than {name}'s vocabulary")
     config = _config(arch, image_token_id, tokenizer.pad_token_id)
     cls = LlavaNextForConditionalGeneration if arch.family == "llava_next" else LlavaForConditionalGeneration
+    if torch.device(device).type != "meta":
+        _check_memory(name, cls, config, torch.device(device), dtype)
     torch.manual_seed(seed)
     with torch.device(device):
         model = cls._from_config(config, dtype=dtype, attn_implementation=attn_implementation)
     model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, _processor(arch, tokenizer)
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device`` (CUDA: ``mem_get_info``; CPU: Linux MemAvailable), or ``None`` if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def _check_memory(name: str, cls, config, device: torch.device, dtype: torch.dtype) -> None:
+    """Raise a clear error when the weights alone would not fit in the free memory of ``device``."""
+    with torch.device("meta"):
+        shapes = cls._from_config(config, dtype=dtype)
+    need = sum(p.numel() for p in shapes.parameters()) * torch.finfo(dtype).bits // 8
+    free = _available_bytes(device)
+    if free is not None and need > free:
+        raise ValueError(
+            f"{name} needs about {need / 1e9:.1f} GB for its {str(dtype).replace('torch.', '')} weights but "
+            f"{device} has {free / 1e9:.1f} GB free; use a larger device (e.g. --device cuda) or --arch small"
+        )
