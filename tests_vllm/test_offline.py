@@ -229,3 +229,19 @@ def test_adaptive_methods_are_refused_with_the_alternatives():
             parse_method({"method": name})
         method, _ = parse_method({"method": name, "budget": 0.2})  # with a budget they are fixed
         assert method.name == name and not method.adaptive
+
+
+def test_oracle_feeds_the_same_count_without_selection(engines, next_path):
+    """The benchmark's oracle: the method's count, filled with the first patches in pack order."""
+    llm = engines(next_path, {"method": "hired", "budget": 0.2, "oracle": True})
+    tok = image_id(llm)
+    for h, w in IMAGE_SIZES[:3]:
+        out = llm.generate([request(make_image(h, w))], greedy(2))[0]
+        layout = layout_for((h, w), GEOMETRY_NEXT)
+        count = num_image_tokens(get_method("hired", budget=0.2), layout, newline=True)
+        assert sum(t == tok for t in out.prompt_token_ids) == count
+        (sel,) = hired.vllm.last_selection(llm)
+        kept = sorted(p * layout.tokens + i for p, part in enumerate(sel.partitions) for i in part.kept)
+        assert kept == sorted(layout.pack_order(False)[:count].tolist())
+    with pytest.raises(ValueError, match="'oracle' must be true or false"):
+        make_llm(next_path, {"method": "hired", "oracle": "yes"})

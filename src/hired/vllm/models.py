@@ -13,6 +13,7 @@ runs exactly as stock vLLM. With it:
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Iterator, Mapping
 
 import torch
@@ -126,18 +127,13 @@ def record(tower: nn.Module, roles: Mapping[str, int], key_roles: Mapping[str, i
 # ---------------------------------------------------------------------------------------- the model mixin
 
 
-_ORACLE_CACHE: dict[tuple[Layout, int], tuple[torch.Tensor, list[int]]] = {}
-
-
+@lru_cache(maxsize=512)
 def _oracle_keep(layout: Layout, count: int) -> tuple[torch.Tensor, list[int]]:
     """Bool ``(P, T)``: the first ``count`` patches of the pack order, and the per-partition counts."""
-    key = (layout, count)
-    if key not in _ORACLE_CACHE:
-        keep = torch.zeros(layout.num_partitions * layout.tokens, dtype=torch.bool)
-        keep[layout.pack_order(False)[:count]] = True
-        keep = keep.view(layout.num_partitions, layout.tokens)
-        _ORACLE_CACHE[key] = (keep, keep.sum(dim=1).tolist())
-    return _ORACLE_CACHE[key]
+    keep = torch.zeros(layout.num_partitions * layout.tokens, dtype=torch.bool)
+    keep[layout.pack_order(False)[:count]] = True
+    keep = keep.view(layout.num_partitions, layout.tokens)
+    return keep, keep.sum(dim=1).tolist()
 
 
 class _HiredModelMixin:
