@@ -8,8 +8,10 @@ _GIB = 1024**3
 _MIB = 1024**2
 
 
-def _s(stat: dict) -> str:
-    return f"{stat['median']:.3f} ({stat['min']:.3f}-{stat['max']:.3f})"
+def _s(stat: dict, digits: int = 3, scale: float = 1.0) -> str:
+    """``median (min-max)``."""
+    med, low, high = (scale * stat[k] for k in ("median", "min", "max"))
+    return f"{med:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
 
 
 def _ms(stat: dict) -> str:
@@ -68,9 +70,9 @@ def markdown(result: dict) -> str:
                     _ms(s["vision"]),
                     _ms(s["selection"]),
                     _ms({"median": s["projector"]["median"] + s["prefill"]["median"]}),
-                    f"{s['decode_tok_s']['median']:.1f}",
-                    f"{s['e2e_tok_s']['median']:.2f}",
-                    f"{s['peak_memory']['median'] / _GIB:.3f}",
+                    _s(s["decode_tok_s"], 1),
+                    _s(s["e2e_tok_s"], 2),
+                    _s(s["peak_memory"], 3, 1 / _GIB),
                     f"{s['run_memory']['median'] / _MIB:.0f}",
                     vs_oracle,
                 ]
@@ -79,6 +81,8 @@ def markdown(result: dict) -> str:
         )
     lines += [
         "",
+        "TTFT, throughputs and peak memory: median (min-max) over the runs; the TTFT's parts and the run "
+        "memory: medians (the JSON output has every run). "
         "TTFT runs from the raw image and prompt to the first generated token. Its parts: preprocess (processor), "
         "vision (vision tower), selection (scores, budgets, top-k and gather between tower and projector), "
         "LLM prefill (projector, merge, language model, first token); the rest of the TTFT is generate's setup. "
