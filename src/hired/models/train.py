@@ -1,19 +1,21 @@
 """Train hired-tiny's language side on the synthetic task, with all visual tokens.
 
-    python -m hired.models.train                  # writes src/hired/models/hired_tiny/ (the packaged weights)
-    python -m hired.models.train --out DIR --steps 200 --images 100   # a quick run elsewhere
+    python -m hired.models.train --steps 250      # the packaged weights (src/hired/models/hired_tiny/)
+    python -m hired.models.train --out DIR --checkpoints CKPT         # 2000 steps, a copy every 250
 
 The DINOv2 tower is frozen, so its features are computed once per training image (all partitions,
 ``vision_feature_layer`` output without [CLS], fp16) and cached on disk under ``hired.models.dinov2.cache_dir()``.
 Each step then runs only the projector, LLaVA-NeXT's own ``pack_image_features`` (unpadding, newline
 tokens) and the decoder, with a loss on the answer tokens and the end-of-sequence token. Everything is
-seeded; one run on 2 CPU cores takes well under an hour.
+seeded, and the learning rate is constant after a linear warm-up, so the checkpoint written at step N
+of a longer run equals the result of ``--steps N``. Measured on 2 CPU cores: encoding the 800 training
+images took 4.6 minutes and the decoder about 0.5 s per step of 16 questions when the cores were free
+(10 to 20 times slower on the same cores shared with other jobs).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import sys
 import time
@@ -125,9 +127,9 @@ def train(args) -> Path:
     print(f"trainable parameters: {sum(p.numel() for p in params):,}; train questions {len(rows_train)}, "
           f"val {len(rows_val)}", flush=True)
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    warmup = max(1, args.steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
+    # linear warm-up over a fixed number of steps, then constant: the checkpoint written at step N of a
+    # longer run is exactly what ``--steps N`` gives
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup))
     order: list[int] = []
     rng = random.Random(args.seed)
     model.train()
@@ -150,6 +152,8 @@ def train(args) -> Path:
         if step % args.eval_every == 0 or step == args.steps:
             acc = evaluate(model, enc_val, val_split, rows_val)
             print(f"step {step}: loss {loss.item():.4f}, val accuracy {acc:.3f}, {time.time() - start:.0f} s", flush=True)
+            if args.checkpoints:
+                tiny_vlm.save_hired_tiny(model, processor, Path(args.checkpoints) / f"step-{step}")
             model.train()
             model.model.vision_tower.eval()
     model.eval()
@@ -177,12 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=800, help="training images")
     p.add_argument("--questions", type=int, default=8, help="questions per training image")
     p.add_argument("--val-images", type=int, default=60)
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--eval-every", type=int, default=200)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps, then a constant rate")
+    p.add_argument("--checkpoints", default=None, help="also write the model to DIR/step-N at every evaluation")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     train(p.parse_args(argv))
     return 0
