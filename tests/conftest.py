@@ -11,10 +11,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 from PIL import Image
 
 import hired
 from hired.tiny import tiny_llava, tiny_llava_next
+
+# property tests check results, not speed: no per-example deadline (CI machines may be busy)
+settings.register_profile("hired", deadline=None)
+settings.load_profile("hired")
 
 _PATCHED_ATTRS = ("get_image_features", "_hired_state")
 _PROC_ATTRS = ("replace_image_token", "_process_images", "_hired_state")
