@@ -403,3 +403,26 @@ def test_default_layers_follow_the_authors_code():
     assert PruMergePlus(layer=5).key_layers(info) == {"merge": 5}
     with pytest.raises(ValueError, match="keys of encoder layer 22"):
         VisionZip().select([layout_for((84, 84), SINGLE)], {"select": torch.rand(1, 36)}, info)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", [PruMerge(), PruMergePlus(budget=0.3), VisionZip(budget=0.3)], ids=str)
+def test_merging_on_cuda_matches_the_cpu_count(method, next_pair):
+    model, processor = next_pair
+    hired.apply(model, processor, method)
+    try:
+        hired.prepare_inputs(model, processor, images=images(), text=[PROMPT] * 4, return_tensors="pt", padding=True)
+        cpu_counts = [s.num_tokens for s in hired.last_selection(model)]
+        model.to("cuda")
+        inputs = hired.prepare_inputs(model, processor, images=images(), text=[PROMPT] * 4,
+                                      return_tensors="pt", padding=True).to("cuda")
+        with torch.no_grad():
+            model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        counts = [s.num_tokens for s in hired.last_selection(model)]
+        assert inputs["mm_encoder_outputs"]["image"].pooler_output[0].device.type == "cuda"
+        if not method.adaptive:
+            assert counts == cpu_counts
+        assert (inputs["input_ids"] == processor.image_token_id).sum(dim=1).tolist() == counts
+    finally:
+        hired.remove(model, processor)
+        model.to("cpu")
