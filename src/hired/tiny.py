@@ -24,20 +24,31 @@ IMAGE_TOKEN = "<image>"
 
 def tiny_tokenizer(vocab_size: int = 384):
     """A byte-level BPE tokenizer trained on a short built-in text, with ``<image>`` as a special token."""
+    return bpe_tokenizer([_CORPUS] * 4, vocab_size)
+
+
+def bpe_tokenizer(texts, vocab_size: int):
+    """A byte-level BPE trained offline on ``texts``, specials ``<pad> <s> </s> <unk> <image>`` (ids 0-4)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    specials = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN]
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=specials,
+        special_tokens=["<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return wrap_tokenizer(tok)
+
+
+def wrap_tokenizer(tok):
+    """A transformers fast tokenizer around a ``tokenizers.Tokenizer`` with the specials of
+    :func:`tiny_tokenizer` (``<s>``, ``</s>``, ``<unk>``, ``<pad>``, ``<image>``), padding on the left."""
+    from transformers import PreTrainedTokenizerFast
+
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",

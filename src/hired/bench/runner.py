@@ -25,6 +25,7 @@ from torch import nn
 
 from hired.bench.oracle import oracle, reference_attention
 from hired.bench.timing import PARTS, Clock, Probes, memory_meter
+from hired.machine import cpu_name
 
 PAPER_BUDGETS = (1.0, 0.4, 0.2)
 PAPER_BATCH_SIZES = (1, 2, 4)
@@ -272,16 +273,7 @@ def device_name(device: torch.device) -> str:
     """The accelerator's name, or the CPU model with its core count (``lscpu``'s model name)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{name} ({os.cpu_count()} cores)"
+    return f"{cpu_name()} ({os.cpu_count()} cores)"
 
 
 def _load() -> list[float] | None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
@@ -203,15 +202,9 @@ def machine() -> str:
     """The CPU model (Linux ``/proc/cpuinfo``) or ``platform`` facts, and the number of cores."""
     import os
 
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores"
+    from hired.machine import cpu_name
+
+    return f"{cpu_name()}, {os.cpu_count()} cores"
 
 
 def cmd_eval(args) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from hired.models.dinov2 import IMAGE_MEAN, IMAGE_STD, dinov2_config, load_dinov2
+from hired.tiny import IMAGE_TOKEN, bpe_tokenizer, wrap_tokenizer
 
 CROP = 112
 PATCH = 14
@@ -27,7 +28,6 @@ WEIGHTS_DIR = Path(__file__).with_name("hired_tiny")
 WEIGHTS_FILE = "language.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "config.json"
-IMAGE_TOKEN = "<image>"
 # the question comes before the image, so the decoder can read each visual token knowing what is asked
 PROMPT = "USER: {question}\n" + IMAGE_TOKEN + " ASSISTANT:"
 
@@ -44,36 +44,10 @@ def pinpoints(crop: int = CROP) -> list[list[int]]:
 
 def build_tokenizer(vocab_size: int = 448):
     """A byte-level BPE trained on every question and answer of :mod:`hired.models.task` (no download)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     from hired.models.task import answers, questions
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
     text = [prompt(q).replace(IMAGE_TOKEN, "") + " " + a for q in questions() for a in answers()]
-    tok.train_from_iterator(text, trainer=trainer)
-    return _wrap(tok)
-
-
-def _wrap(tok):
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
-        padding_side="left",
-    )
+    return bpe_tokenizer(text, vocab_size)
 
 
 def build_processor(tokenizer):
@@ -188,7 +162,7 @@ def load_hired_tiny(folder: str | Path | None = None, attn_implementation: str =
     if missing:
         raise FileNotFoundError(f"hired-tiny files missing in {folder}: {', '.join(missing)} "
                                 f"(train them with: python -m hired.models.train)")
-    tokenizer = _wrap(Tokenizer.from_file(str(folder / TOKENIZER_FILE)))
+    tokenizer = wrap_tokenizer(Tokenizer.from_file(str(folder / TOKENIZER_FILE)))
     config = LlavaNextConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
     model = LlavaNextForConditionalGeneration(config).eval()
     model.model.vision_tower.load_state_dict(tower_at_crop(config.vision_config.image_size).state_dict())

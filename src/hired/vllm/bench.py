@@ -27,15 +27,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from hired.bench.cli import _floats
+
 DEFAULT_BUDGETS = (1.0, 0.4, 0.2)
 PROMPT = "USER: <image>\nDescribe the picture in detail . ASSISTANT:"
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def add_bench_vllm_parser(sub) -> argparse.ArgumentParser:
@@ -87,14 +82,9 @@ def _images(size: int, seeds: list[int]):
 
 
 def _machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from hired.machine import cpu_name
+
+    cpu = cpu_name()
     info = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
     if hasattr(os, "getloadavg"):
         info["load_average_1_5_15min"] = [round(x, 2) for x in os.getloadavg()]  # other work on the machine
