@@ -3,8 +3,10 @@
 hired-tiny (:mod:`hired.models.tiny_vlm`) is a LLaVA-NeXT with the real DINOv2-S/14 tower, trained with
 all visual tokens on the synthetic high-resolution question task (:mod:`hired.models.task`). Dropping is
 applied at inference only, as in the paper. For each registered method and budget, the test split's
-questions are answered greedily in batches through ``model.generate(**processor(...))`` (adaptive
-methods through ``hired.prepare_inputs``); an answer is right when it equals the expected one exactly.
+questions are answered greedily in batches: each image is encoded once per method by the model's own
+``get_image_features`` (patched by ``hired.apply``), and its questions go through ``model.generate`` with
+those features as ``mm_encoder_outputs``, as ``hired.prepare_inputs`` does; an answer is right when it
+equals the expected one exactly.
 
     hired eval --offline                      # 1000 questions, budgets 0.05 0.1 0.2 0.4 1.0
     hired eval --offline --quick              # a small subset (CI)
@@ -46,12 +48,11 @@ class Result:
     visual_tokens: float | None = None  # mean <image> tokens per question
     seconds: float = 0.0
     retention: float | None = None
-    skipped: str | None = None
 
 
 def configs(budgets=BUDGETS, methods: list[str] | None = None) -> list[Config]:
     """All tokens, then every registered method at every budget, HiRED's reference mapping, and the
-    adaptive form of every method that has one (listed as skipped when ``hired.prepare_inputs`` is missing)."""
+    adaptive form of every method that has one."""
     import hired
 
     names = list(hired.list_methods()) if methods is None else methods
@@ -74,27 +75,68 @@ def configs(budgets=BUDGETS, methods: list[str] | None = None) -> list[Config]:
     return out
 
 
+def answer(model, processor, images: list, questions: list[list[str]], check_count: bool = False,
+           max_new_tokens: int = 4) -> tuple[list[list[str]], list[int]]:
+    """Greedy answers to ``questions[i]`` about ``images[i]``, and the visual tokens of each image.
+
+    Each image is encoded once by the model's own ``get_image_features`` (patched by ``hired.apply``, if
+    applied); all its questions then go through ``model.generate`` with those features as
+    ``mm_encoder_outputs`` and as many ``<image>`` placeholders as were kept, as ``hired.prepare_inputs``
+    does. ``check_count``: also check that the processor promises that count (fixed-count methods).
+    """
+    import torch
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    from hired.models.tiny_vlm import IMAGE_TOKEN, prompt
+
+    pixels = processor.image_processor(images, return_tensors="pt")
+    with torch.inference_mode():
+        encoded = model.model.get_image_features(pixel_values=pixels["pixel_values"],
+                                                 image_sizes=pixels["image_sizes"], return_dict=True)
+    counts = [len(f) for f in encoded.pooler_output]
+    if check_count:
+        promised = processor(images=images, text=[prompt("?")] * len(images), return_tensors="pt", padding=True)
+        promised = (promised["input_ids"] == model.config.image_token_id).sum(-1).tolist()
+        if promised != counts:
+            raise RuntimeError(f"the processor promised {promised} image tokens, the model produced {counts}")
+    owner = [i for i, qs in enumerate(questions) for _ in qs]
+    texts = [prompt(q).replace(IMAGE_TOKEN, IMAGE_TOKEN * counts[i]) for i, qs in enumerate(questions) for q in qs]
+    inputs = processor.tokenizer(texts, return_tensors="pt", padding=True)
+    mm = BaseModelOutputWithPooling(pooler_output=[encoded.pooler_output[i] for i in owner])
+    with torch.inference_mode():
+        out = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                             mm_encoder_outputs={"image": mm}, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=processor.tokenizer.pad_token_id)
+    flat = [a.strip() for a in processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)]
+    grouped, at = [], 0
+    for qs in questions:
+        grouped.append(flat[at : at + len(qs)])
+        at += len(qs)
+    return grouped, counts
+
+
 def evaluate(model, processor, split, cfgs: list[Config], batch_size: int = 16, max_new_tokens: int = 4,
              progress: bool = True) -> list[Result]:
-    """Greedy exact-match accuracy of every config on every question of ``split``."""
-    import torch
+    """Greedy exact-match accuracy of every config on every question of ``split`` (see :func:`answer`).
+
+    A batch holds all questions of ``batch_size // questions per image`` images; for fixed-count methods
+    the first batch also checks the processor's promised count against the model's.
+    """
     from tqdm.auto import tqdm
 
     import hired
-    from hired.models.tiny_vlm import prompt
 
-    images = {}
-    questions = split.questions
-    total = sum(len(questions) for c in cfgs)
-    bar = tqdm(total=total, desc="hired eval", unit="q", disable=not progress)
+    by_image: dict[int, list] = defaultdict(list)
+    for q in split.questions:
+        by_image[q.image].append(q)
+    order = sorted(by_image)
+    per_batch = max(1, batch_size // max(len(v) for v in by_image.values()))
+    images = {i: split.image(i) for i in order}
+    bar = tqdm(total=len(split.questions) * len(cfgs), desc="hired eval", unit="q", disable=not progress)
     results = []
     for cfg in cfgs:
         result = Result(cfg.label, cfg.budget)
         results.append(result)
-        if cfg.adaptive and not hasattr(hired, "prepare_inputs"):
-            result.skipped = "adaptive token count: needs hired.prepare_inputs"
-            bar.update(len(questions))
-            continue
         if hired.applied_method(model) is not None:
             hired.remove(model, processor)
         if cfg.method is not None:
@@ -102,29 +144,22 @@ def evaluate(model, processor, split, cfgs: list[Config], batch_size: int = 16, 
         bar.set_postfix_str(f"{cfg.label} {'' if cfg.budget is None else cfg.budget}")
         right, tokens, kinds = 0, 0, defaultdict(list)
         start = time.perf_counter()
-        for s in range(0, len(questions), batch_size):
-            chunk = questions[s : s + batch_size]
-            batch_images = [images.setdefault(q.image, split.image(q.image)) for q in chunk]
-            texts = [prompt(q.question) for q in chunk]
-            kwargs = dict(images=batch_images, text=texts, return_tensors="pt", padding=True)
-            if cfg.adaptive:
-                inputs = hired.prepare_inputs(model, processor, **kwargs)
-            else:
-                inputs = processor(**kwargs)
-            tokens += int((inputs["input_ids"] == model.config.image_token_id).sum())
-            with torch.inference_mode():
-                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=processor.tokenizer.pad_token_id)
-            answers = processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-            for q, a in zip(chunk, answers):
-                ok = a.strip() == q.answer
-                right += ok
-                kinds[q.kind].append(ok)
-            bar.update(len(chunk))
+        for s in range(0, len(order), per_batch):
+            ids = order[s : s + per_batch]
+            got, counts = answer(model, processor, [images[i] for i in ids],
+                                 [[q.question for q in by_image[i]] for i in ids],
+                                 check_count=s == 0 and not cfg.adaptive, max_new_tokens=max_new_tokens)
+            for i, replies, count in zip(ids, got, counts):
+                for q, reply in zip(by_image[i], replies):
+                    ok = reply == q.answer
+                    right += ok
+                    kinds[q.kind].append(ok)
+                    tokens += count
+            bar.update(sum(len(by_image[i]) for i in ids))
         result.seconds = time.perf_counter() - start
-        result.accuracy = right / len(questions)
+        result.accuracy = right / len(split.questions)
         result.by_kind = {k: sum(v) / len(v) for k, v in sorted(kinds.items())}
-        result.visual_tokens = tokens / len(questions)
+        result.visual_tokens = tokens / len(split.questions)
     bar.close()
     if hired.applied_method(model) is not None:
         hired.remove(model, processor)
@@ -154,16 +189,20 @@ def markdown(results: list[Result], budgets=BUDGETS) -> str:
     tokens = [next((r.visual_tokens for r in results if r.budget == b and r.label == "hired"), None) for b in budgets]
     if any(t is not None for t in tokens):
         lines.append("| *visual tokens (hired)* | " + " | ".join("—" if t is None else f"{t:.0f}" for t in tokens) + " |")
+    at = 0.2 if 0.2 in budgets else min((b for b in budgets if b < 1), default=None)
+    kinds = sorted({k for r in results for k in r.by_kind})
+    if at is not None and kinds:
+        lines += ["", f"Accuracy per question kind, all tokens and every method at budget {at:g}:", "",
+                  "| method | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+        for r in [full, *(r for r in results if r.budget == at)]:
+            lines.append(f"| {r.label} | " + " | ".join(f"{r.by_kind.get(k, float('nan')):.2f}" for k in kinds) + " |")
     extra = [r for r in results if r.budget is None and r.label != "all tokens"]
     if extra:
         lines += ["", "Adaptive token count:", ""]
         for r in extra:
-            if r.skipped:
-                lines.append(f"- {r.label}: skipped ({r.skipped})")
-            else:
-                lines.append(f"- {r.label}: accuracy {r.accuracy:.3f} (retention {r.retention:.2f}), "
-                             f"{r.visual_tokens:.0f} visual tokens per question on average "
-                             f"({r.visual_tokens / full.visual_tokens:.0%} of all)")
+            lines.append(f"- {r.label}: accuracy {r.accuracy:.3f} (retention {r.retention:.2f}), "
+                         f"{r.visual_tokens:.0f} visual tokens per question on average "
+                         f"({r.visual_tokens / full.visual_tokens:.0%} of all)")
     return "\n".join(lines)
 
 

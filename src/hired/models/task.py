@@ -156,18 +156,23 @@ def render(scene: Scene) -> Image.Image:
     img = Image.fromarray(photo(scene.photo)).crop(scene.crop).resize((w, h), Image.BICUBIC)
     if scene.flip:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    draw = ImageDraw.Draw(img)
     for s in scene.shapes:
-        x, y, r = s.center[0], s.center[1], s.size / 2
-        fill, outline = COLOURS[s.colour], (20, 20, 20)
-        if s.shape == "circle":
-            draw.ellipse([x - r, y - r, x + r, y + r], fill=fill, outline=outline, width=2)
-        elif s.shape == "square":
-            q = r * 0.9
-            draw.rectangle([x - q, y - q, x + q, y + q], fill=fill, outline=outline, width=2)
-        else:
-            draw.polygon([(x, y - r), (x + r, y + r * 0.8), (x - r, y + r * 0.8)], fill=fill, outline=outline, width=2)
+        draw_shape(img, s, COLOURS[s.colour], (20, 20, 20))
     return img
+
+
+def draw_shape(img: Image.Image, s: Shape, fill, outline) -> None:
+    """Draw one shape on ``img`` in place (``outline=None``: fill only, as for masks)."""
+    draw = ImageDraw.Draw(img)
+    x, y, r = s.center[0], s.center[1], s.size / 2
+    width = 2 if outline is not None else 0
+    if s.shape == "circle":
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=fill, outline=outline, width=width)
+    elif s.shape == "square":
+        q = r * 0.9
+        draw.rectangle([x - q, y - q, x + q, y + q], fill=fill, outline=outline, width=width)
+    else:
+        draw.polygon([(x, y - r), (x + r, y + r * 0.8), (x - r, y + r * 0.8)], fill=fill, outline=outline, width=width)
 
 
 def _questions(rng: np.random.Generator, index: int, scene: Scene, kinds: tuple[str, ...]) -> list[Question]:

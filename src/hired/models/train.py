@@ -1,21 +1,37 @@
 """Train hired-tiny's language side on the synthetic task, with all visual tokens.
 
-    python -m hired.models.train --steps 250      # the packaged weights (src/hired/models/hired_tiny/)
-    python -m hired.models.train --out DIR --checkpoints CKPT         # 2000 steps, a copy every 250
+    python -m hired.models.train                  # the packaged weights (src/hired/models/hired_tiny/)
+    python -m hired.models.train --out DIR --checkpoints CKPT      # elsewhere, a copy at every evaluation
 
 The DINOv2 tower is frozen, so its features are computed once per training image (all partitions,
 ``vision_feature_layer`` output without [CLS], fp16) and cached on disk under ``hired.models.dinov2.cache_dir()``.
 Each step then runs only the projector, LLaVA-NeXT's own ``pack_image_features`` (unpadding, newline
-tokens) and the decoder, with a loss on the answer tokens and the end-of-sequence token. Everything is
-seeded, and the learning rate is constant after a linear warm-up, so the checkpoint written at step N
-of a longer run equals the result of ``--steps N``. Measured on 2 CPU cores: encoding the 800 training
-images took 4.6 minutes and the decoder about 0.5 s per step of 16 questions when the cores were free
-(10 to 20 times slower on the same cores shared with other jobs).
+tokens) and the decoder, with a loss on the answer tokens and the end-of-sequence token.
+
+A small decoder trained from scratch on the answers alone learns the answer priors and then stalls
+(it never starts reading the image within an hour of CPU time). Three things make it read:
+
+- the projector trains on standardised tower features (DINOv2's channels differ widely in scale and share
+  a large common component); the statistics are folded into its first layer when the weights are written,
+  so the shipped model is a stock ``LlavaNextForConditionalGeneration`` on raw features;
+- auxiliary per-patch labels (which shape and colour covers each patch, and on the full image its
+  quadrant; :func:`patch_labels`) read by linear probes from the projector's output and from the visual
+  tokens entering the last decoder layer, and a per-token "what the question is about" label
+  (:func:`relevance`) read half-way up the decoder;
+- the first head of the last layer is pulled, at the position that predicts the answer, onto the tokens
+  the question is about.
+
+The probes are thrown away; only the answers' loss shapes what the model outputs. All of it is training
+only: dropping is applied at inference, training-free, as in the paper. Everything is seeded, and the
+learning rate is constant after a linear warm-up, so the checkpoint written at step N of a longer run
+equals the result of ``--steps N``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import random
 import sys
 import time
@@ -56,6 +72,49 @@ def encode_split(model, processor, split: task.Split, cache: Path | None, batch:
     return out
 
 
+SUB_COVER = 0.3  # a patch shows a shape when the shape covers this share of it (sub-images)
+FULL_COVER = 0.15  # the same on the full image, where a shape is about one patch
+
+
+def patch_labels(processor, scene: task.Scene) -> torch.Tensor:
+    """``(P, T, 3)`` long: per patch of every partition, the pasted shape that covers it (0 = none, else
+    1 + index in ``task.SHAPES``), its colour (0 = none, else 1 + index in ``task.COLOURS``) and, for the
+    full-image partition only, the image quadrant the patch lies in (1 + index in ``task.QUADRANTS``;
+    -100 = not supervised, on sub-images).
+
+    Each shape is drawn alone as a white mask and sent through the same image processor as the photo, so the
+    labels follow anyres' resizing, padding and cropping exactly; a patch belongs to the shape covering
+    most of it, if that shape covers at least 30% of it (15% on the full image).
+    """
+    from PIL import Image
+
+    ip = processor.image_processor
+    mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(ip.image_std).view(1, 3, 1, 1)
+    h, w = scene.size
+    covers = []
+    for item in scene.shapes:
+        mask = Image.new("RGB", (w, h), (0, 0, 0))
+        task.draw_shape(mask, item, fill=(255, 255, 255), outline=None)
+        pixels = ip(mask, return_tensors="pt")["pixel_values"][0]  # (P, 3, crop, crop)
+        plane = (pixels * std + mean)[:, :1]
+        covers.append(F.avg_pool2d(plane, tiny_vlm.PATCH).flatten(1))  # (P, T)
+    best, which = torch.stack(covers).max(0)
+    labels = torch.zeros(*best.shape, 3, dtype=torch.long)
+    # a shape spans about one patch of the downscaled full image, often split over several: a lower bar there
+    threshold = torch.full((best.shape[0], 1), SUB_COVER)
+    threshold[0] = FULL_COVER
+    for i, item in enumerate(scene.shapes):
+        hit = (which == i) & (best >= threshold)
+        labels[..., 0][hit] = task.SHAPES.index(item.shape) + 1
+        labels[..., 1][hit] = list(task.COLOURS).index(item.colour) + 1
+    side = int(round(best.shape[1] ** 0.5))
+    r, c = torch.div(torch.arange(best.shape[1]), side, rounding_mode="floor"), torch.arange(best.shape[1]) % side
+    labels[..., 2] = -100
+    labels[0, :, 2] = 1 + 2 * (r >= side // 2).long() + (c >= side // 2).long()
+    return labels
+
+
 def tokenize(processor, split: task.Split, encoded) -> list[tuple[list[int], int]]:
     """Per question: ``(input_ids, prompt_length)``; the answer and ``</s>`` follow the prompt."""
     tok = processor.tokenizer
@@ -69,13 +128,92 @@ def tokenize(processor, split: task.Split, encoded) -> list[tuple[list[int], int
     return rows
 
 
-def batch_loss(model, encoded, split, rows, index: list[int]):
-    """Mean cross-entropy over answer tokens, and per question whether every answer token was the argmax."""
+def feature_statistics(encoded) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation ``(C,)`` of the cached tower features of every patch."""
+    flat = torch.cat([f.float().flatten(0, 1) for f, _, _ in encoded])
+    return flat.mean(0), flat.std(0).clamp(min=1e-3)
+
+
+def standardise(encoded, mean: torch.Tensor, std: torch.Tensor):
+    """The cached features with every channel standardised (what the projector is trained on)."""
+    return [(((f.float() - mean) / std).half(), size, count) for f, size, count in encoded]
+
+
+@torch.no_grad()
+def fold_standardisation(projector, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Fold ``x -> (x - mean) / std`` into the projector's first linear layer, in place, so the stock
+    ``LlavaNextMultiModalProjector`` computes on raw tower features what training computed on standardised
+    ones: ``W (x - m) / s + b = (W / s) x + (b - W (m / s))``."""
+    linear = projector.linear_1
+    linear.bias -= linear.weight @ (mean / std)
+    linear.weight /= std
+
+
+def relevance(question: task.Question, labels: torch.Tensor) -> torch.Tensor:
+    """``(P, T)`` float: 1 on the patches a question is about, from :func:`patch_labels` ``(P, T, 3)``.
+
+    Colour and quadrant questions: the patches of the named shape; presence: those of the named shape in
+    the named colour (none when the answer is no); count: the patches of every shape.
+    """
+    words = question.question.rstrip("?").split()
+    shape = next((task.SHAPES.index(w) + 1 for w in words if w in task.SHAPES), None)
+    colour = next((list(task.COLOURS).index(w) + 1 for w in words if w in task.COLOURS), None)
+    hit = labels[..., 0] > 0
+    if shape is not None:
+        hit &= labels[..., 0] == shape
+    if colour is not None:
+        hit &= labels[..., 1] == colour
+    return hit.float()
+
+
+@dataclasses.dataclass
+class Auxiliary:
+    """The training-only heads, thrown away afterwards (see :func:`train`).
+
+    ``patch``: a linear probe on the projector's output, ``4 + 5 + 5`` logits per visual token (shape,
+    colour, quadrant of :func:`patch_labels`): it teaches the projector to say what each patch shows before
+    the decoder has learnt to look. ``relevance``: one logit per visual token on the decoder's hidden state
+    after ``layer`` layers, trained to mark the patches the question is about (:func:`relevance`): it
+    teaches the first layers to read the question into the visual tokens; ``content``: the same per-patch
+    labels read from the visual tokens entering the last layer, so that what the decoder writes into them
+    does not bury what they show, so the last ones only have to
+    gather the marked tokens. ``attention``: also pull the first head of the last layer, at the position
+    that predicts the answer, onto the marked tokens (needs eager attention; the model's attention maps
+    are not otherwise used). ``labels``: per training image, :func:`patch_labels`.
+    """
+
+    patch: torch.nn.Module
+    content: torch.nn.Module
+    relevance: torch.nn.Module
+    layer: int
+    labels: list[torch.Tensor]
+    pos_weight: float = 10.0
+    attention: bool = True
+
+    def parameters(self):
+        return [*self.patch.parameters(), *self.content.parameters(), *self.relevance.parameters()]
+
+
+def _label_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of ``(N, 4 + 5 + 5)`` logits against ``(N, 3)`` :func:`patch_labels` rows."""
+    parts = logits.split([1 + len(task.SHAPES), 1 + len(task.COLOURS), 5], -1)
+    return sum(F.cross_entropy(part, target[:, j], ignore_index=-100) for j, part in enumerate(parts))
+
+
+def batch_loss(model, encoded, split, rows, index: list[int], aux: Auxiliary | None = None):
+    """Mean cross-entropy over answer tokens, per question whether every answer token was the argmax, and
+    (with ``aux``) the auxiliary losses by name."""
     m = model.model
     qs = [split.questions[i] for i in index]
     feats = [encoded[q.image][0].float() for q in qs]
     sizes = torch.tensor([encoded[q.image][1] for q in qs])
     projected = m.multi_modal_projector(torch.cat(feats))
+    losses: dict[str, torch.Tensor] = {}
+    if aux is not None:
+        target = torch.cat([aux.labels[q.image] for q in qs]).flatten(0, 1)  # (sum P * T, 3)
+        # the probes read the normalised tokens, so they cannot ask for ever larger visual embeddings
+        logits = aux.patch(F.layer_norm(projected.flatten(0, 1), projected.shape[-1:]))
+        losses["patch"] = _label_loss(logits, target)
     projected = torch.split(projected, [len(f) for f in feats])
     packed, _ = m.pack_image_features(projected, sizes, "default", image_newline=m.image_newline)
     packed = torch.cat(list(packed))
@@ -90,17 +228,45 @@ def batch_loss(model, encoded, split, rows, index: list[int]):
         mask[b, : len(seq)] = 1
         target[b, plen - 1 : len(seq) - 1] = torch.tensor(seq[plen:])  # position t predicts token t + 1
     embeds = m.get_input_embeddings()(ids)
-    image_mask = (ids == model.config.image_token_id).unsqueeze(-1).expand_as(embeds)
-    if int(image_mask[..., 0].sum()) != len(packed):
-        raise RuntimeError(f"{int(image_mask[..., 0].sum())} <image> tokens for {len(packed)} image features")
-    embeds = embeds.masked_scatter(image_mask, packed.to(embeds.dtype))
-    hidden = m.language_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    image_mask = ids == model.config.image_token_id
+    if int(image_mask.sum()) != len(packed):
+        raise RuntimeError(f"{int(image_mask.sum())} <image> tokens for {len(packed)} image features")
+    embeds = embeds.masked_scatter(image_mask.unsqueeze(-1).expand_as(embeds), packed.to(embeds.dtype))
+    attend = aux is not None and aux.attention
+    out = m.language_model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=aux is not None,
+                           output_attentions=attend)
+    hidden = out.last_hidden_state
+    if aux is not None:
+        # the relevance labels go through LLaVA-NeXT's own packing (newline rows marked -1), so they line
+        # up with the visual tokens exactly
+        marks = [relevance(q, aux.labels[q.image]).unsqueeze(-1) for q in qs]
+        marks, _ = m.pack_image_features(marks, sizes, "default", image_newline=torch.tensor([-1.0]))
+        marks = torch.cat(list(marks))[:, 0]
+        state = out.hidden_states[aux.layer][image_mask]
+        logit = aux.relevance(F.layer_norm(state, state.shape[-1:])).squeeze(-1)
+        valid = marks >= 0
+        packed_labels = [aux.labels[q.image].float() for q in qs]
+        packed_labels, _ = m.pack_image_features(packed_labels, sizes, "default", image_newline=torch.full((3,), -100.0))
+        state = out.hidden_states[-2][image_mask]
+        losses["content"] = _label_loss(aux.content(F.layer_norm(state, state.shape[-1:])),
+                                        torch.cat(list(packed_labels)).long())
+        losses["relevance"] = F.binary_cross_entropy_with_logits(
+            logit[valid], marks[valid], pos_weight=torch.tensor(aux.pos_weight))
+        if attend:
+            where = torch.zeros(ids.shape)
+            where[image_mask] = marks.clamp(min=0)
+            at = torch.tensor([rows[i][1] - 1 for i in index])
+            weights = out.attentions[-1][torch.arange(len(index)), 0, at]  # (B, S): answer position, head 0
+            mass = (weights * where).sum(-1)
+            has = where.sum(-1) > 0
+            if has.any():
+                losses["attention"] = -torch.log(mass[has] + 1e-6).mean()
     keep = target != -100
     logits = model.lm_head(hidden[keep])
     loss = F.cross_entropy(logits, target[keep])
     right = (logits.argmax(-1) == target[keep]).long()
     per_question = torch.zeros(len(index), dtype=torch.long).index_add_(0, keep.nonzero()[:, 0], 1 - right) == 0
-    return loss, per_question
+    return loss, per_question, losses
 
 
 def train(args) -> Path:
@@ -111,22 +277,37 @@ def train(args) -> Path:
     torch.set_num_threads(args.threads)
     tokenizer = tiny_vlm.build_tokenizer()
     processor = tiny_vlm.build_processor(tokenizer)
-    model = tiny_vlm.build_model(tokenizer, seed=args.seed)
+    model = tiny_vlm.build_model(tokenizer, seed=args.seed, hidden=args.hidden, layers=args.layers, heads=args.heads,
+                                 intermediate=args.intermediate)
     train_split = task.make_split("train", args.images, seed=args.seed, questions_per_image=args.questions)
     val_split = task.make_split("train", args.val_images, seed=args.seed + 1000, questions_per_image=4)
     key = f"s{args.seed}-n{args.images}-q{args.questions}-c{tiny_vlm.CROP}"
     cache = None if args.no_cache else cache_dir() / "features"
     enc_train = encode_split(model, processor, train_split, cache and cache / f"train-{key}.pt")
     enc_val = encode_split(model, processor, val_split, cache and cache / f"val-s{args.seed + 1000}-n{args.val_images}.pt")
+    # DINOv2's channels differ in scale and share a large common part: the projector trains on standardised
+    # features (the statistics are folded into its first layer when the weights are written)
+    mean, std = feature_statistics(enc_train)
+    enc_train, enc_val = standardise(enc_train, mean, std), standardise(enc_val, mean, std)
     rows_train = tokenize(processor, train_split, enc_train)
     rows_val = tokenize(processor, val_split, enc_val)
 
     params = [p for n, p in model.named_parameters() if ".vision_tower." not in f".{n}"]
     for p in params:
         p.requires_grad_(True)
+    aux = None
+    if args.aux_weight > 0:
+        hidden = model.config.text_config.hidden_size
+        layer = args.relevance_layer or max(1, model.config.text_config.num_hidden_layers // 2)
+        n_labels = 1 + len(task.SHAPES) + 1 + len(task.COLOURS) + 5
+        aux = Auxiliary(patch=torch.nn.Linear(hidden, n_labels), content=torch.nn.Linear(hidden, n_labels),
+                        relevance=torch.nn.Linear(hidden, 1), layer=layer,
+                        labels=[patch_labels(processor, scene) for scene in train_split.scenes])
+        params = params + aux.parameters()
+        model.set_attn_implementation("eager")  # the attention loss reads the attention maps
     print(f"trainable parameters: {sum(p.numel() for p in params):,}; train questions {len(rows_train)}, "
           f"val {len(rows_val)}", flush=True)
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.98))
     # linear warm-up over a fixed number of steps, then constant: the checkpoint written at step N of a
     # longer run is exactly what ``--steps N`` gives
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup))
@@ -142,37 +323,54 @@ def train(args) -> Path:
             rng.shuffle(extra)
             order += extra
         index, order = order[: args.batch], order[args.batch :]
-        loss, _ = batch_loss(model, enc_train, train_split, rows_train, index)
+        loss, _, extra = batch_loss(model, enc_train, train_split, rows_train, index, aux)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + args.aux_weight * sum(extra.values())).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v.item():.3f}" for k, v in extra.items()})
         if step % args.eval_every == 0 or step == args.steps:
-            acc = evaluate(model, enc_val, val_split, rows_val)
-            print(f"step {step}: loss {loss.item():.4f}, val accuracy {acc:.3f}, {time.time() - start:.0f} s", flush=True)
+            acc, kinds = evaluate(model, enc_val, val_split, rows_val)
+            per_kind = ", ".join(f"{k} {v:.2f}" for k, v in kinds.items())
+            print(f"step {step}: loss {loss.item():.4f}, val accuracy {acc:.3f} ({per_kind}), "
+                  f"{time.time() - start:.0f} s", flush=True)
             if args.checkpoints:
-                tiny_vlm.save_hired_tiny(model, processor, Path(args.checkpoints) / f"step-{step}")
+                save(model, processor, Path(args.checkpoints) / f"step-{step}", mean, std)
             model.train()
             model.model.vision_tower.eval()
     model.eval()
+    model.set_attn_implementation("sdpa")
     for p in model.parameters():
         p.requires_grad_(False)
-    out = tiny_vlm.save_hired_tiny(model, processor, args.out)
+    out = save(model, processor, args.out, mean, std)
     print(f"wrote {out} in {time.time() - start:.0f} s of training", flush=True)
     return out
 
 
+def save(model, processor, folder, mean, std) -> Path:
+    """Write hired-tiny with the feature standardisation folded into the projector (``model`` is unchanged)."""
+    projector = model.model.multi_modal_projector
+    folded = copy.deepcopy(projector)
+    fold_standardisation(folded, mean, std)
+    model.model.multi_modal_projector = folded
+    try:
+        return tiny_vlm.save_hired_tiny(model, processor, folder)
+    finally:
+        model.model.multi_modal_projector = projector
+
+
 @torch.no_grad()
-def evaluate(model, encoded, split, rows, batch: int = 32) -> float:
-    """Full-answer accuracy under teacher forcing (equals greedy exact match)."""
+def evaluate(model, encoded, split, rows, batch: int = 32) -> tuple[float, dict[str, float]]:
+    """Full-answer accuracy under teacher forcing (equals greedy exact match), overall and per kind."""
     model.eval()
-    right = 0
+    ok = []
     for s in range(0, len(rows), batch):
-        _, ok = batch_loss(model, encoded, split, rows, list(range(s, min(s + batch, len(rows)))))
-        right += int(ok.sum())
-    return right / len(rows)
+        ok += batch_loss(model, encoded, split, rows, list(range(s, min(s + batch, len(rows)))))[1].tolist()
+    kinds: dict[str, list[bool]] = {}
+    for q, right in zip(split.questions, ok):
+        kinds.setdefault(q.kind, []).append(right)
+    return sum(ok) / len(ok), {k: sum(v) / len(v) for k, v in sorted(kinds.items())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,11 +381,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-images", type=int, default=60)
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps, then a constant rate")
+    p.add_argument("--hidden", type=int, default=128, help="decoder width")
+    p.add_argument("--layers", type=int, default=4, help="decoder layers")
+    p.add_argument("--heads", type=int, default=4, help="decoder attention heads")
+    p.add_argument("--intermediate", type=int, default=384, help="decoder MLP width")
+    p.add_argument("--aux-weight", type=float, default=1.0,
+                   help="weight of the auxiliary losses (per-patch labels on the projector, question relevance "
+                        "in the decoder; 0 = off)")
+    p.add_argument("--relevance-layer", type=int, default=None,
+                   help="decoder layer whose output learns which visual tokens the question is about "
+                        "(default: half the layers)")
     p.add_argument("--checkpoints", default=None, help="also write the model to DIR/step-N at every evaluation")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     train(p.parse_args(argv))

@@ -1,0 +1,109 @@
+"""hired-tiny's training recipe: per-patch labels that follow anyres exactly, question relevance, and a
+seeded, reproducible training command whose output loads as hired-tiny."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hired.models import task, tiny_vlm, train
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return tiny_vlm.build_processor(tiny_vlm.build_tokenizer())
+
+
+@pytest.fixture(scope="module")
+def split():
+    return task.make_split("test", 12, seed=4)
+
+
+def test_patch_labels_mark_the_pixels_of_each_shape(processor, split):
+    """A sub-image patch labelled with a colour really shows that colour in the processor's own crops, and
+    every shape is labelled somewhere in the sub-images with its shape and colour."""
+    ip = processor.image_processor
+    mean = torch.tensor(ip.image_mean).view(3, 1, 1)
+    std = torch.tensor(ip.image_std).view(3, 1, 1)
+    colours = list(task.COLOURS)
+    for index, scene in enumerate(split.scenes):
+        labels = train.patch_labels(processor, scene)
+        pixels = ip(split.image(index), return_tensors="pt")["pixel_values"][0]  # (P, 3, crop, crop)
+        assert labels.shape == (len(pixels), (tiny_vlm.CROP // tiny_vlm.PATCH) ** 2, 3)
+        side = tiny_vlm.CROP // tiny_vlm.PATCH
+        for p in range(1, len(pixels)):
+            rgb = (pixels[p] * std + mean) * 255
+            for t in (labels[p, :, 1] > 0).nonzero()[:, 0].tolist():
+                r, c = divmod(t, side)
+                patch = rgb[:, r * 14 : (r + 1) * 14, c * 14 : (c + 1) * 14]
+                target = torch.tensor(task.COLOURS[colours[labels[p, t, 1] - 1]], dtype=torch.float).view(3, 1, 1)
+                close = ((patch - target).abs().amax(0) < 40).float().mean()
+                assert close >= 0.1, (index, p, t, float(close))
+        found = {(int(s), int(c)) for s, c in labels[1:, :, :2].flatten(0, 1).tolist() if s > 0}
+        expected = {(task.SHAPES.index(s.shape) + 1, colours.index(s.colour) + 1) for s in scene.shapes}
+        assert found == expected
+
+
+def test_full_image_quadrant_labels(processor, split):
+    labels = train.patch_labels(processor, split.scenes[0])
+    side = tiny_vlm.CROP // tiny_vlm.PATCH
+    grid = labels[0, :, 2].view(side, side)
+    half = side // 2
+    assert (grid[:half, :half] == 1).all() and (grid[:half, half:] == 2).all()
+    assert (grid[half:, :half] == 3).all() and (grid[half:, half:] == 4).all()
+    assert (labels[1:, :, 2] == -100).all()
+
+
+def test_relevance_marks_what_the_question_is_about(processor, split):
+    for q in split.questions:
+        labels = train.patch_labels(processor, split.scenes[q.image])
+        marks = train.relevance(q, labels)
+        shape_of = labels[..., 0]
+        if q.kind == "count":
+            assert torch.equal(marks.bool(), shape_of > 0)
+        elif q.kind == "presence":
+            assert marks.any() == (q.answer == "yes")
+        else:
+            named = task.SHAPES.index(q.question.rstrip("?").split()[-1]) + 1
+            assert marks.any() and torch.equal(marks.bool(), shape_of == named)
+
+
+def _train(tmp_path, name, seed=0):
+    out = tmp_path / name
+    argv = ["--out", str(out), "--images", "4", "--questions", "2", "--val-images", "2", "--steps", "3",
+            "--batch", "4", "--eval-every", "3", "--warmup", "2", "--hidden", "32", "--layers", "2",
+            "--heads", "2", "--intermediate", "48", "--seed", str(seed), "--no-cache", "--threads", "1"]
+    assert train.main(argv) == 0
+    return out
+
+
+def test_training_is_seeded_and_writes_a_loadable_hired_tiny(tmp_path):
+    first, again = _train(tmp_path, "a"), _train(tmp_path, "b")
+    a, b = load_file(str(first / tiny_vlm.WEIGHTS_FILE)), load_file(str(again / tiny_vlm.WEIGHTS_FILE))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(".vision_tower." in f".{k}" for k in a)  # the tower is never shipped
+    other = load_file(str(_train(tmp_path, "c", seed=1) / tiny_vlm.WEIGHTS_FILE))
+    assert not all(torch.equal(a[k], other[k]) for k in a)
+
+    model, processor = tiny_vlm.load_hired_tiny(first)
+    assert model.config.text_config.hidden_size == 32
+    scene = task.make_split("test", 1, seed=0)
+    inputs = processor(images=scene.image(0), text=tiny_vlm.prompt(scene.questions[0].question), return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=2, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
+    assert np.isfinite(model.lm_head.weight.numpy()).all()
+
+
+def test_folded_standardisation_gives_the_same_projection():
+    from transformers.models.llava_next.modeling_llava_next import LlavaNextMultiModalProjector
+
+    config = tiny_vlm.build_config(tiny_vlm.build_tokenizer(), hidden=32, layers=1, heads=2, intermediate=48)
+    torch.manual_seed(0)
+    projector = LlavaNextMultiModalProjector(config).double()
+    raw = torch.randn(20, config.vision_config.hidden_size, dtype=torch.double) * 3 + 1.5
+    encoded = [(raw[:12].view(2, 6, -1), (1, 1), 0), (raw[12:].view(1, 8, -1), (1, 1), 0)]
+    mean, std = train.feature_statistics(encoded)
+    assert torch.allclose(mean, raw.float().mean(0)) and torch.allclose(std, raw.float().std(0))
+    expected = projector((raw - mean.double()) / std.double())
+    train.fold_standardisation(projector, mean.double(), std.double())
+    assert torch.allclose(projector(raw), expected, atol=1e-10)
