@@ -302,7 +302,8 @@ def train(args) -> Path:
         n_labels = 1 + len(task.SHAPES) + 1 + len(task.COLOURS) + 5
         aux = Auxiliary(patch=torch.nn.Linear(hidden, n_labels), content=torch.nn.Linear(hidden, n_labels),
                         relevance=torch.nn.Linear(hidden, 1), layer=layer,
-                        labels=[patch_labels(processor, scene) for scene in train_split.scenes])
+                        labels=[patch_labels(processor, scene)
+                                for scene in tqdm(train_split.scenes, desc="patch labels", unit="image")])
         params = params + aux.parameters()
         model.set_attn_implementation("eager")  # the attention loss reads the attention maps
     print(f"trainable parameters: {sum(p.numel() for p in params):,}; train questions {len(rows_train)}, "
