@@ -150,7 +150,8 @@ def fold_standardisation(projector, mean: torch.Tensor, std: torch.Tensor) -> No
 
 
 def relevance(question: task.Question, labels: torch.Tensor) -> torch.Tensor:
-    """``(P, T)`` float: 1 on the patches a question is about, from :func:`patch_labels` ``(P, T, 3)``.
+    """``(...)`` float: 1 on the patches a question is about, from :func:`patch_labels` rows ``(..., 3)``
+    (per partition ``(P, T, 3)``, or packed ``(N, 3)``; rows of -100, such as newlines, are never marked).
 
     Colour and quadrant questions: the patches of the named shape; presence: those of the named shape in
     the named colour (none when the answer is no); count: the patches of every shape.
@@ -177,9 +178,9 @@ class Auxiliary:
     teaches the first layers to read the question into the visual tokens; ``content``: the same per-patch
     labels read from the visual tokens entering the last layer, so that what the decoder writes into them
     does not bury what they show, so the last ones only have to
-    gather the marked tokens. ``attention``: also pull the first head of the last layer, at the position
-    that predicts the answer, onto the marked tokens (needs eager attention; the model's attention maps
-    are not otherwise used). ``labels``: per training image, :func:`patch_labels`.
+    gather the marked tokens. The first head of the last layer is also pulled, at the position that
+    predicts the answer, onto the marked tokens (this needs eager attention). ``labels``: per training
+    image, :func:`patch_labels`.
     """
 
     patch: torch.nn.Module
@@ -188,7 +189,6 @@ class Auxiliary:
     layer: int
     labels: list[torch.Tensor]
     pos_weight: float = 10.0
-    attention: bool = True
 
     def parameters(self):
         return [*self.patch.parameters(), *self.content.parameters(), *self.relevance.parameters()]
@@ -232,35 +232,32 @@ def batch_loss(model, encoded, split, rows, index: list[int], aux: Auxiliary | N
     if int(image_mask.sum()) != len(packed):
         raise RuntimeError(f"{int(image_mask.sum())} <image> tokens for {len(packed)} image features")
     embeds = embeds.masked_scatter(image_mask.unsqueeze(-1).expand_as(embeds), packed.to(embeds.dtype))
-    attend = aux is not None and aux.attention
     out = m.language_model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=aux is not None,
-                           output_attentions=attend)
+                           output_attentions=aux is not None)
     hidden = out.last_hidden_state
     if aux is not None:
-        # the relevance labels go through LLaVA-NeXT's own packing (newline rows marked -1), so they line
-        # up with the visual tokens exactly
-        marks = [relevance(q, aux.labels[q.image]).unsqueeze(-1) for q in qs]
-        marks, _ = m.pack_image_features(marks, sizes, "default", image_newline=torch.tensor([-1.0]))
-        marks = torch.cat(list(marks))[:, 0]
+        # the labels go through LLaVA-NeXT's own packing (newline rows all -100), so they line up with the
+        # visual tokens exactly; the relevance marks are read off the packed labels (0 on newline rows)
+        packed_labels, _ = m.pack_image_features([aux.labels[q.image].float() for q in qs], sizes, "default",
+                                                 image_newline=torch.full((3,), -100.0))
+        packed_labels = [p.long() for p in packed_labels]
+        marks = torch.cat([relevance(q, p) for q, p in zip(qs, packed_labels)])
+        packed_labels = torch.cat(packed_labels)
+        valid = packed_labels[:, 0] != -100
         state = out.hidden_states[aux.layer][image_mask]
         logit = aux.relevance(F.layer_norm(state, state.shape[-1:])).squeeze(-1)
-        valid = marks >= 0
-        packed_labels = [aux.labels[q.image].float() for q in qs]
-        packed_labels, _ = m.pack_image_features(packed_labels, sizes, "default", image_newline=torch.full((3,), -100.0))
         state = out.hidden_states[-2][image_mask]
-        losses["content"] = _label_loss(aux.content(F.layer_norm(state, state.shape[-1:])),
-                                        torch.cat(list(packed_labels)).long())
+        losses["content"] = _label_loss(aux.content(F.layer_norm(state, state.shape[-1:])), packed_labels)
         losses["relevance"] = F.binary_cross_entropy_with_logits(
             logit[valid], marks[valid], pos_weight=torch.tensor(aux.pos_weight))
-        if attend:
-            where = torch.zeros(ids.shape)
-            where[image_mask] = marks.clamp(min=0)
-            at = torch.tensor([rows[i][1] - 1 for i in index])
-            weights = out.attentions[-1][torch.arange(len(index)), 0, at]  # (B, S): answer position, head 0
-            mass = (weights * where).sum(-1)
-            has = where.sum(-1) > 0
-            if has.any():
-                losses["attention"] = -torch.log(mass[has] + 1e-6).mean()
+        where = torch.zeros(ids.shape)
+        where[image_mask] = marks
+        at = torch.tensor([rows[i][1] - 1 for i in index])
+        weights = out.attentions[-1][torch.arange(len(index)), 0, at]  # (B, S): answer position, head 0
+        mass = (weights * where).sum(-1)
+        has = where.sum(-1) > 0
+        if has.any():
+            losses["attention"] = -torch.log(mass[has] + 1e-6).mean()
     keep = target != -100
     logits = model.lm_head(hidden[keep])
     loss = F.cross_entropy(logits, target[keep])
@@ -393,8 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heads", type=int, default=4, help="decoder attention heads")
     p.add_argument("--intermediate", type=int, default=384, help="decoder MLP width")
     p.add_argument("--aux-weight", type=float, default=1.0,
-                   help="weight of the auxiliary losses (per-patch labels on the projector, question relevance "
-                        "in the decoder; 0 = off)")
+                   help="weight of the training-only losses (per-patch labels on the projector and the last "
+                        "layer's input, question relevance, the attention pull; 0 = off)")
     p.add_argument("--relevance-layer", type=int, default=None,
                    help="decoder layer whose output learns which visual tokens the question is about "
                         "(default: half the layers)")
