@@ -21,7 +21,7 @@ from hired.tiny import tiny_llava, tiny_llava_next
 settings.register_profile("hired", deadline=None)
 settings.load_profile("hired")
 
-_PATCHED_ATTRS = ("get_image_features", "_hired_state")
+_PATCHED_ATTRS = ("get_image_features", "get_placeholder_mask", "_hired_state")
 _PROC_ATTRS = ("replace_image_token", "_process_images", "_hired_state")
 
 
@@ -37,11 +37,25 @@ def image_factory():
     return make_image
 
 
+def last_record(model):
+    """The calling thread's last vision step on ``model`` (layouts, selection, scores): adapter internals."""
+    from hired.adapters.transformers import _applied_state, _recall
+
+    return _recall(_applied_state(model))
+
+
 def _leftovers(model, processor) -> list[str]:
     inner = model.model
     left = [f"model.{a}" for a in _PATCHED_ATTRS if a in inner.__dict__]
     left += [f"processor.{a}" for a in _PROC_ATTRS if a in processor.__dict__]
+    left += [f"hired hook on {name or 'model'}" for name, m in model.named_modules()
+             for hook in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()) if _is_hired(hook)]
     return left
+
+
+def _is_hired(hook) -> bool:
+    fn = getattr(hook, "func", hook)  # functools.partial
+    return getattr(fn, "__module__", "").startswith("hired")
 
 
 def _clean(model, processor) -> None:

@@ -24,7 +24,7 @@ from hired.methods.base import newline_tokens
 from hired.methods.pack import pack_features
 from hired.tiny import default_pinpoints
 
-from conftest import make_image
+from conftest import last_record, make_image
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -310,7 +310,7 @@ def test_adaptive_end_to_end_through_prepare_inputs(models, method):
     assert "pixel_values" not in inputs
     sels = hired.last_selection(model)
     scores = hired.last_scores(model)
-    layouts = model.model._hired_state.last[0]
+    layouts = last_record(model).layouts
     placeholders = (inputs["input_ids"] == processor.image_token_id).sum(dim=1).tolist()
     assert placeholders == [s.num_tokens for s in sels]
     for sel, score, layout in zip(sels, scores, layouts):
@@ -353,7 +353,8 @@ def test_projector_sees_convex_combinations_of_the_feature_layer(models):
     finally:
         handle.remove()
     feats = out.hidden_states[-2][:, 1:]  # the feature layer (vision_feature_layer = -2), no [CLS]
-    layouts, selection = model.model._hired_state.last
+    record = last_record(model)
+    layouts, selection = record.layouts, record.selection
     expected = pack_features(method, layouts, selection, feats, newline=True).features
     torch.testing.assert_close(seen[0], expected, rtol=1e-5, atol=1e-5)
     # each row lies in the convex hull: weights are non-negative and sum to one

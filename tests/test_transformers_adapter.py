@@ -620,18 +620,17 @@ def test_apply_to_inner_model_and_processor_none(llava_next, stock_ref):
 def test_introspection(llava_next):
     model, processor = llava_next
     assert hired.applied_method(model) is None
-    with pytest.raises(ValueError):
-        hired.last_selection(model)
+    assert hired.last_selection(model) == [] and hired.last_scores(model) == []  # nothing applied
     with pytest.raises(ValueError):
         hired.remove(model, processor)
     method = hired.HiRED(budget=0.4, alpha=0.2, selection_layer=1)
     assert hired.apply(model, processor, method) is model
     assert hired.applied_method(model) is method
+    assert hired.score_layers(model) == {"budget": 0, "select": 1}
     assert hired.last_selection(model) == []  # no forward yet
     hired.remove(model, processor)
-    assert hired.applied_method(model) is None
-    with pytest.raises(ValueError):
-        hired.last_selection(model)
+    assert hired.applied_method(model) is None and hired.score_layers(model) == {}
+    assert hired.last_selection(model) == []
 
 
 def test_get_method_matches_dataclass():

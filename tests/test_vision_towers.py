@@ -8,7 +8,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, Dinov2Config, Dinov2
 from transformers import LlavaNextForConditionalGeneration
 
 import hired
-from hired.adapters.vision import ClsRecorder, encoder_layers, has_cls_token
+from hired.adapters.vision import ScoreHooks, encoder_layers, has_cls_token
 from hired.tiny import default_pinpoints, tiny_llava_next
 
 
@@ -30,20 +30,30 @@ def test_hooked_cls_rows_equal_row_zero_of_eager_attention(build):
     tower, cfg = build()
     tower.eval().set_attn_implementation("eager")
     pixels = torch.randn(2, 3, 56, 56)
-    recorder = ClsRecorder(encoder_layers(tower, cfg.num_hidden_layers), cfg.num_attention_heads)
-    with torch.no_grad(), recorder.record({"early": 0, "late": 2}) as rows:
-        out = tower(pixels, output_attentions=True)
+    hooks = ScoreHooks(encoder_layers(tower, cfg.num_hidden_layers), cfg.num_attention_heads,
+                       {"early": 0, "late": 2}, {"keys": 2})
+    with torch.no_grad():
+        idle = tower(pixels)  # outside a recording the hooks record nothing
+        with hooks.recording() as rec:
+            out = tower(pixels, output_attentions=True)
+    hooks.remove()
     for role, layer in (("early", 0), ("late", 2)):
         expected = out.attentions[layer][:, :, 0, :].sum(dim=1)
-        torch.testing.assert_close(rows[role], expected.float(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(rec.rows[role], expected.float(), rtol=1e-5, atol=1e-6)
+    assert rec.keys["keys"].shape[:2] == out.attentions[2].shape[::2][:2] and not rec.pending
+    torch.testing.assert_close(out.last_hidden_state, idle.last_hidden_state)
     assert has_cls_token(tower)
 
 
-def test_hooks_are_removed_after_recording():
+def test_hooks_are_installed_once_and_removed():
     tower, cfg = _clip()
-    recorder = ClsRecorder(encoder_layers(tower, cfg.num_hidden_layers), cfg.num_attention_heads)
-    with recorder.record({"select": 1}):
+    hooks = ScoreHooks(encoder_layers(tower, cfg.num_hidden_layers), cfg.num_attention_heads, {"select": 1})
+    assert sum(len(m._forward_hooks) for m in tower.modules()) == 2  # q and k of layer 1
+    with hooks.recording():
         pass
+    assert sum(len(m._forward_hooks) for m in tower.modules()) == 2
+    hooks.remove()
+    hooks.remove()
     assert all(not m._forward_hooks for m in tower.modules())
 
 

@@ -15,6 +15,7 @@ from hired.adapters.transformers import (
     last_selection,
     prepare_inputs,
     remove,
+    score_layers,
 )
 from hired.methods import (
     ClsTopK,
@@ -51,4 +52,5 @@ __all__ = [
     "list_methods",
     "prepare_inputs",
     "remove",
+    "score_layers",
 ]

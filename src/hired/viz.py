@@ -75,7 +75,6 @@ def run_method(model, processor, image, method, prompt: str = "Describe the imag
     import torch
 
     import hired
-    from hired.adapters.transformers import _applied_state
     from hired.cli import build_prompt
 
     image = load_image(image)
@@ -90,7 +89,7 @@ def run_method(model, processor, image, method, prompt: str = "Describe the imag
             model(**inputs, **extra)
         selection = hired.last_selection(model)[0]
         scores = hired.last_scores(model)[0]
-        layers = dict(_applied_state(model).roles)
+        layers = hired.score_layers(model)
     finally:
         if previous is not None:
             hired.apply(model, processor, previous)

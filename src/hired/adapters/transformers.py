@@ -9,28 +9,43 @@ Instance attributes are set, nothing else is touched:
   computed from the image size alone, so ``model.generate(**processor(...))`` works unchanged;
   ``<processor>._process_images`` first rejects empty images with a clear error.
 
-``remove`` deletes these attributes again, restoring the class behaviour bit for bit.
+* ``<LlavaNextModel|LlavaModel>.get_placeholder_mask``: the stock check, with a hint on how to build
+  inputs when the placeholders do not match the kept features.
+
+``apply`` also installs, once, forward hooks on the q/k projections of the tower layers the method reads
+and a forward pre-hook on the model (a text-only prompt clears ``last_selection``). Nothing about one
+call is kept on the model: the hooks record into the current call's own context (``contextvars``), and
+``last_selection`` / ``last_scores`` / the two-pass encoding of ``prepare_inputs`` live in the calling
+thread's context, so one patched model may serve any number of threads at once. ``apply`` and ``remove``
+wait for calls already inside the vision step to finish; a call that starts its vision step after
+``remove`` began fails with a clear error. ``remove`` deletes every attribute and hook again, restoring
+the class behaviour bit for bit.
 """
 
 from __future__ import annotations
 
 import functools
-from contextlib import ExitStack
+import inspect
+import threading
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from hired.adapters.vision import ClsRecorder, encoder_layers, has_cls_token
+from hired.adapters.vision import ScoreHooks, encoder_layers, has_cls_token
 from hired.core.grid import Geometry, Layout, layout_for
 from hired.methods.base import Method, ModelInfo, Selection, adaptive_message, newline_tokens, num_image_tokens
 from hired.methods.pack import keeps_newline, pack_features
 from hired.selection import ImageSelection, PartitionSelection
 
 _STATE = "_hired_state"
-_MODEL_ATTR = "get_image_features"
+_MODEL_ATTRS = ("get_image_features", "get_placeholder_mask")
 _PROC_ATTRS = ("replace_image_token", "_process_images")
+# serialises apply / remove (on any model); calls in flight are waited for through _State.calls
+_APPLY_LOCK = threading.RLock()
 
 
 def _families() -> dict[type, tuple[str, str | None]]:
@@ -50,8 +65,41 @@ def _families() -> dict[type, tuple[str, str | None]]:
     }
 
 
+class _Calls:
+    """Counts the calls inside the vision step, so ``remove`` can wait for them and refuse new ones."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self.closed = False
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        with self._cond:
+            if self.closed:
+                raise RuntimeError(
+                    "hired.remove (or another hired.apply) ran on this model while this call was starting; "
+                    "build the inputs again for the method now applied"
+                )
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Refuse new calls and wait until the running ones are done."""
+        with self._cond:
+            self.closed = True
+            self._cond.wait_for(lambda: self._active == 0)
+
+
 @dataclass
 class _State:
+    """What ``apply`` decided for one model: shared by every call, never changed by one."""
+
     method: Method
     family: str
     geometry: Geometry
@@ -59,13 +107,12 @@ class _State:
     hidden_layers: list[int]  # indices into the tower's hidden_states that form the features
     roles: dict[str, int]
     key_roles: dict[str, int]
-    recorder: ClsRecorder
+    encoder: nn.ModuleList
     processor: Any = None
     saved: dict[str, Any] = field(default_factory=dict)  # pre-existing instance attributes, restored by remove
-    last: tuple[list[Layout], Selection] | None = None
-    last_scores: dict[str, torch.Tensor] | None = None  # role → (sum P, T) fp32 [CLS] rows of the last forward
-    # while hired.prepare_inputs runs the processor: id of the processed images → their encoder output
-    encoding: dict | None = None
+    hooks: ScoreHooks | None = None  # installed by apply, removed by remove
+    handles: list = field(default_factory=list)  # other hooks apply installed
+    calls: _Calls = field(default_factory=_Calls)
 
     @property
     def newline(self) -> bool:
@@ -73,6 +120,36 @@ class _State:
 
     def token_count(self, layout: Layout) -> int:
         return num_image_tokens(self.method, layout, self.newline)
+
+
+@dataclass(frozen=True)
+class _Record:
+    """One vision step: the layouts of its images, what was selected, and the scores that decided it."""
+
+    layouts: list[Layout]
+    selection: Selection
+    scores: dict[str, torch.Tensor]  # role → (sum P, T) fp32 [CLS] rows
+
+
+# the last vision step of each applied state, per thread (per contextvars context): id(state) → (state, record)
+_LAST: ContextVar[dict | None] = ContextVar("hired_last", default=None)
+# while hired.prepare_inputs runs the processor in this context: {"model": inner, id(image inputs): encoding}
+_ENCODING: ContextVar[dict | None] = ContextVar("hired_encoding", default=None)
+
+
+def _remember(state: _State, record: _Record | None) -> None:
+    """Make ``record`` the calling context's last vision step of ``state`` (``None`` forgets it)."""
+    last = {k: v for k, v in (_LAST.get() or {}).items() if not v[0].calls.closed}
+    if record is None:
+        last.pop(id(state), None)
+    else:
+        last[id(state)] = (state, record)
+    _LAST.set(last)
+
+
+def _recall(state: _State) -> _Record | None:
+    entry = (_LAST.get() or {}).get(id(state))
+    return entry[1] if entry is not None and entry[0] is state else None
 
 
 # --------------------------------------------------------------------------------------------- inspection
@@ -160,8 +237,8 @@ def _build_state(model: nn.Module, processor, method: Method) -> tuple[nn.Module
                 "this processor already serves hired on another model; call hired.remove on that model "
                 "first, or use a separate processor (processors are cheap to load)"
             )
-    recorder = ClsRecorder(encoder_layers(tower, num_layers), num_heads)
-    state = _State(method, family, geometry, info, hidden_layers, roles, key_roles, recorder, processor=processor)
+    encoder = encoder_layers(tower, num_layers)
+    state = _State(method, family, geometry, info, hidden_layers, roles, key_roles, encoder, processor=processor)
     return inner, state
 
 
@@ -172,37 +249,53 @@ def apply(model: nn.Module, processor, method: Method) -> nn.Module:
     """Apply a token-reduction ``method`` to a LLaVA-NeXT / LLaVA-1.5 ``model`` and its ``processor``, in place.
 
     ``processor`` may be ``None`` when inputs are built elsewhere (they must then hold the method's
-    placeholder count). Applying again replaces the previous method. On any error nothing is changed.
-    Returns ``model``.
+    placeholder count). Applying again replaces the previous method (after the calls using it are done).
+    On any error nothing is changed. Returns ``model``.
     """
     inner, state = _build_state(model, processor, method)
-    old = getattr(inner, _STATE, None)
-    if old is not None:
-        remove(model, old.processor)
-    state.saved[_MODEL_ATTR] = inner.__dict__.get(_MODEL_ATTR)
-    inner.__dict__[_MODEL_ATTR] = functools.partial(_image_features, inner, state)
-    if processor is not None:
-        patches = {"replace_image_token": _replace_image_token, "_process_images": _checked_process_images}
+    with _APPLY_LOCK:
+        old = getattr(inner, _STATE, None)
+        if old is not None:
+            remove(model, old.processor)
+        state.hooks = ScoreHooks(state.encoder, state.info.num_heads, state.roles, state.key_roles)
+        state.handles.append(inner.register_forward_pre_hook(
+            functools.partial(_forget_on_text_only, state, _positional_names(inner)), with_kwargs=True))
+        patches = {"get_image_features": _image_features, "get_placeholder_mask": _placeholder_mask}
         for name, fn in patches.items():
-            state.saved[name] = processor.__dict__.get(name)
-            processor.__dict__[name] = functools.partial(fn, processor, state)
-        processor.__dict__[_STATE] = state
-    inner.__dict__[_STATE] = state
+            state.saved[name] = inner.__dict__.get(name)
+            inner.__dict__[name] = functools.partial(fn, inner, state)
+        if processor is not None:
+            patches = {"replace_image_token": _replace_image_token, "_process_images": _checked_process_images}
+            for name, fn in patches.items():
+                state.saved[name] = processor.__dict__.get(name)
+                processor.__dict__[name] = functools.partial(fn, processor, state)
+            processor.__dict__[_STATE] = state
+        inner.__dict__[_STATE] = state
     return model
 
 
 def remove(model: nn.Module, processor=None) -> nn.Module:
-    """Undo ``apply``: the model (and the processor it was applied with, or ``processor``) behave as stock."""
+    """Undo ``apply``: the model (and the processor it was applied with, or ``processor``) behave as stock.
+
+    Waits for calls already inside the vision step; one that reaches it later fails with a clear error.
+    """
     inner, _ = _inner_model(model)
-    state = inner.__dict__.pop(_STATE, None)
-    if state is None:
-        raise ValueError("no hired method is applied to this model")
-    _restore(inner, _MODEL_ATTR, state.saved.get(_MODEL_ATTR))
-    for proc in {id(p): p for p in (state.processor, processor) if p is not None}.values():
-        if proc.__dict__.get(_STATE) is state:
-            del proc.__dict__[_STATE]
-            for name in _PROC_ATTRS:
-                _restore(proc, name, state.saved.get(name))
+    with _APPLY_LOCK:
+        state = inner.__dict__.pop(_STATE, None)
+        if state is None:
+            raise ValueError("no hired method is applied to this model")
+        for name in _MODEL_ATTRS:
+            _restore(inner, name, state.saved.get(name))
+        for proc in {id(p): p for p in (state.processor, processor) if p is not None}.values():
+            if proc.__dict__.get(_STATE) is state:
+                del proc.__dict__[_STATE]
+                for name in _PROC_ATTRS:
+                    _restore(proc, name, state.saved.get(name))
+        state.calls.close()
+        state.hooks.remove()
+        for handle in state.handles:
+            handle.remove()
+        state.handles.clear()
     return model
 
 
@@ -219,12 +312,13 @@ def prepare_inputs(model: nn.Module, processor, images=None, text=None, **kwargs
     if processor is None or processor.__dict__.get(_STATE) is not state:
         raise ValueError("prepare_inputs needs the processor that hired.apply was given with this model")
     inner, _ = _inner_model(model)
-    state.encoding = {"model": inner}
+    encoding = {"model": inner}
+    token = _ENCODING.set(encoding)
     try:
         inputs = processor(images=images, text=text, **kwargs)
-        encoded = state.encoding.get("last")
+        encoded = encoding.get("last")
     finally:
-        state.encoding = None
+        _ENCODING.reset(token)
     if encoded is not None:
         for key in ("pixel_values", "image_sizes"):
             inputs.pop(key, None)
@@ -255,14 +349,21 @@ def applied_method(model: nn.Module) -> Method | None:
 
 
 def last_selection(model: nn.Module) -> list[ImageSelection]:
-    """What the last forward pass kept, one entry per image (in the order images were given)."""
-    state = _applied_state(model)
-    if state.last is None:
+    """What the calling thread's last vision step on ``model`` kept, one entry per image (in the order the
+    images were given).
+
+    Per thread: every thread (every ``contextvars`` context) sees its own last call, whatever other
+    threads run on the same model. Empty when this thread has seen no image since ``apply``, after a
+    text-only prompt, or when no method is applied.
+    """
+    state = _applied_state(model, required=False)
+    record = None if state is None else _recall(state)
+    if record is None:
         return []
-    layouts, selection = state.last
-    keep = selection.keep.cpu()
+    keep = record.selection.keep.cpu()
+    newline = keeps_newline(state.method, state.newline)
     out, start = [], 0
-    for layout, budgets in zip(layouts, selection.budgets):
+    for layout, budgets in zip(record.layouts, record.selection.budgets):
         p = layout.num_partitions
         parts = [
             PartitionSelection(
@@ -278,7 +379,7 @@ def last_selection(model: nn.Module) -> list[ImageSelection]:
                 image_size=layout.image_size,
                 grid=layout.grid,
                 partitions=parts,
-                num_tokens=sum(budgets) + (newline_tokens(layout) if keeps_newline(state.method, state.newline) else 0),
+                num_tokens=sum(budgets) + (newline_tokens(layout) if newline else 0),
                 num_tokens_stock=_stock_count(layout, state.newline),
             )
         )
@@ -287,17 +388,25 @@ def last_selection(model: nn.Module) -> list[ImageSelection]:
 
 
 def last_scores(model: nn.Module) -> list[dict[str, torch.Tensor]]:
-    """The [CLS]-attention scores the last forward pass used, one dict per image (as ``last_selection``).
+    """The [CLS]-attention scores of the calling thread's last vision step, one dict per image (as
+    ``last_selection``, and empty when it is).
 
     Each dict maps a method's score role (HiRED: ``"budget"``, ``"select"``) to a ``(P, T)`` fp32 CPU
     tensor: the [CLS] row (summed over heads) over the T patches of each of the image's P partitions.
     """
-    state = _applied_state(model)
-    if state.last is None or state.last_scores is None:
+    state = _applied_state(model, required=False)
+    record = None if state is None else _recall(state)
+    if record is None:
         return []
-    sizes = [layout.num_partitions for layout in state.last[0]]
-    per_role = {role: s.detach().float().cpu().split(sizes) for role, s in state.last_scores.items()}
+    sizes = [layout.num_partitions for layout in record.layouts]
+    per_role = {role: s.detach().float().cpu().split(sizes) for role, s in record.scores.items()}
     return [{role: parts[i] for role, parts in per_role.items()} for i in range(len(sizes))]
+
+
+def score_layers(model: nn.Module) -> dict[str, int]:
+    """Role → vision encoder layer whose [CLS] attention the applied method reads (``{}`` if none is)."""
+    state = _applied_state(model, required=False)
+    return {} if state is None else dict(state.roles)
 
 
 def _stock_count(layout: Layout, newline: bool) -> int:
@@ -342,8 +451,9 @@ def _replace_image_token(processor, state: _State, image_inputs: dict, image_idx
             )
     else:
         size = tuple(image_inputs["pixel_values"][image_idx].shape[-2:])
-    if state.encoding is not None:
-        return processor.image_token * len(_encode_in_processor(state, image_inputs).pooler_output[image_idx])
+    encoding = _ENCODING.get()
+    if encoding is not None:
+        return processor.image_token * len(_encode_in_processor(encoding, image_inputs).pooler_output[image_idx])
     if state.method.adaptive:
         raise ValueError(adaptive_message(state.method))
     size = size.tolist() if hasattr(size, "tolist") else list(size)
@@ -351,11 +461,12 @@ def _replace_image_token(processor, state: _State, image_inputs: dict, image_idx
     return processor.image_token * state.token_count(layout)
 
 
-def _encode_in_processor(state: _State, image_inputs: dict):
-    """Encode the processor's images with the model once (``hired.prepare_inputs``); cached per batch."""
+def _encode_in_processor(encoding: dict, image_inputs: dict):
+    """Encode the processor's images with the model once (``hired.prepare_inputs``); cached per batch in
+    ``encoding``, the calling context's own."""
     key = id(image_inputs)
-    if key not in state.encoding:
-        inner = state.encoding["model"]
+    if key not in encoding:
+        inner = encoding["model"]
         param = next(inner.vision_tower.parameters())
         pixel_values = image_inputs["pixel_values"]
         if isinstance(pixel_values, (list, tuple)):
@@ -364,9 +475,9 @@ def _encode_in_processor(state: _State, image_inputs: dict):
         sizes = image_inputs.get("image_sizes")
         extra = {} if sizes is None else {"image_sizes": torch.as_tensor(sizes).to(param.device)}
         with torch.no_grad():
-            state.encoding[key] = inner.get_image_features(pixel_values=pixel_values, **extra)
-        state.encoding["last"] = state.encoding[key]
-    return state.encoding[key]
+            encoding[key] = inner.get_image_features(pixel_values=pixel_values, **extra)
+        encoding["last"] = encoding[key]
+    return encoding[key]
 
 
 def _layouts(state: _State, pixel_values: torch.Tensor, image_sizes) -> tuple[list[Layout], torch.Tensor]:
@@ -411,19 +522,19 @@ def _image_features(
     layouts, pixel_values = _layouts(state, pixel_values, image_sizes)
     kwargs.pop("return_dict", None)
     kwargs["output_hidden_states"] = True
-    with ExitStack() as stack:
-        rows = stack.enter_context(state.recorder.record(state.roles))
-        keys = stack.enter_context(state.recorder.record_keys(state.key_roles))
+    with state.calls.running(), state.hooks.recording() as rec:
         tower_out = inner.vision_tower(pixel_values, return_dict=True, **kwargs)
     feats = torch.cat([tower_out.hidden_states[i][:, 1:] for i in state.hidden_layers], dim=-1)  # (sum P, T, Dv)
     tokens = layouts[0].tokens
     if feats.shape[1] != tokens:
         raise ValueError(f"the vision tower gave {feats.shape[1]} patch tokens per partition, expected {tokens}")
-    scores = {role: row[:, -tokens:] for role, row in rows.items()}
-    keys = {role: k[:, -tokens:] for role, k in keys.items()}
+    missing = sorted(set(state.roles) - set(rec.rows)) + sorted(set(state.key_roles) - set(rec.keys))
+    if missing:
+        raise RuntimeError(f"the vision tower's forward did not reach the hooked layers for {', '.join(missing)}")
+    scores = {role: row[:, -tokens:] for role, row in rec.rows.items()}
+    keys = {role: k[:, -tokens:] for role, k in rec.keys.items()}
     selection = state.method.select(layouts, scores, state.info, keys=keys)
-    state.last = (layouts, selection)
-    state.last_scores = scores
+    _remember(state, _Record(layouts, selection, scores))
 
     packed = pack_features(state.method, layouts, selection, feats, state.newline)
     projected = inner.multi_modal_projector(packed.features)  # (L, D)
@@ -432,3 +543,35 @@ def _image_features(
         projected = torch.where(packed.is_newline[:, None], newline, projected)
     tower_out.pooler_output = list(projected.split(packed.lengths))
     return tower_out
+
+
+def _placeholder_mask(inner: nn.Module, state: _State, *args, **kwargs):
+    """The stock placeholder check; when placeholders and kept features disagree, say how to build inputs."""
+    original = state.saved.get("get_placeholder_mask") or functools.partial(type(inner).get_placeholder_mask, inner)
+    try:
+        return original(*args, **kwargs)
+    except ValueError as err:
+        raise ValueError(
+            f"{err}. {type(state.method).__name__} sets how many visual tokens each image keeps: build the inputs "
+            "with the processor given to hired.apply (model.generate(**processor(images=..., text=...))) or with "
+            "hired.prepare_inputs(model, processor, ...), after hired.apply; inputs made before apply, or by "
+            "another processor, carry the stock count"
+        ) from err
+
+
+def _positional_names(inner: nn.Module) -> list[str]:
+    """The names of ``inner.forward``'s parameters in order (to read positional arguments in the pre-hook)."""
+    return list(inspect.signature(inner.forward).parameters)
+
+
+def _forget_on_text_only(state: _State, names: list[str], _module, args, kwargs):
+    """Forward pre-hook: a new prompt without images clears the calling context's ``last_selection``
+    (decoding steps, which carry a filled cache, and two-pass inputs leave it as it is)."""
+    given = dict(zip(names, args))
+    given.update(kwargs)
+    if given.get("pixel_values") is not None or given.get("mm_encoder_outputs"):
+        return None
+    cache = given.get("cache", given.get("past_key_values"))
+    if cache is None or not hasattr(cache, "get_seq_length") or cache.get_seq_length() == 0:
+        _remember(state, None)
+    return None

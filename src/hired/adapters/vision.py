@@ -1,12 +1,16 @@
 """Reading [CLS] attention rows out of a ViT vision tower with forward hooks on its q and k projections.
 
 Works for any attention implementation (eager, sdpa, flash): the hooks see the projected queries and
-keys, and only the [CLS] query row is used, so no N x N attention map is ever formed.
+keys, and only the [CLS] query row is used, so no N x N attention map is ever formed. The hooks are
+installed once and record into the current call's own :class:`Recording` (a context variable), so one
+patched model can serve many threads.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
 import torch
@@ -46,64 +50,94 @@ def has_cls_token(vision_tower: nn.Module) -> bool:
     )
 
 
-class ClsRecorder:
-    """Records ``(B, N)`` fp32 [CLS] attention rows (summed over heads) of chosen encoder layers."""
+@dataclass
+class Recording:
+    """What the hooks recorded during one call: ``rows[role]`` ``(B, N)`` fp32 [CLS] attention rows
+    (summed over heads) and ``keys[role]`` ``(B, N, H * D)`` projected keys."""
 
-    def __init__(self, layers: nn.ModuleList, num_heads: int):
-        self.layers = layers
+    owner: "ScoreHooks"
+    rows: dict[str, torch.Tensor] = field(default_factory=dict)
+    keys: dict[str, torch.Tensor] = field(default_factory=dict)
+    pending: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)  # ("q" | "k", layer) → half of a row
+
+
+# the recording of the call running in this thread (or asyncio task); hooks of other calls never see it
+_CURRENT: ContextVar[Recording | None] = ContextVar("hired_recording", default=None)
+
+
+class ScoreHooks:
+    """Forward hooks on the q and k projections of the encoder layers a method reads, installed once.
+
+    ``rows``: role → layer whose [CLS] attention row is wanted; ``keys``: role → layer whose keys are
+    wanted. The hooks record only inside :meth:`recording`, into that call's own :class:`Recording`, so
+    one tower can serve any number of threads at once; outside it they return at once.
+    """
+
+    def __init__(self, layers: nn.ModuleList, num_heads: int, rows: Mapping[str, int], keys: Mapping[str, int] | None = None):
         self.num_heads = num_heads
-
-    @contextmanager
-    def record(self, wanted: Mapping[str, int]) -> Iterator[dict[str, torch.Tensor]]:
-        """Within the block, forward passes fill ``rows[role]`` for each ``role → layer`` in ``wanted``."""
-        rows: dict[str, torch.Tensor] = {}
-        handles = []
+        self._handles: list = []
         by_layer: dict[int, list[str]] = {}
-        for role, layer in wanted.items():
+        for role, layer in rows.items():
             by_layer.setdefault(layer, []).append(role)
+        key_layers: dict[int, list[str]] = {}
+        for role, layer in (keys or {}).items():
+            key_layers.setdefault(layer, []).append(role)
         try:
-            for layer, roles in by_layer.items():
-                q_mod, k_mod = qk_projections(self.layers[layer])
-                handles += self._hook(q_mod, k_mod, roles, rows)
-            yield rows
-        finally:
-            for h in handles:
-                h.remove()
+            for layer in sorted(set(by_layer) | set(key_layers)):
+                q_mod, k_mod = qk_projections(layers[layer])
+                row_roles, key_roles = by_layer.get(layer, []), key_layers.get(layer, [])
+                if row_roles:
+                    self._handles.append(q_mod.register_forward_hook(self._on_q(layer, row_roles)))
+                self._handles.append(k_mod.register_forward_hook(self._on_k(layer, row_roles, key_roles)))
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        """Remove every hook (idempotent)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
     @contextmanager
-    def record_keys(self, wanted: Mapping[str, int]) -> Iterator[dict[str, torch.Tensor]]:
-        """Within the block, forward passes fill ``keys[role]`` with the ``(B, N, H * D)`` projected keys of
-        layer ``wanted[role]`` (merging methods compare patches by key similarity)."""
-        keys: dict[str, torch.Tensor] = {}
-        handles = []
+    def recording(self) -> Iterator[Recording]:
+        """Within the block, this context's forward passes through the tower fill the yielded recording."""
+        rec = Recording(self)
+        token = _CURRENT.set(rec)
         try:
-            for role, layer in wanted.items():
-                _, k_mod = qk_projections(self.layers[layer])
-
-                def on_k(_m, _inp, out, role=role):
-                    keys[role] = out.detach()
-
-                handles.append(k_mod.register_forward_hook(on_k))
-            yield keys
+            yield rec
         finally:
-            for h in handles:
-                h.remove()
+            _CURRENT.reset(token)
 
-    def _hook(self, q_mod: nn.Module, k_mod: nn.Module, roles: list[str], rows: dict) -> list:
-        seen: dict[str, torch.Tensor] = {}
+    def _current(self) -> Recording | None:
+        rec = _CURRENT.get()
+        return rec if rec is not None and rec.owner is self else None
 
-        def finish() -> None:
-            if "q" in seen and "k" in seen:
-                row = cls_attention(seen.pop("q"), seen.pop("k"), self.num_heads)
-                for role in roles:
-                    rows[role] = row
+    def _pair(self, rec: Recording, layer: int, roles: list[str], kind: str, value: torch.Tensor) -> None:
+        """Keep the [CLS] query (``"q"``) or the keys (``"k"``) of ``layer``; once both arrived, the row."""
+        rec.pending[(kind, layer)] = value
+        if ("q", layer) in rec.pending and ("k", layer) in rec.pending:
+            row = cls_attention(rec.pending.pop(("q", layer)), rec.pending.pop(("k", layer)), self.num_heads)
+            for role in roles:
+                rec.rows[role] = row
 
-        def on_q(_m, _inp, out):
-            seen["q"] = out[:, 0].detach()
-            finish()
+    def _on_q(self, layer: int, roles: list[str]):
+        def hook(_m, _inp, out):
+            rec = self._current()
+            if rec is not None:
+                self._pair(rec, layer, roles, "q", out[:, 0].detach())
 
-        def on_k(_m, _inp, out):
-            seen["k"] = out.detach()
-            finish()
+        return hook
 
-        return [q_mod.register_forward_hook(on_q), k_mod.register_forward_hook(on_k)]
+    def _on_k(self, layer: int, row_roles: list[str], key_roles: list[str]):
+        def hook(_m, _inp, out):
+            rec = self._current()
+            if rec is None:
+                return
+            keys = out.detach()
+            for role in key_roles:
+                rec.keys[role] = keys
+            if row_roles:
+                self._pair(rec, layer, row_roles, "k", keys)
+
+        return hook

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass
-from typing import ClassVar, Mapping
+from typing import Any, ClassVar, Literal, Mapping, Union
 
 import torch
 
@@ -29,15 +31,129 @@ def list_methods() -> dict[str, str]:
 
 def get_method(name: str, **options) -> "Method":
     """Build a method config from its registry name and options (``get_method("hired", budget=0.2)``)."""
-    key = name.strip().lower().replace("-", "_")
-    if key not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    cls = _REGISTRY[key]
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - fields)
+    cls = method_class(name)
+    fields = option_types(cls)
+    unknown = sorted(set(options) - set(fields))
     if unknown:
         raise ValueError(f"{cls.__name__} has no option {', '.join(unknown)}; options: {', '.join(sorted(fields))}")
     return cls(**options)
+
+
+def method_class(name: str) -> type["Method"]:
+    """The registered method config class called ``name`` (``"hired"``, ``"cls-topk"``, ...)."""
+    key = name.strip().lower().replace("-", "_")
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[key]
+
+
+def option_types(cls: type["Method"]) -> dict[str, Any]:
+    """Option name → declared type of a method config class (``float``, ``int | None``, ``Literal[...]``)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def describe_type(tp) -> str:
+    """A declared option type in words: ``"a number"``, ``"true or false"``, ``"'2d' or 'reference'"``."""
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if _is_union(tp):
+        return " or ".join(describe_type(a) for a in typing.get_args(tp))
+    return {bool: "True or False", int: "an integer", float: "a number", str: "a string", type(None): "None"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def _is_union(tp) -> bool:
+    return typing.get_origin(tp) in (Union, types.UnionType)
+
+
+_UNSET = object()
+
+
+def _coerce(tp, value):
+    """``value`` as an instance of the declared type ``tp`` (an int is a valid float), or ``_UNSET``."""
+    if typing.get_origin(tp) is Literal:
+        return value if any(type(value) is type(a) and value == a for a in typing.get_args(tp)) else _UNSET
+    if _is_union(tp):
+        for arg in typing.get_args(tp):
+            out = _coerce(arg, value)
+            if out is not _UNSET:
+                return out
+        return _UNSET
+    if tp is type(None):
+        return None if value is None else _UNSET
+    if tp is bool:
+        return value if isinstance(value, bool) else _UNSET
+    if tp is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _UNSET
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return float(value) if ok else _UNSET
+    if tp is str:
+        return value if isinstance(value, str) else _UNSET
+    raise TypeError(f"unsupported option type {tp!r}")
+
+
+class OptionTypeError(TypeError, ValueError):
+    """A method option of the wrong type (a ``TypeError``, and a ``ValueError`` like every bad option)."""
+
+
+def check_option_types(config: "Method") -> None:
+    """Raise :class:`OptionTypeError` naming the first option whose value is not of its declared type; ints given
+    for float options become floats."""
+    for name, tp in option_types(type(config)).items():
+        value = getattr(config, name)
+        out = _coerce(tp, value)
+        if out is _UNSET:
+            raise OptionTypeError(
+                f"{type(config).__name__} option {name} must be {describe_type(tp)}, "
+                f"got {value!r} ({type(value).__name__})"
+            )
+        if out is not value:
+            object.__setattr__(config, name, out)
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def parse_option(cls: type["Method"], name: str, text: str):
+    """Parse the command-line text of option ``name`` of method ``cls`` by its declared type.
+
+    ``"true"``/``"false"`` (also yes/no, on/off, 1/0) for booleans, ``"none"`` where ``None`` is allowed,
+    integers and numbers as written, a literal choice by its name. Raises ``ValueError`` naming the option.
+    """
+    types_ = option_types(cls)
+    if name not in types_:
+        raise ValueError(f"{cls.__name__} has no option {name}; options: {', '.join(sorted(types_))}")
+    tp = types_[name]
+    value = _parse_text(tp, text.strip())
+    if value is _UNSET:
+        raise ValueError(f"{cls.__name__} option {name} must be {describe_type(tp)}, got {text!r}")
+    return value
+
+
+def _parse_text(tp, text: str):
+    low = text.lower()
+    if typing.get_origin(tp) is Literal:
+        return next((a for a in typing.get_args(tp) if str(a).lower() == low), _UNSET)
+    if _is_union(tp):
+        for arg in typing.get_args(tp):
+            out = _parse_text(arg, text)
+            if out is not _UNSET:
+                return out
+        return _UNSET
+    if tp is type(None):
+        return None if low in ("none", "null") else _UNSET
+    if tp is bool:
+        return True if low in _TRUE else False if low in _FALSE else _UNSET
+    if tp in (int, float):
+        try:
+            return tp(text)
+        except ValueError:
+            return _UNSET
+    if tp is str:
+        return text
+    raise TypeError(f"unsupported option type {tp!r}")
 
 
 @dataclass(frozen=True)
@@ -80,6 +196,7 @@ class Method:
     adaptive: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
+        check_option_types(self)
         self.validate()
 
     def validate(self) -> None:
@@ -130,11 +247,7 @@ def topk_selection(layouts: list[Layout], budgets: list[list[int]], scores: torc
 
 def check_rate(name: str, value: float, low_open: bool) -> None:
     """Raise unless ``value`` lies in (0, 1] (``low_open``) or [0, 1]."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    ok = (0.0 < v <= 1.0) if low_open else (0.0 <= v <= 1.0)
+    ok = (0.0 < value <= 1.0) if low_open else (0.0 <= value <= 1.0)  # False for NaN
     if not ok:
         raise ValueError(f"{name} must be in {'(0, 1]' if low_open else '[0, 1]'}, got {value!r}")
 
@@ -168,12 +281,6 @@ def adaptive_message(method: Method) -> str:
 
 
 def check_layer(name: str, value) -> None:
-    """Raise unless ``value`` is ``None`` or a non-negative layer index."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+    """Raise unless ``value`` (an int or None, see :func:`check_option_types`) is ``None`` or non-negative."""
+    if value is not None and value < 0:
         raise ValueError(f"{name} must be a non-negative layer index or None, got {value!r}")
-
-
-def check_bool(name: str, value) -> None:
-    """Raise unless ``value`` is ``True`` or ``False``."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")

@@ -47,12 +47,8 @@ class HiRED(Method):
     def validate(self) -> None:
         check_rate("budget", self.budget, low_open=True)
         check_rate("alpha", self.alpha, low_open=False)
-        if self.budget_layer is None:
-            raise ValueError("budget_layer must be a non-negative layer index, got None")
         check_layer("budget_layer", self.budget_layer)
         check_layer("selection_layer", self.selection_layer)
-        if self.mapping not in ("2d", "reference"):
-            raise ValueError(f"mapping must be '2d' or 'reference', got {self.mapping!r}")
 
     def score_layers(self, info: ModelInfo) -> Mapping[str, int]:
         select = info.feature_layer if self.selection_layer is None else self.selection_layer

@@ -22,7 +22,6 @@ from hired.methods.base import (
     ModelInfo,
     Selection,
     adaptive_message,
-    check_bool,
     check_layer,
     check_rate,
     register,
@@ -51,7 +50,7 @@ def _lattice(layouts: list[Layout], per_image: list[list[int]], device: torch.de
 
 
 def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if value < low:  # an int: see check_option_types
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
@@ -97,7 +96,6 @@ class _PruMergeBase(_KeyMerge, _EvenSplit, Method):
             check_rate("budget", self.budget, low_open=True)
         _check_int("neighbours", self.neighbours, 0)
         check_layer("layer", self.layer)
-        check_bool("keep_newline", self.keep_newline)
 
     def _default_layer(self, info: ModelInfo) -> int:
         return min(info.feature_layer + 1, info.num_layers - 1)
@@ -249,7 +247,6 @@ class VisionZip(_KeyMerge, _EvenSplit, Method):
         check_rate("budget", self.budget, low_open=True)
         check_rate("contextual", self.contextual, low_open=False)
         check_layer("layer", self.layer)
-        check_bool("keep_newline", self.keep_newline)
 
     def _default_layer(self, info: ModelInfo) -> int:
         return info.feature_layer

@@ -24,7 +24,6 @@ from hired.methods.base import (
     Method,
     ModelInfo,
     Selection,
-    check_bool,
     check_layer,
     check_rate,
     register,
@@ -104,7 +103,6 @@ class Spatial(_EvenSplit, Method):
 
     def validate(self) -> None:
         check_rate("budget", self.budget, low_open=True)
-        check_bool("keep_newline", self.keep_newline)
 
     def select(self, layouts: list[Layout], scores: Mapping[str, torch.Tensor], info: ModelInfo, keys=None) -> Selection:
         budgets = [self._budgets(layout) for layout in layouts]
@@ -153,9 +151,6 @@ class Random(_EvenSplit, Method):
 
     def validate(self) -> None:
         check_rate("budget", self.budget, low_open=True)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        check_bool("keep_newline", self.keep_newline)
 
     def random_scores(self, layout: Layout) -> torch.Tensor:
         """Float ``(P, T)`` uniform draws on the CPU, a function of ``seed`` and ``layout`` only."""
@@ -202,7 +197,6 @@ class ClsTopK(_EvenSplit, Method):
     def validate(self) -> None:
         check_rate("budget", self.budget, low_open=True)
         check_layer("selection_layer", self.selection_layer)
-        check_bool("keep_newline", self.keep_newline)
 
     def score_layers(self, info: ModelInfo) -> Mapping[str, int]:
         return {"select": info.feature_layer if self.selection_layer is None else self.selection_layer}
