@@ -44,7 +44,7 @@ def last_record(model):
     return _recall(_applied_state(model))
 
 
-def _leftovers(model, processor) -> list[str]:
+def leftovers(model, processor) -> list[str]:
     inner = model.model
     left = [f"model.{a}" for a in _PATCHED_ATTRS if a in inner.__dict__]
     left += [f"processor.{a}" for a in _PROC_ATTRS if a in processor.__dict__]
@@ -62,7 +62,7 @@ def _clean(model, processor) -> None:
     """Teardown: remove whatever is still applied, then insist that the pair is stock again."""
     if hired.applied_method(model) is not None:
         hired.remove(model, processor)
-    left = _leftovers(model, processor)
+    left = leftovers(model, processor)
     # force the pair back to stock so later tests are not poisoned, then report the leak
     for attr in _PATCHED_ATTRS:
         model.model.__dict__.pop(attr, None)
