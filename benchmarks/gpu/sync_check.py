@@ -72,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import hired
-    from hired.cli import build_prompt, demo_image
+
+    try:
+        from hired.commands import build_prompt, demo_image
+    except ImportError:  # before hired.commands existed
+        from hired.cli import build_prompt, demo_image
 
     start = time.perf_counter()
     cuda = args.device.startswith("cuda")
