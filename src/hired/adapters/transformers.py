@@ -24,6 +24,7 @@ the class behaviour bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import threading
@@ -37,6 +38,7 @@ from torch import nn
 
 from hired.adapters.vision import ScoreHooks, encoder_layers, has_cls_token
 from hired.core.grid import Geometry, Layout, layout_for
+from hired.core.positions import stock_position_ids
 from hired.methods.base import Method, ModelInfo, Selection, adaptive_message, newline_tokens, num_image_tokens
 from hired.methods.pack import keeps_newline, pack_features
 from hired.selection import ImageSelection, PartitionSelection
@@ -124,17 +126,36 @@ class _State:
 
 @dataclass(frozen=True)
 class _Record:
-    """One vision step: the layouts of its images, what was selected, and the scores that decided it."""
+    """One vision step: the layouts of its images, what was selected, the scores that decided it, and
+    where the kept tokens sit in the stock sequence."""
 
     layouts: list[Layout]
     selection: Selection
     scores: dict[str, torch.Tensor]  # role → (sum P, T) fp32 [CLS] rows
+    lengths: list[int]  # tokens each image gives the language model
+    stock_lengths: list[int]  # tokens each image gives the stock model
+    stock_index: torch.Tensor  # (L,) long: each token's index in its image's stock sequence
+    # with keep_positions, once a prompt used it: (B, S) position ids given and (B, S) placeholder mask
+    positions: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+@dataclass
+class _Forward:
+    """One forward pass of a model with ``keep_positions``: its images' record and placeholder mask."""
+
+    state: "_State"
+    record: _Record | None = None
+    image_mask: torch.Tensor | None = None  # (B, S) bool
+    shift: torch.Tensor | None = None  # (B,) for a cache the language model creates
 
 
 # the last vision step of each applied state, per thread (per contextvars context): id(state) → (state, record)
 _LAST: ContextVar[dict | None] = ContextVar("hired_last", default=None)
 # while hired.prepare_inputs runs the processor in this context: {"model": inner, id(image inputs): encoding}
 _ENCODING: ContextVar[dict | None] = ContextVar("hired_encoding", default=None)
+# the forward pass running in this context (keep_positions)
+_FORWARD: ContextVar[_Forward | None] = ContextVar("hired_forward", default=None)
+_SHIFT = "_hired_position_shift"  # attribute of a generation cache: (B,) stock - packed ids, for decoding
 
 
 def _remember(state: _State, record: _Record | None) -> None:
@@ -259,7 +280,11 @@ def apply(model: nn.Module, processor, method: Method) -> nn.Module:
             remove(model, old.processor)
         state.hooks = ScoreHooks(state.encoder, state.info.num_heads, state.roles, state.key_roles)
         state.handles.append(inner.register_forward_pre_hook(
-            functools.partial(_forget_on_text_only, state, _positional_names(inner)), with_kwargs=True))
+            functools.partial(_on_forward, state, _positional_names(inner)), with_kwargs=True))
+        if method.keep_positions:
+            lm = inner.language_model
+            state.handles.append(lm.register_forward_pre_hook(functools.partial(_stock_positions, state), with_kwargs=True))
+            state.handles.append(lm.register_forward_hook(_keep_shift))
         patches = {"get_image_features": _image_features, "get_placeholder_mask": _placeholder_mask}
         for name, fn in patches.items():
             state.saved[name] = inner.__dict__.get(name)
@@ -362,8 +387,12 @@ def last_selection(model: nn.Module) -> list[ImageSelection]:
         return []
     keep = record.selection.keep.cpu()
     newline = keeps_newline(state.method, state.newline)
+    positions = [None] * len(record.layouts)
+    if record.positions is not None:
+        ids, mask = record.positions
+        positions = [p.tolist() for p in ids[mask].cpu().split(record.lengths)]
     out, start = [], 0
-    for layout, budgets in zip(record.layouts, record.selection.budgets):
+    for layout, budgets, ids in zip(record.layouts, record.selection.budgets, positions):
         p = layout.num_partitions
         parts = [
             PartitionSelection(
@@ -381,6 +410,7 @@ def last_selection(model: nn.Module) -> list[ImageSelection]:
                 partitions=parts,
                 num_tokens=sum(budgets) + (newline_tokens(layout) if newline else 0),
                 num_tokens_stock=_stock_count(layout, state.newline),
+                position_ids=ids,
             )
         )
         start += p
@@ -534,14 +564,19 @@ def _image_features(
     scores = {role: row[:, -tokens:] for role, row in rec.rows.items()}
     keys = {role: k[:, -tokens:] for role, k in rec.keys.items()}
     selection = state.method.select(layouts, scores, state.info, keys=keys)
-    _remember(state, _Record(layouts, selection, scores))
 
     packed = pack_features(state.method, layouts, selection, feats, state.newline)
+    record = _Record(layouts, selection, scores, packed.lengths, packed.stock_lengths, packed.stock_index)
+    _remember(state, record)
+    forward = _FORWARD.get()
+    if forward is not None and forward.state is state:
+        forward.record = record
     projected = inner.multi_modal_projector(packed.features)  # (L, D)
     if keeps_newline(state.method, state.newline):
         newline = inner.image_newline.to(projected.dtype)
         projected = torch.where(packed.is_newline[:, None], newline, projected)
     tower_out.pooler_output = list(projected.split(packed.lengths))
+    tower_out._hired_record = record  # travels with mm_encoder_outputs (hired.prepare_inputs)
     return tower_out
 
 
@@ -549,7 +584,7 @@ def _placeholder_mask(inner: nn.Module, state: _State, *args, **kwargs):
     """The stock placeholder check; when placeholders and kept features disagree, say how to build inputs."""
     original = state.saved.get("get_placeholder_mask") or functools.partial(type(inner).get_placeholder_mask, inner)
     try:
-        return original(*args, **kwargs)
+        mask = original(*args, **kwargs)
     except ValueError as err:
         raise ValueError(
             f"{err}. {type(state.method).__name__} sets how many visual tokens each image keeps: build the inputs "
@@ -557,6 +592,10 @@ def _placeholder_mask(inner: nn.Module, state: _State, *args, **kwargs):
             "hired.prepare_inputs(model, processor, ...), after hired.apply; inputs made before apply, or by "
             "another processor, carry the stock count"
         ) from err
+    forward = _FORWARD.get()
+    if forward is not None and forward.state is state:
+        forward.image_mask = mask[..., 0] if mask.dim() == 3 else mask
+    return mask
 
 
 def _positional_names(inner: nn.Module) -> list[str]:
@@ -564,14 +603,75 @@ def _positional_names(inner: nn.Module) -> list[str]:
     return list(inspect.signature(inner.forward).parameters)
 
 
-def _forget_on_text_only(state: _State, names: list[str], _module, args, kwargs):
-    """Forward pre-hook: a new prompt without images clears the calling context's ``last_selection``
-    (decoding steps, which carry a filled cache, and two-pass inputs leave it as it is)."""
+def _on_forward(state: _State, names: list[str], _module, args, kwargs):
+    """Forward pre-hook of the model: a new prompt without images clears the calling context's
+    ``last_selection`` (decoding steps, which carry a filled cache, and two-pass inputs leave it as it is);
+    with ``keep_positions``, open this pass's :class:`_Forward`."""
     given = dict(zip(names, args))
     given.update(kwargs)
-    if given.get("pixel_values") is not None or given.get("mm_encoder_outputs"):
+    encoded = (given.get("mm_encoder_outputs") or {}).get("image")
+    if state.method.keep_positions:
+        _FORWARD.set(_Forward(state, record=getattr(encoded, "_hired_record", None)))
+    if given.get("pixel_values") is not None or encoded is not None:
         return None
-    cache = given.get("cache", given.get("past_key_values"))
-    if cache is None or not hasattr(cache, "get_seq_length") or cache.get_seq_length() == 0:
+    if _cache_length(_cache_of(given)) == 0:
         _remember(state, None)
+    return None
+
+
+def _cache_of(kwargs: dict):
+    """The generation cache among a forward's arguments (``cache`` in transformers 5.24, else
+    ``past_key_values``)."""
+    cache = kwargs.get("cache")
+    return kwargs.get("past_key_values") if cache is None else cache
+
+
+def _cache_length(cache) -> int:
+    return cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+
+
+def _stock_positions(state: _State, _module, args, kwargs):
+    """Forward pre-hook of the language model (``keep_positions``): give a prompt's tokens their stock
+    position ids, and decoding steps their stock continuation."""
+    cache = _cache_of(kwargs)
+    position_ids = kwargs.get("position_ids")
+    past = _cache_length(cache)
+    if past:
+        shift = getattr(cache, _SHIFT, None)
+        if shift is not None:
+            if position_ids is None:
+                embeds = kwargs["inputs_embeds"]
+                position_ids = torch.arange(past, past + embeds.shape[1], device=embeds.device).expand(embeds.shape[0], -1)
+            kwargs["position_ids"] = position_ids + shift[:, None]
+        return args, kwargs
+    forward = _FORWARD.get()
+    if forward is None or forward.state is not state or forward.record is None or forward.image_mask is None:
+        return None  # a prompt without images: its ids are the stock ones
+    record, mask = forward.record, forward.image_mask
+    if position_ids is None:
+        position_ids = torch.arange(mask.shape[1], device=mask.device).expand(mask.shape[0], -1)
+    if position_ids.dim() != 2:
+        raise ValueError(f"keep_positions needs (batch, sequence) position_ids, got shape {tuple(position_ids.shape)}")
+    new, shift = stock_position_ids(position_ids, mask, record.stock_index, record.lengths, record.stock_lengths)
+    kwargs["position_ids"] = new
+    if cache is not None:
+        setattr(cache, _SHIFT, shift)
+    else:
+        forward.shift = shift  # _keep_shift puts it on the cache the language model makes
+    _remember(state, dataclasses.replace(record, positions=(new, mask)))
+    return args, kwargs
+
+
+def _keep_shift(_module, _args, output):
+    """Forward hook of the language model (``keep_positions``): a cache created inside the pass gets the
+    prompt's shift, so decoding steps with it continue from the stock ids."""
+    forward = _FORWARD.get()
+    shift = getattr(forward, "shift", None)
+    if shift is None:
+        return None
+    forward.shift = None
+    cache = getattr(output, "cache", None)
+    cache = getattr(output, "past_key_values", None) if cache is None else cache
+    if cache is not None:
+        setattr(cache, _SHIFT, shift)
     return None

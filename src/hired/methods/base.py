@@ -187,6 +187,10 @@ class Method:
 
     A method says which [CLS]-attention rows it needs (``score_layers``), how many patch tokens it keeps
     for an image layout before any pixel is seen (``count``), and which ones (``select``).
+
+    Every method also takes ``keep_positions`` (keyword only, default ``False``): give each kept visual
+    token the position id it has in the stock (unpruned) sequence, and every text token its stock id too,
+    instead of packing the kept tokens together (see :mod:`hired.core.positions`).
     """
 
     name: ClassVar[str] = ""
@@ -194,6 +198,8 @@ class Method:
     #: whether the token count depends on the image content (known only after the vision tower ran);
     #: such a method cannot tell the processor its placeholder count: use ``hired.prepare_inputs``
     adaptive: ClassVar[bool] = False
+
+    keep_positions: bool = dataclasses.field(default=False, kw_only=True)
 
     def __post_init__(self) -> None:
         check_option_types(self)

@@ -21,12 +21,15 @@ class Packed:
 
     ``features`` is ``(L, Dv)``, every image's tokens one after another; rows where ``is_newline`` is True
     are image-newline slots holding a placeholder row (the adapter puts the model's newline embedding
-    there after projecting). ``lengths[i]`` is image i's share of L.
+    there after projecting). ``lengths[i]`` is image i's share of L. ``stock_index`` ``(L,)`` long: each
+    token's index in its image's stock (unpruned) token sequence, of ``stock_lengths[i]`` tokens.
     """
 
     features: torch.Tensor
     is_newline: torch.Tensor
     lengths: list[int]
+    stock_index: torch.Tensor
+    stock_lengths: list[int]
 
 
 def keeps_newline(method: Method, newline: bool) -> bool:
@@ -36,47 +39,53 @@ def keeps_newline(method: Method, newline: bool) -> bool:
 
 def pack_order(
     method: Method, layouts: list[Layout], selection: Selection, newline: bool, device: torch.device
-) -> tuple[torch.Tensor, list[int]]:
-    """Flat indices into ``(sum P * T)`` of the kept patches in pack order (``NEWLINE`` markers kept), and
-    the number of tokens of each image.
+) -> tuple[torch.Tensor, list[int], torch.Tensor, list[int]]:
+    """The kept tokens of a batch in pack order.
 
-    For fixed-count methods the kept count is known on the host (it is the promised count), so this
-    needs no device sync.
+    Returns flat indices into ``(sum P * T)`` of the kept patches (``NEWLINE`` markers where newlines are
+    kept), the number of tokens of each image, each kept token's index in its image's stock token
+    sequence (``(L,)`` long: LLaVA's order with a newline per canvas row where the family has them), and
+    the length of each image's stock sequence. For fixed-count methods the kept count is known on the
+    host (it is the promised count), so this needs no device sync.
     """
     with_newline = keeps_newline(method, newline)
     tokens = layouts[0].tokens
-    pieces, offset, lengths = [], 0, []
+    pieces, offset, lengths, stock_lengths = [], 0, [], []
     for layout, budgets in zip(layouts, selection.budgets):
         if not method.adaptive and sum(budgets) != method.count(layout):
             raise RuntimeError(
                 f"{type(method).__name__} allotted {sum(budgets)} tokens to a {layout.image_size} image "
                 f"but promised {method.count(layout)}; its select() disagrees with its count()"
             )
-        order = layout.pack_order(with_newline)
+        order = layout.pack_order(newline)  # the stock sequence
         pieces.append(torch.where(order != NEWLINE, order + offset, order))
         offset += layout.num_partitions * tokens
         lengths.append(sum(budgets) + (newline_tokens(layout) if with_newline else 0))
+        stock_lengths.append(len(order))
     order = torch.cat(pieces).to(device, non_blocking=True)
     is_token = order != NEWLINE
     # score-free methods (spatial, random) decide on the CPU: bring their mask to the features' device
-    keep = ~is_token | selection.keep.to(device, non_blocking=True).flatten()[order.clamp(min=0)]
+    kept = selection.keep.to(device, non_blocking=True).flatten()[order.clamp(min=0)]
+    keep = (~is_token & with_newline) | (is_token & kept)
     total = sum(lengths)
     if keep.device.type == "cpu" and int(keep.sum()) != total:  # the count promised to the processor
         raise RuntimeError(
             f"{type(method).__name__} kept {int(keep.sum())} tokens but its budgets add up to {total}; "
             "its select() returned inconsistent budgets"
         )
-    # positions of the kept entries, in order, without a data-dependent shape
+    # positions of the kept entries in the concatenated stock sequences, without a data-dependent shape
     positions = torch.sort((~keep).to(torch.uint8), stable=True).indices[:total]
-    return order[positions], lengths
+    starts = torch.tensor([0, *stock_lengths[:-1]], dtype=torch.long).cumsum(0)
+    image_start = torch.repeat_interleave(starts, torch.tensor(lengths, dtype=torch.long), output_size=total).to(device, non_blocking=True)
+    return order[positions], lengths, positions - image_start, stock_lengths
 
 
 def pack_features(
     method: Method, layouts: list[Layout], selection: Selection, features: torch.Tensor, newline: bool
 ) -> Packed:
     """Gather (and merge) the kept tokens of ``features`` ``(sum P, T, Dv)`` in pack order."""
-    order, lengths = pack_order(method, layouts, selection, newline, features.device)
+    order, lengths, stock_index, stock_lengths = pack_order(method, layouts, selection, newline, features.device)
     if selection.weights is not None:
         features = torch.bmm(selection.weights.to(features.device, features.dtype), features)
     kept = features.flatten(0, 1)[order.clamp(min=0)]  # (L, Dv); newline slots hold a placeholder row
-    return Packed(kept, order == NEWLINE, lengths)
+    return Packed(kept, order == NEWLINE, lengths, stock_index, stock_lengths)
