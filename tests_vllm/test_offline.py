@@ -231,6 +231,16 @@ def test_adaptive_methods_are_refused_with_the_alternatives():
         assert method.name == name and not method.adaptive
 
 
+def test_keep_positions_and_wrong_types_are_refused_with_the_reason():
+    from hired.vllm.config import parse_method
+
+    with pytest.raises(ValueError, match=r"hf_overrides\['hired'\]: keep_positions is not available in vLLM: .*1-D RoPE"):
+        parse_method({"method": "hired", "budget": 0.2, "keep_positions": True})
+    with pytest.raises(ValueError, match=r"hf_overrides\['hired'\]: HiRED option keep_newline must be True or False"):
+        parse_method({"method": "hired", "keep_newline": "yes"})
+    assert parse_method({"method": "hired", "keep_positions": False})[0] == hired.HiRED()
+
+
 def test_oracle_feeds_the_same_count_without_selection(engines, next_path):
     """The benchmark's oracle: the method's count, filled with the first patches in pack order."""
     llm = engines(next_path, {"method": "hired", "budget": 0.2, "oracle": True})

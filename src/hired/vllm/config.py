@@ -84,6 +84,13 @@ def parse_method(entry: Any) -> tuple[Method, bool]:
             f"{', '.join(fixed_budget_methods())}, or give it a budget: "
             f"{{'method': {method.name!r}, 'budget': 0.2}}"
         )
+    if method.keep_positions:
+        raise _error(
+            "keep_positions is not available in vLLM: vLLM gives LLaVA's language model (1-D RoPE) consecutive "
+            "positions, and its only interface for custom positions of pruned multimodal tokens "
+            "(SupportsMultiModalPruning.recompute_mrope_positions) serves M-RoPE models with video pruning "
+            "enabled; drop the option (packed positions, as the HiRED paper), or use the transformers adapter"
+        )
     return method, oracle
 
 
