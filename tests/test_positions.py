@@ -220,3 +220,39 @@ def test_stock_position_ids_refuses_an_image_without_tokens():
     with pytest.raises(ValueError, match="at least one token per image"):
         stock_position_ids(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.bool),
                            torch.zeros(0, dtype=torch.long), [0], [4])
+
+
+def test_rearranged_encoder_outputs_keep_each_images_positions(llava_next):
+    """Encode images once and answer several prompts with a reordered, repeated list of their features
+    (as ``hired eval --offline`` does): each prompt gets the ids of a one-image processor run."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    model, processor = llava_next
+    hired.apply(model, processor, hired.HiRED(budget=0.2, keep_positions=True))
+    batch = [(ONE, [(60, 130)]), (ONE, [(150, 150)])]
+    pixels = processor.image_processor(_inputs(processor, batch)["images"], return_tensors="pt")
+    with torch.no_grad():
+        encoded = model.model.get_image_features(pixel_values=pixels["pixel_values"], image_sizes=pixels["image_sizes"])
+    owner = [1, 0, 1]
+    texts = [ONE.replace("<image>", "<image>" * len(encoded.pooler_output[i])) for i in owner]
+    side = processor.tokenizer.padding_side
+    processor.tokenizer.padding_side = "left"
+    try:
+        inputs = processor.tokenizer(texts, return_tensors="pt", padding=True)
+        seen = []
+        hook = model.model.language_model.register_forward_pre_hook(
+            lambda m, a, kw: seen.append(kw["position_ids"].clone()), with_kwargs=True)
+        mm = BaseModelOutputWithPooling(pooler_output=[encoded.pooler_output[i] for i in owner])
+        with torch.no_grad():
+            model.generate(**inputs, mm_encoder_outputs={"image": mm}, max_new_tokens=NEW, do_sample=False)
+        hook.remove()
+        got = _got_rows(seen, inputs["input_ids"], inputs["attention_mask"])
+        for r, i in enumerate(owner):
+            _, one_seen, one_ids, one_mask = _generate(model, processor, [batch[i]])
+            assert got[r] == _got_rows(one_seen, one_ids, one_mask)[0]
+        copies = BaseModelOutputWithPooling(pooler_output=[f.clone() for f in encoded.pooler_output[:1]])
+        with pytest.raises(ValueError, match="keep_positions needs to know where each kept token sat"):
+            with torch.no_grad():
+                model(**processor.tokenizer(texts[1:2], return_tensors="pt"), mm_encoder_outputs={"image": copies})
+    finally:
+        processor.tokenizer.padding_side = side

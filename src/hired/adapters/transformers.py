@@ -133,18 +133,32 @@ class _Record:
     selection: Selection
     scores: dict[str, torch.Tensor]  # role → (sum P, T) fp32 [CLS] rows
     lengths: list[int]  # tokens each image gives the language model
-    stock_lengths: list[int]  # tokens each image gives the stock model
-    stock_index: torch.Tensor  # (L,) long: each token's index in its image's stock sequence
-    # with keep_positions, once a prompt used it: (B, S) position ids given and (B, S) placeholder mask
+    images: tuple["_StockIndex", ...]  # where each image's tokens sit in its stock sequence
+    # with keep_positions, once a prompt of exactly these images used it: (B, S) ids given, (B, S) placeholders
     positions: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class _StockIndex:
+    """One image's tokens in its stock sequence: ``index`` ``(n,)`` long, of a sequence of ``length``.
+
+    Rides on the image's feature tensor (attribute ``_hired_stock``), so it follows the features into
+    ``mm_encoder_outputs`` however the list of per-image tensors is reordered, repeated or cut."""
+
+    index: torch.Tensor
+    length: int
+
+
+_STOCK = "_hired_stock"
 
 
 @dataclass
 class _Forward:
-    """One forward pass of a model with ``keep_positions``: its images' record and placeholder mask."""
+    """One forward pass of a model with ``keep_positions``: its images' stock indices and placeholders."""
 
     state: "_State"
-    record: _Record | None = None
+    images: tuple[_StockIndex, ...] | None = None
+    record: _Record | None = None  # the vision step that made these features, if exactly these
     image_mask: torch.Tensor | None = None  # (B, S) bool
     shift: torch.Tensor | None = None  # (B,) for a cache the language model creates
 
@@ -566,17 +580,21 @@ def _image_features(
     selection = state.method.select(layouts, scores, state.info, keys=keys)
 
     packed = pack_features(state.method, layouts, selection, feats, state.newline)
-    record = _Record(layouts, selection, scores, packed.lengths, packed.stock_lengths, packed.stock_index)
+    images = tuple(_StockIndex(index, n) for index, n in
+                   zip(packed.stock_index.split(packed.lengths), packed.stock_lengths))
+    record = _Record(layouts, selection, scores, packed.lengths, images)
     _remember(state, record)
     forward = _FORWARD.get()
     if forward is not None and forward.state is state:
-        forward.record = record
+        forward.images, forward.record = images, record
     projected = inner.multi_modal_projector(packed.features)  # (L, D)
     if keeps_newline(state.method, state.newline):
         newline = inner.image_newline.to(projected.dtype)
         projected = torch.where(packed.is_newline[:, None], newline, projected)
     tower_out.pooler_output = list(projected.split(packed.lengths))
-    tower_out._hired_record = record  # travels with mm_encoder_outputs (hired.prepare_inputs)
+    for features, image in zip(tower_out.pooler_output, images):
+        setattr(features, _STOCK, image)  # travels with the features into mm_encoder_outputs
+    tower_out._hired_record = record
     return tower_out
 
 
@@ -611,12 +629,27 @@ def _on_forward(state: _State, names: list[str], _module, args, kwargs):
     given.update(kwargs)
     encoded = (given.get("mm_encoder_outputs") or {}).get("image")
     if state.method.keep_positions:
-        _FORWARD.set(_Forward(state, record=getattr(encoded, "_hired_record", None)))
+        _FORWARD.set(_encoded_forward(state, encoded) if encoded is not None else _Forward(state))
     if given.get("pixel_values") is not None or encoded is not None:
         return None
     if _cache_length(_cache_of(given)) == 0:
         _remember(state, None)
     return None
+
+
+def _encoded_forward(state: _State, encoded) -> _Forward:
+    """The :class:`_Forward` of a pass given pre-encoded images (``mm_encoder_outputs``)."""
+    images = tuple(getattr(f, _STOCK, None) for f in encoded.pooler_output)
+    if any(image is None for image in images):
+        raise ValueError(
+            "keep_positions needs to know where each kept token sat in the stock sequence, but the image "
+            "features in mm_encoder_outputs do not say: pass the per-image tensors of the model's own "
+            "get_image_features (or hired.prepare_inputs) unchanged; the list may be reordered, repeated or cut"
+        )
+    record = getattr(encoded, "_hired_record", None)
+    if record is not None and (len(record.images) != len(images) or any(a is not b for a, b in zip(record.images, images))):
+        record = None  # another arrangement of the images: last_selection keeps describing the encoding
+    return _Forward(state, images=images, record=record)
 
 
 def _cache_of(kwargs: dict):
@@ -645,20 +678,22 @@ def _stock_positions(state: _State, _module, args, kwargs):
             kwargs["position_ids"] = position_ids + shift[:, None]
         return args, kwargs
     forward = _FORWARD.get()
-    if forward is None or forward.state is not state or forward.record is None or forward.image_mask is None:
+    if forward is None or forward.state is not state or forward.images is None or forward.image_mask is None:
         return None  # a prompt without images: its ids are the stock ones
-    record, mask = forward.record, forward.image_mask
+    images, mask = forward.images, forward.image_mask
     if position_ids is None:
         position_ids = torch.arange(mask.shape[1], device=mask.device).expand(mask.shape[0], -1)
     if position_ids.dim() != 2:
         raise ValueError(f"keep_positions needs (batch, sequence) position_ids, got shape {tuple(position_ids.shape)}")
-    new, shift = stock_position_ids(position_ids, mask, record.stock_index, record.lengths, record.stock_lengths)
+    new, shift = stock_position_ids(position_ids, mask, torch.cat([i.index for i in images]),
+                                    [len(i.index) for i in images], [i.length for i in images])
     kwargs["position_ids"] = new
     if cache is not None:
         setattr(cache, _SHIFT, shift)
     else:
         forward.shift = shift  # _keep_shift puts it on the cache the language model makes
-    _remember(state, dataclasses.replace(record, positions=(new, mask)))
+    if forward.record is not None:
+        _remember(state, dataclasses.replace(forward.record, positions=(new, mask)))
     return args, kwargs
 
 
