@@ -110,6 +110,7 @@ class _State:
     roles: dict[str, int]
     key_roles: dict[str, int]
     encoder: nn.ModuleList
+    score_kind: str  # "cls" or "received"
     processor: Any = None
     saved: dict[str, Any] = field(default_factory=dict)  # pre-existing instance attributes, restored by remove
     hooks: ScoreHooks | None = None  # installed by apply, removed by remove
@@ -260,6 +261,7 @@ def _build_state(model: nn.Module, processor, method: Method) -> tuple[nn.Module
     info = ModelInfo(num_layers=num_layers, num_heads=num_heads, feature_layer=max(hidden_layers) - 1)
     roles = dict(method.score_layers(info))
     key_roles = dict(method.key_layers(info))
+    kind = method.score_kind(info)
     for role, layer in [*roles.items(), *key_roles.items()]:
         if not 0 <= layer < num_layers:
             raise ValueError(f"{role} layer {layer} is out of range: the vision tower has layers 0..{num_layers - 1}")
@@ -273,7 +275,7 @@ def _build_state(model: nn.Module, processor, method: Method) -> tuple[nn.Module
                 "first, or use a separate processor (processors are cheap to load)"
             )
     encoder = encoder_layers(tower, num_layers)
-    state = _State(method, family, geometry, info, hidden_layers, roles, key_roles, encoder, processor=processor)
+    state = _State(method, family, geometry, info, hidden_layers, roles, key_roles, encoder, kind, processor=processor)
     return inner, state
 
 
@@ -292,7 +294,8 @@ def apply(model: nn.Module, processor, method: Method) -> nn.Module:
         old = getattr(inner, _STATE, None)
         if old is not None:
             remove(model, old.processor)
-        state.hooks = ScoreHooks(state.encoder, state.info.num_heads, state.roles, state.key_roles)
+        state.hooks = ScoreHooks(state.encoder, state.info.num_heads, state.roles, state.key_roles,
+                                 kind=state.score_kind)
         state.handles.append(inner.register_forward_pre_hook(
             functools.partial(_on_forward, state, _positional_names(inner)), with_kwargs=True))
         if method.keep_positions:

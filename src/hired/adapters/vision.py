@@ -16,7 +16,7 @@ from typing import Iterator, Mapping
 import torch
 from torch import nn
 
-from hired.core.scores import cls_attention
+from hired.core.scores import cls_attention, received_attention
 
 _QK_NAMES = (("q_proj", "k_proj"), ("query", "key"))
 
@@ -52,7 +52,7 @@ def has_cls_token(vision_tower: nn.Module) -> bool:
 
 @dataclass
 class Recording:
-    """What the hooks recorded during one call: ``rows[role]`` ``(B, N)`` fp32 [CLS] attention rows
+    """What the hooks recorded during one call: ``rows[role]`` ``(B, N)`` fp32 attention scores
     (summed over heads) and ``keys[role]`` ``(B, N, H * D)`` projected keys."""
 
     owner: "ScoreHooks"
@@ -68,13 +68,19 @@ _CURRENT: ContextVar[Recording | None] = ContextVar("hired_recording", default=N
 class ScoreHooks:
     """Forward hooks on the q and k projections of the encoder layers a method reads, installed once.
 
-    ``rows``: role → layer whose [CLS] attention row is wanted; ``keys``: role → layer whose keys are
-    wanted. The hooks record only inside :meth:`recording`, into that call's own :class:`Recording`, so
-    one tower can serve any number of threads at once; outside it they return at once.
+    ``rows``: role → layer whose attention scores are wanted: the [CLS] row (``kind="cls"``) or the
+    attention each token receives from all queries (``kind="received"``); ``keys``: role → layer whose
+    keys are wanted. The hooks record only inside :meth:`recording`, into that call's own
+    :class:`Recording`, so one tower can serve any number of threads at once; outside it they return at
+    once.
     """
 
-    def __init__(self, layers: nn.ModuleList, num_heads: int, rows: Mapping[str, int], keys: Mapping[str, int] | None = None):
+    def __init__(self, layers: nn.ModuleList, num_heads: int, rows: Mapping[str, int],
+                 keys: Mapping[str, int] | None = None, kind: str = "cls"):
+        if kind not in ("cls", "received"):
+            raise ValueError(f"score kind must be 'cls' or 'received', got {kind!r}")
         self.num_heads = num_heads
+        self.kind = kind
         self._handles: list = []
         by_layer: dict[int, list[str]] = {}
         for role, layer in rows.items():
@@ -117,7 +123,9 @@ class ScoreHooks:
         """Keep the [CLS] query (``"q"``) or the keys (``"k"``) of ``layer``; once both arrived, the row."""
         rec.pending[(kind, layer)] = value
         if ("q", layer) in rec.pending and ("k", layer) in rec.pending:
-            row = cls_attention(rec.pending.pop(("q", layer)), rec.pending.pop(("k", layer)), self.num_heads)
+            q, k = rec.pending.pop(("q", layer)), rec.pending.pop(("k", layer))
+            score = cls_attention if self.kind == "cls" else received_attention
+            row = score(q, k, self.num_heads)
             for role in roles:
                 rec.rows[role] = row
 
@@ -125,7 +133,7 @@ class ScoreHooks:
         def hook(_m, _inp, out):
             rec = self._current()
             if rec is not None:
-                self._pair(rec, layer, roles, "q", out[:, 0].detach())
+                self._pair(rec, layer, roles, "q", (out[:, 0] if self.kind == "cls" else out).detach())
 
         return hook
 

@@ -1,4 +1,5 @@
-"""[CLS] attention rows, computed from q and k without an N x N attention map."""
+"""Attention scores of vision tokens from q and k, without an N x N attention map: the [CLS] row, or the
+attention each token receives (for towers without [CLS])."""
 
 from __future__ import annotations
 
@@ -26,3 +27,36 @@ def cls_attention(q_cls: torch.Tensor, keys: torch.Tensor, num_heads: int, scale
     k = keys.float().reshape(batch, seq, num_heads, head_dim)
     logits = torch.einsum("bhd,bnhd->bhn", q, k) * scale
     return logits.softmax(dim=-1).sum(dim=1)
+
+
+def received_attention(
+    queries: torch.Tensor, keys: torch.Tensor, num_heads: int, scale: float | None = None, chunk: int = 256
+) -> torch.Tensor:
+    """Attention each token *receives*: softmax attention averaged over all N queries, summed over heads,
+    in fp32. Needs no [CLS] token (SigLIP towers); the queries are taken ``chunk`` at a time, so no
+    N x N map is ever held (``chunk x N`` per head).
+
+    Args:
+        queries: ``(B, N, H * D)`` projected queries of all N tokens.
+        keys: ``(B, N, H * D)`` projected keys.
+        num_heads: H.
+        scale: logit scale, ``D ** -0.5`` by default.
+        chunk: queries per step.
+
+    Returns:
+        ``(B, N)`` fp32; each row sums to H (every query's softmax sums to one, per head).
+    """
+    batch, seq, width = keys.shape
+    if width % num_heads:
+        raise ValueError(f"key width {width} is not divisible by {num_heads} heads")
+    if queries.shape != keys.shape:
+        raise ValueError(f"queries {tuple(queries.shape)} and keys {tuple(keys.shape)} differ in shape")
+    head_dim = width // num_heads
+    scale = head_dim**-0.5 if scale is None else scale
+    q = queries.float().reshape(batch, seq, num_heads, head_dim).transpose(1, 2)  # (B, H, N, D)
+    k = keys.float().reshape(batch, seq, num_heads, head_dim).transpose(1, 2)
+    received = torch.zeros(batch, num_heads, seq, dtype=torch.float32, device=keys.device)
+    for start in range(0, seq, chunk):
+        logits = torch.matmul(q[:, :, start : start + chunk], k.transpose(-1, -2)) * scale  # (B, H, c, N)
+        received += logits.softmax(dim=-1).sum(dim=2)
+    return received.sum(dim=1) / seq

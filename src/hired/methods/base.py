@@ -163,6 +163,12 @@ class ModelInfo:
     num_layers: int  # L, encoder layers of the vision tower
     num_heads: int
     feature_layer: int  # attention layer (0-based) whose output feeds the projector
+    has_cls: bool = True  # whether the tower prepends a [CLS] token
+
+
+ScoreKind = Literal["auto", "cls", "received"]
+"""Which attention scores rank the patches: the [CLS] row (``"cls"``), the attention each patch receives
+averaged over all queries (``"received"``, no [CLS] needed), or ``"auto"``: [CLS] where the tower has one."""
 
 
 @dataclass(frozen=True)
@@ -209,8 +215,20 @@ class Method:
         """Raise ``ValueError`` naming the bad option."""
 
     def score_layers(self, info: ModelInfo) -> Mapping[str, int]:
-        """Role → 0-based vision encoder layer whose [CLS] attention row the method reads."""
+        """Role → 0-based vision encoder layer whose attention scores (see :meth:`score_kind`) the method reads."""
         return {}
+
+    def score_kind(self, info: ModelInfo) -> Literal["cls", "received"]:
+        """The scores the method reads on this tower: its ``score`` option with ``"auto"`` resolved."""
+        kind = getattr(self, "score", "auto")
+        if kind == "auto":
+            return "cls" if info.has_cls else "received"
+        if kind == "cls" and not info.has_cls:
+            raise ValueError(
+                f"{type(self).__name__}(score='cls') reads [CLS] attention, but this vision tower has no [CLS] "
+                "token; use score='received' (or 'auto')"
+            )
+        return kind
 
     def key_layers(self, info: ModelInfo) -> Mapping[str, int]:
         """Role → 0-based encoder layer whose keys ``(sum P, T, H * D)`` the method reads (merging methods)."""

@@ -9,7 +9,7 @@ import torch
 
 from hired.core.budget import allocate, scaled_floor, total_budget
 from hired.core.grid import Layout, full_to_subimage, row_chunk_to_subimage
-from hired.methods.base import Method, ModelInfo, Selection, check_layer, check_rate, register, topk_selection
+from hired.methods.base import Method, ModelInfo, ScoreKind, Selection, check_layer, check_rate, register, topk_selection
 
 
 @register
@@ -32,6 +32,9 @@ class HiRED(Method):
         keep_newline: keep LLaVA-NeXT's image-newline tokens (one per canvas row); the paper drops them.
         mapping: ``"2d"`` credits each full-image patch to the sub-image covering it; ``"reference"``
             reproduces the original code's row-chunk mapping (for comparison only).
+        score: ``"cls"`` ranks by [CLS] attention (the paper), ``"received"`` by the attention each patch
+            receives from all tokens (towers without [CLS]); ``"auto"``: [CLS] where the tower has one.
+            Both stages (budget and selection) use the same kind.
     """
 
     name = "hired"
@@ -43,6 +46,7 @@ class HiRED(Method):
     selection_layer: int | None = None
     keep_newline: bool = False
     mapping: Literal["2d", "reference"] = "2d"
+    score: ScoreKind = "auto"
 
     def validate(self) -> None:
         check_rate("budget", self.budget, low_open=True)

@@ -20,6 +20,7 @@ from hired.core.select import topk_mask
 from hired.methods.base import (
     Method,
     ModelInfo,
+    ScoreKind,
     Selection,
     adaptive_message,
     check_layer,
@@ -86,6 +87,7 @@ class _PruMergeBase(_KeyMerge, _EvenSplit, Method):
     neighbours: int = 32
     layer: int | None = None
     keep_newline: bool = False
+    score: ScoreKind = "auto"
 
     @property
     def adaptive(self) -> bool:  # type: ignore[override]
@@ -156,6 +158,7 @@ class PruMerge(_PruMergeBase):
         neighbours: dropped patches merged into each kept one (k, 32 in the paper's code).
         layer: encoder layer (0-based) of the attention and keys; ``None``: feature layer + 1.
         keep_newline: keep LLaVA-NeXT's image-newline tokens.
+        score: ``"cls"``, ``"received"`` or ``"auto"`` attention scores (see :class:`hired.HiRED`).
     """
 
     name = "prumerge"
@@ -188,6 +191,7 @@ class PruMergePlus(_PruMergeBase):
         neighbours: dropped patches merged into each kept one.
         layer: encoder layer (0-based) of the attention and keys; ``None``: feature layer + 1.
         keep_newline: keep LLaVA-NeXT's image-newline tokens.
+        score: ``"cls"``, ``"received"`` or ``"auto"`` attention scores (see :class:`hired.HiRED`).
     """
 
     name = "prumerge_plus"
@@ -233,6 +237,7 @@ class VisionZip(_KeyMerge, _EvenSplit, Method):
         contextual: share of each partition's budget given to contextual tokens, in [0, 1].
         layer: encoder layer (0-based) of the attention and keys; ``None``: the feature layer.
         keep_newline: keep LLaVA-NeXT's image-newline tokens.
+        score: ``"cls"``, ``"received"`` or ``"auto"`` attention scores (see :class:`hired.HiRED`).
     """
 
     name = "visionzip"
@@ -242,6 +247,7 @@ class VisionZip(_KeyMerge, _EvenSplit, Method):
     contextual: float = 10 / 64
     layer: int | None = None
     keep_newline: bool = False
+    score: ScoreKind = "auto"
 
     def validate(self) -> None:
         check_rate("budget", self.budget, low_open=True)

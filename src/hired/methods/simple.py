@@ -23,6 +23,7 @@ from hired.core.select import lattice_indices
 from hired.methods.base import (
     Method,
     ModelInfo,
+    ScoreKind,
     Selection,
     check_layer,
     check_rate,
@@ -185,6 +186,8 @@ class ClsTopK(_EvenSplit, Method):
         selection_layer: encoder layer (0-based) whose [CLS] attention ranks patches; ``None`` uses the
             layer that produces the features (``vision_feature_layer``, 22 of 24 for LLaVA's CLIP).
         keep_newline: keep LLaVA-NeXT's image-newline tokens (one per canvas row).
+        score: ``"cls"`` ([CLS] attention), ``"received"`` (attention received from all tokens, for
+            towers without [CLS]) or ``"auto"`` ([CLS] where the tower has one).
     """
 
     name = "cls_topk"
@@ -193,6 +196,7 @@ class ClsTopK(_EvenSplit, Method):
     budget: float = 0.2
     selection_layer: int | None = None
     keep_newline: bool = False
+    score: ScoreKind = "auto"
 
     def validate(self) -> None:
         check_rate("budget", self.budget, low_open=True)
