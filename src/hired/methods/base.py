@@ -70,16 +70,21 @@ def _is_union(tp) -> bool:
 _UNSET = object()
 
 
+def _first_member(tp, value, match):
+    """``match(arg, value)`` for the members of the union ``tp`` in order: the first result, or ``_UNSET``."""
+    for arg in typing.get_args(tp):
+        out = match(arg, value)
+        if out is not _UNSET:
+            return out
+    return _UNSET
+
+
 def _coerce(tp, value):
     """``value`` as an instance of the declared type ``tp`` (an int is a valid float), or ``_UNSET``."""
     if typing.get_origin(tp) is Literal:
         return value if any(type(value) is type(a) and value == a for a in typing.get_args(tp)) else _UNSET
     if _is_union(tp):
-        for arg in typing.get_args(tp):
-            out = _coerce(arg, value)
-            if out is not _UNSET:
-                return out
-        return _UNSET
+        return _first_member(tp, value, _coerce)
     if tp is type(None):
         return None if value is None else _UNSET
     if tp is bool:
@@ -137,11 +142,7 @@ def _parse_text(tp, text: str):
     if typing.get_origin(tp) is Literal:
         return next((a for a in typing.get_args(tp) if str(a).lower() == low), _UNSET)
     if _is_union(tp):
-        for arg in typing.get_args(tp):
-            out = _parse_text(arg, text)
-            if out is not _UNSET:
-                return out
-        return _UNSET
+        return _first_member(tp, text, _parse_text)
     if tp is type(None):
         return None if low in ("none", "null") else _UNSET
     if tp is bool:
