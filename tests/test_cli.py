@@ -76,10 +76,14 @@ def test_load_image_errors(tmp_path):
         load_image(Image.new("RGB", (0, 5)))
 
 
-def test_demo_runs_offline(capsys):
-    assert main(["demo", "--max-new-tokens", "2"]) == 0
+def test_demo_runs_offline(tmp_path, capsys):
+    figure = tmp_path / "demo.png"
+    assert main(["demo", "--max-new-tokens", "2", "--out", str(figure)]) == 0
     out = capsys.readouterr().out
     assert "stock LLaVA-NeXT" in out and "HiRED 20% budget" in out
+    timed = [line for line in out.splitlines() if " visual tokens, " in line]
+    assert len(timed) == 2 and all("s (median of 3)" in line for line in timed)  # warmed-up medians only
+    assert figure.stat().st_size > 0
 
 
 def test_methods_lists_hired(capsys):

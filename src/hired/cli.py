@@ -1,169 +1,58 @@
-"""The ``hired`` command: ``generate`` (one answer with dropping), ``show`` (draw what was kept), ``demo``
-(offline tiny model), ``methods``."""
+"""The ``hired`` command: the top layer that puts the subcommands together.
+
+Each subcommand lives in its own module (``generate``, ``demo`` and ``methods`` here; ``show`` in
+:mod:`hired.viz`, ``bench`` in :mod:`hired.bench.cli`, ``bench-vllm`` in :mod:`hired.vllm.bench`,
+``report`` in :mod:`hired.eval.report`, ``eval`` in :mod:`hired.eval.offline`); what they share is in
+:mod:`hired.commands`, which imports none of them. No module of the package imports this one: it is the
+console script's entry point (``hired = hired.cli:main``).
+"""
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import sys
-import time
-from pathlib import Path
 
+from hired.commands import (  # noqa: F401 (answer, build_prompt, demo_image, load_model: older scripts import them from here)
+    DTYPES,
+    CommandError,
+    Parser,
+    add_method_args,
+    answer,
+    build_prompt,
+    demo_image,
+    error_message,
+    load_model,
+    median_times,
+    method_from_args,
+    print_selection,
+)
 from hired.images import load_image
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-def _method_from_args(args) -> "hired.Method":  # noqa: F821
-    import hired
-
-    options = {}
-    for item in args.option or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"hired: --option expects KEY=VALUE, got {item!r}")
-        options[key.strip().replace("-", "_")] = _parse_value(value)
-    cls_fields = _method_fields(args.method)
-    for name in ("budget", "alpha"):
-        value = getattr(args, name)
-        if value is not None:
-            if name not in cls_fields:
-                raise SystemExit(f"hired: method {args.method!r} has no option {name!r}")
-            options[name] = value
-    try:
-        return hired.get_method(args.method, **options)
-    except (TypeError, ValueError) as err:
-        raise SystemExit(f"hired: {err}") from None
-
-
-def _method_fields(name: str) -> set[str]:
-    from hired.methods.base import _REGISTRY
-
-    cls = _REGISTRY.get(name.strip().lower().replace("-", "_"))
-    return {f.name for f in dataclasses.fields(cls)} if cls else set()
-
-
-def _parse_value(text: str):
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _torch_dtype(name: str, device: str):
-    import torch
-
-    if name == "auto":
-        return torch.float16 if device.startswith("cuda") else torch.float32
-    return getattr(torch, name)
-
-
-def load_model(model_id: str, device: str = "cpu", dtype: str = "auto"):
-    """``(model, processor)`` for a LLaVA-NeXT or LLaVA-1.5 folder or hub id."""
-    from transformers import (
-        AutoConfig,
-        AutoProcessor,
-        LlavaForConditionalGeneration,
-        LlavaNextForConditionalGeneration,
-    )
-
-    classes = {"llava_next": LlavaNextForConditionalGeneration, "llava": LlavaForConditionalGeneration}
-    config = AutoConfig.from_pretrained(model_id)
-    cls = classes.get(config.model_type)
-    if cls is None:
-        raise SystemExit(
-            f"hired: {model_id} is a {config.model_type!r} model; supported: {', '.join(sorted(classes))}"
-        )
-    model = cls.from_pretrained(model_id, dtype=_torch_dtype(dtype, device)).to(device).eval()
-    processor = AutoProcessor.from_pretrained(model_id)
-    return model, processor
-
-
-def build_prompt(processor, question: str) -> str:
-    """The question with one ``<image>``: the processor's chat template if it has one."""
-    token = processor.image_token
-    if token in question:
-        return question
-    if getattr(processor, "chat_template", None):
-        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        return processor.apply_chat_template(conversation, add_generation_prompt=True)
-    return f"USER: {token}\n{question} ASSISTANT:"
-
-
-def answer(model, processor, image, prompt: str, max_new_tokens: int) -> tuple[str, int, float]:
-    """Greedy answer, the number of prompt tokens that were ``<image>`` placeholders, and the seconds taken
-    (preprocessing and generation). Adaptive methods (PruMerge without a budget) go through
-    ``hired.prepare_inputs``."""
-    import torch
-
-    import hired
-
-    start = time.perf_counter()
-    method = hired.applied_method(model)
-    if method is not None and method.adaptive:  # the count is known only after encoding: two passes
-        inputs = hired.prepare_inputs(model, processor, images=image, text=prompt, return_tensors="pt")
-    else:
-        inputs = processor(images=image, text=prompt, return_tensors="pt")
-    inputs = inputs.to(model.device)
-    if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-    n_image = int((inputs["input_ids"] == processor.image_token_id).sum())
-    with torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    seconds = time.perf_counter() - start
-    text = processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
-    return text.strip(), n_image, seconds
-
-
-def _print_selection(model) -> None:
-    import hired
-
-    for sel in hired.last_selection(model):
-        parts = ", ".join(f"{len(p.kept)}/{p.valid}" for p in sel.partitions)
-        grid = f"{sel.grid[0]}x{sel.grid[1]} grid, " if sel.partitions[1:] else ""
-        print(f"  kept per partition (full image first; kept/valid): {grid}{parts}")
+DESCRIPTION = (
+    "Drop visual tokens of LLaVA-NeXT and LLaVA-1.5 models before the language model sees them "
+    "(HiRED and other training-free methods). Run 'hired COMMAND --help' for the options of a command."
+)
+TIMING_RUNS = 3
+"""``hired demo`` and ``hired generate --compare`` time the median of this many runs after one warm-up run."""
 
 
 def cmd_generate(args) -> int:
     import hired
 
-    method = _method_from_args(args)
+    method = method_from_args(args)
     image = load_image(args.image)
     model, processor = load_model(args.model, args.device, args.dtype)
     prompt = build_prompt(processor, args.prompt)
     if args.compare:
         text, n_tokens, secs = answer(model, processor, image, prompt, args.max_new_tokens)
-        print(f"[all tokens] {text}\n  visual tokens: {n_tokens}, generate: {secs:.2f} s")
+        print(f"[all tokens] {text}\n  visual tokens: {n_tokens}, generate: {secs:.2f} s (one run, not warmed up)")
     hired.apply(model, processor, method)
     text, kept, secs = answer(model, processor, image, prompt, args.max_new_tokens)
     stock = sum(sel.num_tokens_stock for sel in hired.last_selection(model))
     print(f"[{method.name}] {text}")
-    print(f"  visual tokens: {stock} -> {kept} ({100 * kept / max(stock, 1):.1f}%), generate: {secs:.2f} s")
-    _print_selection(model)
+    print(f"  visual tokens: {stock} -> {kept} ({100 * kept / max(stock, 1):.1f}%), generate: {secs:.2f} s "
+          "(one run; 'hired bench' measures speed)")
+    print_selection(model)
     return 0
-
-
-def demo_image(size: tuple[int, int] = (300, 560)):
-    """A synthetic picture (gradient sky, ground, a few shapes) so the demo needs no file."""
-    from PIL import Image, ImageDraw
-
-    h, w = size
-    img = Image.new("RGB", (w, h))
-    draw = ImageDraw.Draw(img)
-    for y in range(h):
-        shade = int(120 + 100 * y / h)
-        draw.line([(0, y), (w, y)], fill=(shade // 2, shade // 2 + 40, 255) if y < h * 0.6 else (40, shade, 60))
-    draw.ellipse([w * 0.72, h * 0.08, w * 0.86, h * 0.30], fill=(255, 220, 40))
-    draw.rectangle([w * 0.12, h * 0.45, w * 0.30, h * 0.80], fill=(200, 30, 30))
-    draw.polygon([(w * 0.45, h * 0.85), (w * 0.55, h * 0.55), (w * 0.65, h * 0.85)], fill=(250, 250, 250))
-    return img
 
 
 def cmd_demo(args) -> int:
@@ -182,27 +71,43 @@ def cmd_demo(args) -> int:
     shapes = ", ".join(f"{s.colour} {s.shape}" for s in scene.shapes)
     print(f"Image: {image.size[0]}x{image.size[1]} px ({scene.photo} photo with a {shapes}; "
           f"{scene.grid[0]}x{scene.grid[1]} grid)")
-    print(f"Question: {question.question}  (expected: {question.answer})\n")
-    text, full, secs = answer(model, processor, image, text_prompt, args.max_new_tokens)
-    print(f"stock LLaVA-NeXT : {full:4d} visual tokens, {secs:.3f} s, answer: {text!r}")
+    print(f"Question: {question.question}  (expected: {question.answer})")
+    print(f"Times: median of {TIMING_RUNS} runs each, after one warm-up run each, the two configurations "
+          "taking turns (preprocessing and generation)\n")
     method = hired.HiRED(budget=args.budget, alpha=args.alpha)
-    hired.apply(model, processor, method)
-    text, kept, secs = answer(model, processor, image, text_prompt, args.max_new_tokens)
-    print(f"HiRED {args.budget:.0%} budget : {kept:4d} visual tokens, {secs:.3f} s, answer: {text!r}")
-    _print_selection(model)
+
+    def run():
+        return answer(model, processor, image, text_prompt, args.max_new_tokens)
+
+    def stock():
+        if hired.applied_method(model) is not None:
+            hired.remove(model, processor)
+
+    def with_hired():
+        if hired.applied_method(model) is None:
+            hired.apply(model, processor, method)
+
+    timed = median_times({"stock": run, "hired": run}, runs=TIMING_RUNS, warmup=1,
+                         setup={"stock": stock, "hired": with_hired})
+    (text, full, _), secs, _ = timed["stock"]
+    print(f"stock LLaVA-NeXT : {full:4d} visual tokens, {secs:.3f} s (median of {TIMING_RUNS}), answer: {text!r}")
+    (text, kept, _), secs, _ = timed["hired"]  # the last run: hired is applied, last_selection is its
+    print(f"HiRED {args.budget:.0%} budget : {kept:4d} visual tokens, {secs:.3f} s (median of {TIMING_RUNS}), "
+          f"answer: {text!r}")
+    print_selection(model)
     hired.remove(model, processor)
     if args.out:
         from hired import viz
 
         try:
-            run = viz.run_method(model, processor, image, method, prompt=text_prompt)
-            fig = viz.plot_selection(image, run.selection, scores=run.scores, score_layers=run.layers,
+            run_ = viz.run_method(model, processor, image, method, prompt=text_prompt)
+            fig = viz.plot_selection(image, run_.selection, scores=run_.scores, score_layers=run_.layers,
                                      title=f"hired-tiny, HiRED {args.budget:.0%}: {question.question}")
         except ImportError as err:
             print(f"(no figure: {err})")
             return 0
         fig.savefig(args.out)
-        print(f"wrote {args.out} (what HiRED kept, as `hired show` draws it)")
+        print(f"wrote {args.out} (what HiRED kept, as 'hired show' draws it)")
     return 0
 
 
@@ -214,22 +119,15 @@ def cmd_methods(_args) -> int:
     return 0
 
 
-def _add_method_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", default="hired", help="method name (see `hired methods`), default: hired")
-    p.add_argument("--budget", type=float, default=None, help="token budget rate in (0, 1] (default 0.2)")
-    p.add_argument("--alpha", type=float, default=None, help="full-image share of the budget (HiRED, default 0.5)")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other method option, repeatable")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hired", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def build_parser() -> Parser:
+    parser = Parser(prog="hired", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
     gen = sub.add_parser("generate", help="answer a question about an image with visual tokens dropped")
-    gen.add_argument("--model", required=True, help="local model folder or hub id (LLaVA-NeXT or LLaVA-1.5)")
+    gen.add_argument("--model", required=True, help="local model folder or hub id org/name (LLaVA-NeXT or LLaVA-1.5)")
     gen.add_argument("--image", required=True, help="image file path or http(s) URL")
     gen.add_argument("--prompt", required=True, help="question; wrapped in the model's chat template")
-    _add_method_args(gen)
+    add_method_args(gen)
     gen.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     gen.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: float16 on CUDA, float32 on CPU")
     gen.add_argument("--max-new-tokens", type=int, default=64)
@@ -240,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_show_parser(sub)
 
-    from hired.bench import add_bench_parser
+    from hired.bench.cli import add_bench_parser
 
     add_bench_parser(sub)
 
@@ -272,12 +170,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_error(message: str) -> None:
+    print(f"hired: error: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``hired``. A user error prints ``hired: error: <message>`` on stderr and exits with 2: argparse
+    errors and :class:`~hired.commands.CommandError` raise ``SystemExit(2)``, other bad input (a
+    ``ValueError``, ``TypeError`` or ``OSError``: a missing image, a budget out of range) returns 2."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except CommandError as err:
+        _user_error(error_message(err))
+        raise
+    except SystemExit as err:
+        if err.code is None or isinstance(err.code, int):
+            raise
+        message = error_message(err)  # a message-carrying SystemExit: the same style, exit 2
+        _user_error(message)
+        raise CommandError(message) from None
     except (ValueError, TypeError, OSError) as err:
-        print(f"hired: error: {err}", file=sys.stderr)
+        _user_error(error_message(err))
         return 2
 
 

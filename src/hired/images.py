@@ -11,8 +11,8 @@ from PIL import Image, UnidentifiedImageError
 def load_image(source: "str | Path | Image.Image") -> Image.Image:
     """An RGB PIL image from a path, an http(s) URL or a PIL image.
 
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for an empty, undecodable or
-    zero-size image.
+    Raises ``FileNotFoundError`` for a missing file, ``IsADirectoryError`` for a directory and
+    ``ValueError`` for an empty, undecodable or zero-size image.
     """
     if isinstance(source, Image.Image):
         image = source
@@ -22,7 +22,9 @@ def load_image(source: "str | Path | Image.Image") -> Image.Image:
         if name.startswith(("http://", "https://")):
             data = _download(name)
         else:
-            path = Path(name)
+            path = Path(name).expanduser()
+            if path.is_dir():
+                raise IsADirectoryError(f"image path is a directory, not an image file: {name}")
             if not path.is_file():
                 raise FileNotFoundError(f"image not found: {name}")
             data = path.read_bytes()

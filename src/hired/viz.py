@@ -75,7 +75,7 @@ def run_method(model, processor, image, method, prompt: str = "Describe the imag
     import torch
 
     import hired
-    from hired.cli import build_prompt
+    from hired.commands import build_prompt
 
     image = load_image(image)
     previous = hired.applied_method(model)
@@ -164,6 +164,8 @@ def _sub_rects(
     """Original-image rectangles of kept patches of sub-image ``k``: canvas patch → valid region → pixels."""
     w, h = size
     side, cols = layout.side, layout.grid[1]
+    if layout.right <= layout.left or layout.bottom <= layout.top:  # no valid patch (extreme aspect ratio)
+        return []
     pw, ph = w / (layout.right - layout.left), h / (layout.bottom - layout.top)
     out = []
     for t in kept:
@@ -177,6 +179,8 @@ def _subimage_bounds(layout: Layout, size: tuple[int, int]) -> tuple[list[float]
     """x and y positions (original pixels) of the inner sub-image borders that fall inside the image."""
     w, h = size
     side, (rows, cols) = layout.side, layout.grid
+    if layout.right <= layout.left or layout.bottom <= layout.top:  # no valid patch: no borders to draw
+        return [], []
     xs = [(c * side - layout.left) * w / (layout.right - layout.left) for c in range(1, cols)]
     ys = [(r * side - layout.top) * h / (layout.bottom - layout.top) for r in range(1, rows)]
     return [x for x in xs if 0 < x < w], [y for y in ys if 0 < y < h]
@@ -564,6 +568,8 @@ def _label_budgets(ax, sel, layout, size) -> None:
     """Write each sub-image's budget at the centre of the part of the original it covers."""
     W, H = size
     side, cols = layout.side, layout.grid[1]
+    if layout.right <= layout.left or layout.bottom <= layout.top:  # no sub-image covers any of the image
+        return
     for k, part in enumerate(sel.partitions[1:]):
         r, c = divmod(k, cols)
         y0 = max(0.0, (r * side - layout.top) / layout.valid_rows) * H
@@ -591,10 +597,10 @@ SHOW_HELP = "draw which patches a method keeps, per partition and on the origina
 
 def add_show_parser(subparsers) -> None:
     """Register ``hired show`` on the ``hired`` command's subparsers."""
-    from hired.cli import DTYPES
+    from hired.commands import DTYPES
 
     p = subparsers.add_parser("show", help=SHOW_HELP, description=SHOW_HELP + " (needs matplotlib).")
-    p.add_argument("--model", required=True, help="local model folder or hub id (LLaVA-NeXT or LLaVA-1.5)")
+    p.add_argument("--model", required=True, help="local model folder or hub id org/name (LLaVA-NeXT or LLaVA-1.5)")
     p.add_argument("--image", required=True, help="image file path or http(s) URL")
     p.add_argument("--out", required=True, help="figure to write: .png (or .pdf, .svg, ...)")
     p.add_argument(
@@ -605,7 +611,8 @@ def add_show_parser(subparsers) -> None:
     )
     p.add_argument("--budget", type=float, default=None, help="token budget rate in (0, 1], for every method")
     p.add_argument("--alpha", type=float, default=None, help="full-image share of the budget (methods that have it)")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="option for every method that has it")
+    p.add_argument("--option", action="append", metavar="[NAME:]KEY=VALUE",
+                   help="option for every method that has it (NAME: only for method NAME), parsed by its type")
     p.add_argument("--prompt", default="Describe the image.", help="text that goes with the image (one forward pass)")
     p.add_argument("--heatmap", action="store_true", help="also draw the [CLS]-attention maps the method used")
     p.add_argument("--title", default=None, help="figure title (default: model and image names)")
@@ -615,35 +622,34 @@ def add_show_parser(subparsers) -> None:
 
 
 def methods_from_args(args) -> list:
-    """The methods of ``--method a,b:k=v`` with ``--budget``/``--alpha``/``--option`` given to each that has them."""
-    import hired
-    from hired.cli import _method_fields, _parse_value
+    """The methods of ``--method a,b:k=v`` with ``--budget``/``--alpha``/``--option`` given to each that has them.
 
-    def parse(item: str, where: str) -> tuple[str, Any]:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SystemExit(f"hired: {where} expects KEY=VALUE, got {item!r}")
-        return key.strip().replace("-", "_"), _parse_value(value)
+    Every option text is parsed by the method's declared type (``keep_newline=maybe`` is refused, naming
+    the option)."""
+    from hired.commands import CommandError, assign_options, build_method, method_class, option_value, split_option
+    from hired.methods.base import option_types
 
-    shared = dict(parse(item, "--option") for item in args.option or [])
-    shared.update({k: getattr(args, k) for k in ("budget", "alpha") if getattr(args, k) is not None})
     specs = [spec.strip() for spec in args.method.split(",") if spec.strip()]
     if not specs:
-        raise SystemExit("hired: --method names no method")
-    methods, used = [], set()
-    for spec in specs:
-        name, *items = spec.split(":")
-        fields = _method_fields(name)
-        options = {k: v for k, v in shared.items() if k in fields}
-        used |= options.keys()
-        options.update(parse(item, f"--method {name}:") for item in items)
-        try:
-            methods.append(hired.get_method(name, **options))
-        except (TypeError, ValueError) as err:
-            raise SystemExit(f"hired: {err}") from None
-    unused = sorted(set(shared) - used)
+        raise CommandError("--method names no method")
+    names = [spec.split(":")[0].strip() for spec in specs]
+    per = assign_options(args.option, names, "--option", "--method")
+    flags = {k: getattr(args, k) for k in ("budget", "alpha") if getattr(args, k) is not None}
+    used = set()
+    methods = []
+    for spec, name, options in zip(specs, names, per):
+        cls = method_class(name)
+        for key, value in flags.items():
+            if key in option_types(cls):
+                options[key] = value
+                used.add(key)
+        for item in spec.split(":")[1:]:
+            _, key, text = split_option(item, f"--method {name}:", targeted=False)
+            options[key] = option_value(cls, key, text, f"--method {name}:{item}")
+        methods.append(build_method(name, options))
+    unused = sorted(set(flags) - used)
     if unused:
-        raise SystemExit(f"hired: no chosen method has the option {', '.join(unused)}")
+        raise CommandError(f"no chosen method has the option {', '.join(unused)}")
     return methods
 
 
@@ -662,12 +668,12 @@ def _check_out(out: Path) -> None:
 
 def cmd_show(args) -> int:
     """``hired show``: run each method once on the image and draw what it kept."""
-    from hired.cli import load_model
+    from hired.commands import CommandError, load_model
 
     try:
         _matplotlib()
     except ImportError as err:
-        raise SystemExit(f"hired: {err}") from None
+        raise CommandError(str(err)) from None
     methods = methods_from_args(args)
     image = load_image(args.image)
     out = Path(args.out)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from hired.bench.archs import ARCHS
 from hired.bench.runner import PAPER_BATCH_SIZES, PAPER_BUDGETS, MethodSpec, Settings
+from hired.commands import DTYPES, CommandError, add_list_argument, assign_options, floats, ints, split_option
 
 CPU_BATCH_SIZES = (1,)
 """Default batch size on a CPU (the paper's 1, 2, 4 on CUDA): keeps ``--arch small`` to a few minutes."""
@@ -18,18 +19,8 @@ DEFAULT_IMAGE_SIZE = 600
 """The paper's 600 x 600 image: 5 partitions (full image + 2x2 grid) in LLaVA-NeXT."""
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+_floats = floats  # older name (hired.vllm.bench imports it): numbers separated by commas or spaces
+_ints = ints
 
 
 def add_bench_parser(sub) -> argparse.ArgumentParser:
@@ -44,25 +35,26 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
         ),
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="local model folder or hub id (LLaVA-NeXT or LLaVA-1.5)")
+    src.add_argument("--model", help="local model folder or hub id org/name (LLaVA-NeXT or LLaVA-1.5)")
     src.add_argument(
         "--arch", choices=sorted(ARCHS), help="a known architecture with random weights (needs --random-weights)"
     )
     p.add_argument("--random-weights", action="store_true", help="confirm --arch: random weights, nothing downloaded")
-    p.add_argument("--methods", default="hired", help="comma-separated method names (`hired methods`), default hired")
-    p.add_argument("--option", action="append", metavar="[NAME:]KEY=VALUE", help="method option, repeatable")
-    p.add_argument("--budgets", type=_floats, default=PAPER_BUDGETS, help="comma-separated, default 1.0,0.4,0.2")
-    p.add_argument(
-        "--batch-sizes", type=_ints, default=None, help="comma-separated batch sizes (default 1,2,4 on CUDA, 1 on CPU)"
-    )
+    p.add_argument("--methods", default="hired", help="comma-separated method names ('hired methods'), default hired")
+    p.add_argument("--option", action="append", metavar="[NAME:]KEY=VALUE",
+                   help="method option, parsed by its type: NAME:KEY=VALUE for method NAME, KEY=VALUE for every "
+                   "method that has it; repeatable")
+    add_list_argument(p, "--budgets", float, default=PAPER_BUDGETS,
+                      help="budgets, separated by commas or spaces (default 1.0,0.4,0.2)")
+    add_list_argument(p, "--batch-sizes", int, default=None,
+                      help="batch sizes, separated by commas or spaces (default 1,2,4 on CUDA, 1 on CPU)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per row (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up runs per row, not timed (default 1)")
     p.add_argument("--new-tokens", type=int, default=15, help="greedy tokens per run, exactly (default 15)")
     p.add_argument("--image", help="image file (default: a synthetic 600x600 picture)")
     p.add_argument("--prompt", default=None, help="question about the image (wrapped in the chat template)")
     p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                   help="auto: float16 on CUDA, float32 on CPU")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: float16 on CUDA, float32 on CPU")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-full", action="store_true", help="skip the full (stock) model rows")
     p.add_argument("--no-oracle", action="store_true", help="skip the oracle rows")
@@ -77,29 +69,15 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
 
 
 def _specs(args) -> tuple[MethodSpec, ...]:
-    from hired.cli import _parse_value
-
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     if not names:
-        raise SystemExit("hired bench: --methods needs at least one method name")
-    per: dict[str, dict] = {n: {} for n in names}
+        raise CommandError("--methods needs at least one method name")
     for item in args.option or []:
-        target, sep, rest = item.partition(":")
-        if not sep or "=" in target:
-            target, rest = None, item
-        key, eq, value = rest.partition("=")
-        if not eq or not key.strip():
-            raise SystemExit(f"hired bench: --option expects [NAME:]KEY=VALUE, got {item!r}")
-        key = key.strip().replace("-", "_")
-        if key == "budget" and _parse_value(value) is not None:
-            raise SystemExit(
-                "hired bench: set budgets with --budgets; --option NAME:budget=none asks for an adaptive form"
-            )
-        for name in [target] if target else names:
-            if name not in per:
-                raise SystemExit(f"hired bench: --option {item!r} names {name!r}, which is not in --methods")
-            per[name][key] = _parse_value(value)
-    return tuple(MethodSpec(n, per[n]) for n in names)
+        _, key, text = split_option(item)
+        if key == "budget" and text.strip().lower() not in ("none", "null"):
+            raise CommandError("set budgets with --budgets; --option NAME:budget=none asks for an adaptive form")
+    per = assign_options(args.option, names, "--option", "--methods")
+    return tuple(MethodSpec(n, options) for n, options in zip(names, per))
 
 
 def _image(args):
@@ -107,10 +85,10 @@ def _image(args):
 
     if args.image:
         return load_image(args.image), args.image
-    from hired.cli import demo_image
+    from hired.commands import demo_image
 
     size = (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
-    return demo_image(size), "synthetic (hired.cli.demo_image)"
+    return demo_image(size), "synthetic (hired.commands.demo_image)"
 
 
 def _command(args, settings: Settings, device: str) -> str:
@@ -140,16 +118,16 @@ def cmd_bench(args) -> int:
     import torch
 
     if args.arch and not args.random_weights:
-        raise SystemExit("hired bench: --arch builds the model with random weights; add --random-weights to confirm")
+        raise CommandError("--arch builds the model with random weights; add --random-weights to confirm")
     if args.random_weights and not args.arch:
-        raise SystemExit("hired bench: --random-weights goes with --arch NAME")
+        raise CommandError("--random-weights goes with --arch NAME")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         torch.device(device)
     except RuntimeError as err:
-        raise SystemExit(f"hired bench: bad --device {device!r}: {err}") from None
+        raise CommandError(f"bad --device {device!r}: {err}") from None
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"hired bench: --device {device} but CUDA is not available")
+        raise CommandError(f"--device {device} but CUDA is not available")
     batch_sizes = args.batch_sizes or (PAPER_BATCH_SIZES if device.startswith("cuda") else CPU_BATCH_SIZES)
     settings = Settings(
         methods=_specs(args),
@@ -167,14 +145,14 @@ def cmd_bench(args) -> int:
     try:
         settings.check()
     except ValueError as err:
-        raise SystemExit(f"hired bench: {err}") from None
+        raise CommandError(str(err)) from None
     if args.threads is not None and args.threads < 1:
-        raise SystemExit(f"hired bench: --threads must be at least 1, got {args.threads}")
+        raise CommandError(f"--threads must be at least 1, got {args.threads}")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise SystemExit('hired bench: --plot needs matplotlib: pip install "hired[viz]"') from None
+            raise CommandError('--plot needs matplotlib: pip install "hired[viz]"') from None
     threads = torch.get_num_threads()
     try:
         if args.threads is not None:
@@ -187,13 +165,13 @@ def cmd_bench(args) -> int:
 def _bench(args, settings: Settings, device: str) -> int:
     from hired.bench.report import markdown, plot
     from hired.bench.runner import run_benchmark
-    from hired.cli import _torch_dtype, load_model
+    from hired.commands import load_model, torch_dtype
 
     image, image_name = _image(args)
     if args.arch:
         from hired.bench.archs import build_arch
 
-        model, processor = build_arch(args.arch, device, _torch_dtype(args.dtype, device))
+        model, processor = build_arch(args.arch, device, torch_dtype(args.dtype, device))
         name = f"{args.arch} (random weights)"
     else:
         model, processor = load_model(args.model, device, args.dtype)

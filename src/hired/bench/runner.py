@@ -293,7 +293,7 @@ def run_benchmark(model: nn.Module, processor, image, settings: Settings | None 
     from tqdm.auto import tqdm
 
     import hired
-    from hired.cli import build_prompt
+    from hired.commands import build_prompt
 
     settings = settings or Settings()
     settings.check()

@@ -66,13 +66,12 @@ class VisualTokenCounts(TokenCounts):
         return d
 
 
-def parse_option(value: Any) -> Any:
-    """A ``--model_args`` value as a Python value: bools, ints, floats, ``none`` → ``None``, else the string."""
-    if not isinstance(value, str):
-        return value
-    from hired.cli import _parse_value
+def parse_options(method: str, options: Dict[str, Any]) -> Dict[str, Any]:
+    """``--model_args`` values of ``method``'s options parsed by their declared types (``true``/``false``,
+    ``none`` where allowed, ints, floats, literal choices); values that are not strings are kept."""
+    from hired.commands import parse_method_options
 
-    return _parse_value(value)
+    return parse_method_options(method, options)
 
 
 def resolve_method(method: Any, options: Dict[str, Any]) -> Optional[hired.Method]:
@@ -80,7 +79,6 @@ def resolve_method(method: Any, options: Dict[str, Any]) -> Optional[hired.Metho
 
     ``method`` is a registry name, ``none``/``full``, or a ``hired.Method`` instance (Python API).
     """
-    options = {k: parse_option(v) for k, v in options.items()}
     if isinstance(method, hired.Method):
         if options:
             raise ValueError(f"options {sorted(options)} given next to a method instance; set them on the instance")
@@ -92,7 +90,7 @@ def resolve_method(method: Any, options: Dict[str, Any]) -> Optional[hired.Metho
             )
         return None
     else:
-        chosen = hired.get_method(str(method), **options)
+        chosen = hired.get_method(str(method), **parse_options(str(method), options))
     if getattr(chosen, "adaptive", False) and not hasattr(hired, "prepare_inputs"):
         raise ValueError(
             f"method {chosen.name!r} keeps an image-dependent number of tokens and needs hired.prepare_inputs, "

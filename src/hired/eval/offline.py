@@ -11,6 +11,7 @@ equals the expected one exactly.
     hired eval --offline                      # 1000 questions, budgets 0.05 0.1 0.2 0.4 1.0
     hired eval --offline --quick              # a small subset (CI)
     hired eval --offline --json out.json --plot out.png
+    hired eval --offline --methods hired,spatial --budgets 0.1,0.2 --option hired:keep_newline=true
 """
 
 from __future__ import annotations
@@ -50,24 +51,27 @@ class Result:
     retention: float | None = None
 
 
-def configs(budgets=BUDGETS, methods: list[str] | None = None) -> list[Config]:
+def configs(budgets=BUDGETS, methods: list[str] | None = None, options: dict[str, dict] | None = None) -> list[Config]:
     """All tokens, then every registered method at every budget, HiRED's reference mapping, and the
-    adaptive form of every method that has one."""
+    adaptive form of every method that has one. ``options``: method name → more options of that method."""
     import hired
 
     names = list(hired.list_methods()) if methods is None else methods
     unknown = sorted(set(names) - set(hired.list_methods()))
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(hired.list_methods())}")
+    options = options or {}
     out = [Config("all tokens", None, None)]
     for name in names:
+        extra = dict(options.get(name, {}))
         for budget in budgets:
-            out.append(Config(name, hired.get_method(name, budget=budget), budget))
+            out.append(Config(name, hired.get_method(name, **{**extra, "budget": budget}), budget))
         if name == "hired":
             for budget in budgets:
-                out.append(Config("hired (reference mapping)", hired.get_method(name, budget=budget, mapping="reference"), budget))
+                method = hired.get_method(name, **{**extra, "budget": budget, "mapping": "reference"})
+                out.append(Config("hired (reference mapping)", method, budget))
         try:
-            adaptive = hired.get_method(name, budget=None)
+            adaptive = hired.get_method(name, **{**extra, "budget": None})
         except (TypeError, ValueError):
             continue
         if getattr(adaptive, "adaptive", False):
@@ -249,29 +253,40 @@ def machine() -> str:
 def cmd_eval(args) -> int:
     import torch
 
+    import hired
+    from hired.commands import CommandError, assign_options, split_option
     from hired.models import task
     from hired.models.tiny_vlm import load_hired_tiny
 
     if not args.offline:
-        raise SystemExit("hired eval: only --offline is available here (lmms-eval tasks: see the README)")
+        raise CommandError("only --offline is available here (lmms-eval tasks: see the README)")
     if args.threads:
         torch.set_num_threads(args.threads)
     budgets = tuple(args.budgets) if args.budgets else (QUICK["budgets"] if args.quick else BUDGETS)
     for b in budgets:
         if not 0 < b <= 1:
-            raise SystemExit(f"hired eval: budget must be in (0, 1], got {b}")
+            raise CommandError(f"budget must be in (0, 1], got {b}")
     images = args.images or (QUICK["images"] if args.quick else 250)
-    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    names = methods if methods is not None else list(hired.list_methods())
+    for item in args.option or []:
+        if split_option(item)[1] == "budget":
+            raise CommandError("set budgets with --budgets (the adaptive forms run without a budget anyway)")
+    per = assign_options(args.option, names, "--option", "--methods")
+    options = {n: o for n, o in zip(names, per) if o}
     try:
-        cfgs = configs(budgets, methods)
+        cfgs = configs(budgets, methods, options)
     except ValueError as err:
-        raise SystemExit(f"hired eval: {err}") from None
+        raise CommandError(str(err)) from None
     split = task.make_split("test", images, seed=args.seed)
     model, processor = load_hired_tiny(args.model)
     started = datetime.now(timezone.utc)
     results = evaluate(model, processor, split, cfgs, batch_size=args.batch_size, progress=not args.no_progress)
     print(f"hired-tiny, {len(split.questions)} test questions (seed {args.seed}), {machine()}, "
-          f"{torch.get_num_threads()} torch threads, {started:%Y-%m-%d %H:%M} UTC\n")
+          f"{torch.get_num_threads()} torch threads, {started:%Y-%m-%d %H:%M} UTC")
+    for name, opts in options.items():
+        print(f"options of {name}: " + ", ".join(f"{k}={v!r}" for k, v in sorted(opts.items())))
+    print()
     print(markdown(results, budgets))
     if args.json:
         payload = {
@@ -279,6 +294,7 @@ def cmd_eval(args) -> int:
             "questions": len(split.questions),
             "seed": args.seed,
             "budgets": list(budgets),
+            "options": options,
             "date": started.isoformat(timespec="seconds"),
             "machine": machine(),
             "threads": torch.get_num_threads(),
@@ -292,13 +308,19 @@ def cmd_eval(args) -> int:
 
 
 def add_eval_parser(sub) -> None:
+    from hired.commands import add_list_argument
+
     p = sub.add_parser("eval", help="accuracy of every method vs budget on hired-tiny (--offline)")
     p.add_argument("--offline", action="store_true", help="the offline benchmark on hired-tiny (required)")
     p.add_argument("--quick", action="store_true", help=f"{QUICK['images'] * 4} questions, budgets "
                    f"{' '.join(map(str, QUICK['budgets']))} (CI)")
     p.add_argument("--images", type=int, default=None, help="test images, 4 questions each (default 250)")
-    p.add_argument("--budgets", type=float, nargs="+", default=None, help="default 0.05 0.1 0.2 0.4 1.0")
+    add_list_argument(p, "--budgets", float, default=None,
+                      help="budgets, separated by commas or spaces (default 0.05,0.1,0.2,0.4,1.0)")
     p.add_argument("--methods", default=None, help="comma-separated method names (default: all registered)")
+    p.add_argument("--option", action="append", metavar="[NAME:]KEY=VALUE",
+                   help="method option, parsed by its type: NAME:KEY=VALUE for method NAME, KEY=VALUE for every "
+                   "chosen method that has it; repeatable")
     p.add_argument("--seed", type=int, default=0, help="test split seed")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--model", default=None, help="a folder written by python -m hired.models.train (default: packaged)")

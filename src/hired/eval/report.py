@@ -257,10 +257,12 @@ def cmd_report(args) -> int:
 
 def add_report_parser(sub) -> argparse.ArgumentParser:
     """``hired report``: the subcommand's parser, added to the ``hired`` command's subparsers."""
+    from hired.commands import plain
+
     p = sub.add_parser(
         "report",
         help="lmms-eval output folders -> Markdown table of scores and retention vs the full model",
-        description=__doc__.split("\n\n")[0],
+        description=plain(__doc__.split("\n\n")[0]),
     )
     p.add_argument("paths", nargs="+", help="lmms-eval --output_path folders or *_results.json files")
     p.add_argument("--baseline", default="full", help="row label that retention is measured against (default full)")

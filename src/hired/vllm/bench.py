@@ -129,7 +129,7 @@ def _prepare_model(args, workdir: Path) -> str:
 
 
 def _method_entry(args, budget: float, oracle: bool) -> dict:
-    from hired.cli import _parse_value
+    from hired.commands import guess_value as _parse_value
     from hired.vllm.config import parse_method
 
     entry = {"method": args.method, "budget": budget}
