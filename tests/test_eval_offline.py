@@ -110,3 +110,25 @@ def test_answers_equal_the_processor_path(name):
     finally:
         if hired.applied_method(model) is not None:
             hired.remove(model, processor)
+
+
+def test_variants_add_rows_with_the_options_in_the_same_run():
+    from hired.eval.offline import configs
+
+    cfgs = configs((0.2, 1.0), ["hired", "spatial"], variants=[
+        {"hired": {"keep_positions": True}, "spatial": {"keep_positions": True}}, {"hired": {"score": "received"}}])
+    labels = [c.label for c in cfgs]
+    assert labels.count("hired (keep_positions=True)") == 2 and labels.count("spatial (keep_positions=True)") == 2
+    assert labels.count("hired (reference mapping, keep_positions=True)") == 2
+    assert labels.count("hired (score=received)") == 2 and "spatial (score=received)" not in labels
+    by_label = {(c.label, c.budget): c.method for c in cfgs}
+    assert by_label[("hired (keep_positions=True)", 0.2)] == hired.HiRED(budget=0.2, keep_positions=True)
+    assert by_label[("hired (reference mapping, score=received)", 1.0)] == hired.HiRED(
+        budget=1.0, mapping="reference", score="received")
+    assert by_label[("hired", 0.2)] == hired.HiRED(budget=0.2)
+
+
+def test_variant_on_the_command_line_is_typed(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "--offline", "--quick", "--methods", "spatial", "--variant", "keep_positions=maybe"])
+    assert exit_.value.code == 2 and "keep_positions must be True or False, got 'maybe'" in capsys.readouterr().err

@@ -12,6 +12,7 @@ equals the expected one exactly.
     hired eval --offline --quick              # a small subset (CI)
     hired eval --offline --json out.json --plot out.png
     hired eval --offline --methods hired,spatial --budgets 0.1,0.2 --option hired:keep_newline=true
+    hired eval --offline --variant keep_positions=true --variant hired:score=received
 """
 
 from __future__ import annotations
@@ -51,9 +52,12 @@ class Result:
     retention: float | None = None
 
 
-def configs(budgets=BUDGETS, methods: list[str] | None = None, options: dict[str, dict] | None = None) -> list[Config]:
+def configs(budgets=BUDGETS, methods: list[str] | None = None, options: dict[str, dict] | None = None,
+            variants: list[dict[str, dict]] | None = None) -> list[Config]:
     """All tokens, then every registered method at every budget, HiRED's reference mapping, and the
-    adaptive form of every method that has one. ``options``: method name → more options of that method."""
+    adaptive form of every method that has one. ``options``: method name → more options of that method.
+    ``variants``: each a method name → options map; every method it names runs again with those options
+    too, its rows labelled ``"name (key=value, ...)"``, so one run compares a method with and without."""
     import hired
 
     names = list(hired.list_methods()) if methods is None else methods
@@ -63,19 +67,34 @@ def configs(budgets=BUDGETS, methods: list[str] | None = None, options: dict[str
     options = options or {}
     out = [Config("all tokens", None, None)]
     for name in names:
-        extra = dict(options.get(name, {}))
-        for budget in budgets:
-            out.append(Config(name, hired.get_method(name, **{**extra, "budget": budget}), budget))
-        if name == "hired":
-            for budget in budgets:
-                method = hired.get_method(name, **{**extra, "budget": budget, "mapping": "reference"})
-                out.append(Config("hired (reference mapping)", method, budget))
-        try:
-            adaptive = hired.get_method(name, **{**extra, "budget": None})
-        except (TypeError, ValueError):
-            continue
-        if getattr(adaptive, "adaptive", False):
-            out.append(Config(f"{name} (adaptive)", adaptive, None))
+        runs = [("", dict(options.get(name, {})))]
+        for variant in variants or []:
+            if variant.get(name):
+                suffix = ", ".join(f"{k}={v}" for k, v in variant[name].items())
+                runs.append((suffix, {**options.get(name, {}), **variant[name]}))
+        for suffix, extra in runs:
+            out += _method_configs(name, budgets, extra, suffix)
+    return out
+
+
+def _method_configs(name: str, budgets, extra: dict, suffix: str) -> list[Config]:
+    """One method's rows: every budget, HiRED's reference mapping, and its adaptive form if it has one."""
+    import hired
+
+    def label(base: str, note: str = "") -> str:
+        notes = ", ".join(n for n in (note, suffix) if n)
+        return f"{base} ({notes})" if notes else base
+
+    out = [Config(label(name), hired.get_method(name, **{**extra, "budget": b}), b) for b in budgets]
+    if name == "hired":
+        out += [Config(label(name, "reference mapping"), hired.get_method(name, **{**extra, "budget": b, "mapping": "reference"}), b)
+                for b in budgets]
+    try:
+        adaptive = hired.get_method(name, **{**extra, "budget": None})
+    except (TypeError, ValueError):
+        return out
+    if getattr(adaptive, "adaptive", False):
+        out.append(Config(label(name, "adaptive"), adaptive, None))
     return out
 
 
@@ -274,8 +293,15 @@ def cmd_eval(args) -> int:
             raise CommandError("set budgets with --budgets (the adaptive forms run without a budget anyway)")
     per = assign_options(args.option, names, "--option", "--methods")
     options = {n: o for n, o in zip(names, per) if o}
+    variants = []
+    for spec in args.variant or []:
+        items = [item.strip() for item in spec.split(",") if item.strip()]
+        if any(split_option(item, "--variant")[1] == "budget" for item in items):
+            raise CommandError("--variant cannot set the budget (use --budgets)")
+        chosen = assign_options(items, names, "--variant", "--methods")
+        variants.append({n: o for n, o in zip(names, chosen) if o})
     try:
-        cfgs = configs(budgets, methods, options)
+        cfgs = configs(budgets, methods, options, variants)
     except ValueError as err:
         raise CommandError(str(err)) from None
     split = task.make_split("test", images, seed=args.seed)
@@ -286,6 +312,8 @@ def cmd_eval(args) -> int:
           f"{torch.get_num_threads()} torch threads, {started:%Y-%m-%d %H:%M} UTC")
     for name, opts in options.items():
         print(f"options of {name}: " + ", ".join(f"{k}={v!r}" for k, v in sorted(opts.items())))
+    for variant in variants:
+        print("also with " + "; ".join(f"{n}: " + ", ".join(f"{k}={v!r}" for k, v in o.items()) for n, o in variant.items()))
     print()
     print(markdown(results, budgets))
     if args.json:
@@ -295,6 +323,7 @@ def cmd_eval(args) -> int:
             "seed": args.seed,
             "budgets": list(budgets),
             "options": options,
+            "variants": variants,
             "date": started.isoformat(timespec="seconds"),
             "machine": machine(),
             "threads": torch.get_num_threads(),
@@ -321,6 +350,9 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--option", action="append", metavar="[NAME:]KEY=VALUE",
                    help="method option, parsed by its type: NAME:KEY=VALUE for method NAME, KEY=VALUE for every "
                    "chosen method that has it; repeatable")
+    p.add_argument("--variant", action="append", metavar="[NAME:]KEY=VALUE[,...]",
+                   help="also run the chosen methods (or NAME) with these options, in the same run, e.g. "
+                        "--variant keep_positions=true; repeatable, one variant each")
     p.add_argument("--seed", type=int, default=0, help="test split seed")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--model", default=None, help="a folder written by python -m hired.models.train (default: packaged)")
