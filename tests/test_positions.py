@@ -103,6 +103,9 @@ METHODS = [
     hired.HiRED(budget=0.4, keep_newline=True, keep_positions=True),
     hired.Spatial(budget=0.3, keep_positions=True),
     hired.VisionZip(budget=0.3, keep_positions=True),
+    hired.DivPrune(budget=0.3, keep_positions=True),
+    hired.DART(budget=0.3, keep_newline=True, keep_positions=True),
+    hired.CDPruner(budget=0.3, keep_positions=True),
 ]
 
 

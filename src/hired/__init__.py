@@ -18,7 +18,10 @@ from hired.adapters.transformers import (
     score_layers,
 )
 from hired.methods import (
+    DART,
+    CDPruner,
     ClsTopK,
+    DivPrune,
     HiRED,
     Method,
     PruMerge,
@@ -34,7 +37,10 @@ from hired.selection import ImageSelection, PartitionSelection
 __version__ = "0.1.0"
 
 __all__ = [
+    "CDPruner",
     "ClsTopK",
+    "DART",
+    "DivPrune",
     "HiRED",
     "ImageSelection",
     "Method",

@@ -20,6 +20,15 @@ thread's context, so one patched model may serve any number of threads at once. 
 wait for calls already inside the vision step to finish; a call that starts its vision step after
 ``remove`` began fails with a clear error. ``remove`` deletes every attribute and hook again, restoring
 the class behaviour bit for bit.
+
+Methods that read the patch features (``Method.feature_space``) get them as ``select(features=...)``:
+the projector's input, or every patch projected (no autograd; the kept ones are projected again). A
+query-aware method (``Method.query_aware``) gets ``select(prompts=...)``: the model's forward pre-hook
+hands the prompt (``input_ids`` or ``inputs_embeds``, attention mask) to that pass's vision step through
+the calling context, ``prepare_inputs`` tokenizes its texts; an image encoded without a prompt
+(``get_image_features`` called directly) is selected for an empty one, its features carry what selecting
+it again needs (attribute ``_hired_pending``), and the forward pre-hook selects it again for the prompt
+it is given with in ``mm_encoder_outputs``.
 """
 
 from __future__ import annotations
@@ -39,7 +48,15 @@ from torch import nn
 from hired.adapters.vision import ScoreHooks, encoder_layers, has_cls_token
 from hired.core.grid import Geometry, Layout, layout_for
 from hired.core.positions import stock_position_ids
-from hired.methods.base import Method, ModelInfo, Selection, adaptive_message, newline_tokens, num_image_tokens
+from hired.methods.base import (
+    Method,
+    ModelInfo,
+    Prompts,
+    Selection,
+    adaptive_message,
+    newline_tokens,
+    num_image_tokens,
+)
 from hired.methods.pack import keeps_newline, pack_features
 from hired.selection import ImageSelection, PartitionSelection
 
@@ -171,6 +188,34 @@ _ENCODING: ContextVar[dict | None] = ContextVar("hired_encoding", default=None)
 # the forward pass running in this context (keep_positions)
 _FORWARD: ContextVar[_Forward | None] = ContextVar("hired_forward", default=None)
 _SHIFT = "_hired_position_shift"  # attribute of a generation cache: (B,) stock - packed ids, for decoding
+# query-aware methods: the prompt of the vision step about to run in this context (a _RawPrompt the model's
+# forward pre-hook saw, or the Prompts hired.prepare_inputs built), taken (and cleared) by that step
+_PROMPT: ContextVar[Any] = ContextVar("hired_prompt", default=None)
+_PENDING = "_hired_pending"  # attribute of an image's features encoded without its prompt: a _Pending
+
+
+@dataclass(frozen=True)
+class _RawPrompt:
+    """What the model's forward was given, for the vision step of exactly these ``pixel_values``."""
+
+    pixel_values: Any
+    input_ids: torch.Tensor | None
+    inputs_embeds: torch.Tensor | None
+    attention_mask: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """One image encoded by a query-aware method without its prompt: what selecting it again needs.
+
+    Rides on the image's feature tensor (attribute ``_hired_pending``); when the features reach the model's
+    forward with a prompt (``mm_encoder_outputs``), the image is selected again for that prompt."""
+
+    state: "_State"
+    layout: Layout
+    scores: dict[str, torch.Tensor]  # role → (P, T)
+    keys: dict[str, torch.Tensor]  # role → (P, T, H * D)
+    features: torch.Tensor  # (P, T, Dv) the projector's input
 
 
 def _remember(state: _State, record: _Record | None) -> None:
@@ -341,20 +386,27 @@ def remove(model: nn.Module, processor=None) -> nn.Module:
     return model
 
 
-def prepare_inputs(model: nn.Module, processor, images=None, text=None, **kwargs):
+def prepare_inputs(model: nn.Module, processor, images=None, text=None, *, query_text=None, **kwargs):
     """Model inputs built in two passes: encode the images first, then write the prompt with as many
     ``<image>`` placeholders as the method kept for each. Works for every method and is the way to run
     an adaptive one (PruMerge, PruMerge+ without a budget), whose count is unknown before the encoder.
 
     Takes the processor's arguments (``return_tensors="pt"``, ``padding=True``, ...). The result holds
     the text inputs and ``mm_encoder_outputs`` instead of pixel values, for ``model.generate(**inputs)``
-    or ``model(**inputs)``; the images are encoded exactly once.
+    or ``model(**inputs)``; the images are encoded exactly once. A query-aware method (CDPruner) selects
+    each image's tokens for the prompt in ``text`` that holds its ``<image>`` (the prompt's text tokens as
+    the tokenizer gives them, embedded by the model's input embedding layer); ``query_text`` (one text per
+    prompt, with the same ``<image>`` tokens) gives other texts for that, e.g. the prompts without the
+    continuation a log-likelihood is scored on.
     """
     state = _applied_state(model)
     if processor is None or processor.__dict__.get(_STATE) is not state:
         raise ValueError("prepare_inputs needs the processor that hired.apply was given with this model")
     inner, _ = _inner_model(model)
     encoding = {"model": inner}
+    query = text if query_text is None else query_text
+    if state.method.query_aware and query is not None:
+        encoding["prompts"] = _prompts_from_text(inner, processor, query)
     token = _ENCODING.set(encoding)
     try:
         inputs = processor(images=images, text=text, **kwargs)
@@ -521,8 +573,12 @@ def _encode_in_processor(encoding: dict, image_inputs: dict):
         pixel_values = torch.as_tensor(pixel_values).to(param.device, param.dtype)
         sizes = image_inputs.get("image_sizes")
         extra = {} if sizes is None else {"image_sizes": torch.as_tensor(sizes).to(param.device)}
-        with torch.no_grad():
-            encoding[key] = inner.get_image_features(pixel_values=pixel_values, **extra)
+        prompt = _PROMPT.set(encoding.get("prompts"))
+        try:
+            with torch.no_grad():
+                encoding[key] = inner.get_image_features(pixel_values=pixel_values, **extra)
+        finally:
+            _PROMPT.reset(prompt)
         encoding["last"] = encoding[key]
     return encoding[key]
 
@@ -566,6 +622,7 @@ def _image_features(
         raise ValueError("hired was applied for the config's vision_feature_layer; pass None or the same value")
     if vision_feature_select_strategy not in (None, "default"):
         raise ValueError("hired needs vision_feature_select_strategy='default'")
+    pixel_values_given = pixel_values
     layouts, pixel_values = _layouts(state, pixel_values, image_sizes)
     kwargs.pop("return_dict", None)
     kwargs["output_hidden_states"] = True
@@ -580,25 +637,156 @@ def _image_features(
         raise RuntimeError(f"the vision tower's forward did not reach the hooked layers for {', '.join(missing)}")
     scores = {role: row[:, -tokens:] for role, row in rec.rows.items()}
     keys = {role: k[:, -tokens:] for role, k in rec.keys.items()}
-    selection = state.method.select(layouts, scores, state.info, keys=keys)
-
-    packed = pack_features(state.method, layouts, selection, feats, state.newline)
-    images = tuple(_StockIndex(index, n) for index, n in
-                   zip(packed.stock_index.split(packed.lengths), packed.stock_lengths))
-    record = _Record(layouts, selection, scores, packed.lengths, images)
+    prompts = _take_prompt(inner, state, layouts, pixel_values_given) if state.method.query_aware else None
+    tower_out.pooler_output, record = _select_and_pack(inner, state, layouts, scores, keys, feats, prompts)
     _remember(state, record)
     forward = _FORWARD.get()
     if forward is not None and forward.state is state:
-        forward.images, forward.record = images, record
-    projected = inner.multi_modal_projector(packed.features)  # (L, D)
-    if keeps_newline(state.method, state.newline):
-        newline = inner.image_newline.to(projected.dtype)
-        projected = torch.where(packed.is_newline[:, None], newline, projected)
-    tower_out.pooler_output = list(projected.split(packed.lengths))
-    for features, image in zip(tower_out.pooler_output, images):
-        setattr(features, _STOCK, image)  # travels with the features into mm_encoder_outputs
+        forward.images, forward.record = record.images, record
+    if state.method.query_aware and prompts is None:  # encoded without its prompt: select again with one
+        start = 0
+        for features, layout in zip(tower_out.pooler_output, layouts):
+            part = slice(start, start + layout.num_partitions)
+            setattr(features, _PENDING, _Pending(state, layout, {r: v[part] for r, v in scores.items()},
+                                                 {r: v[part] for r, v in keys.items()}, feats[part].detach()))
+            start += layout.num_partitions
     tower_out._hired_record = record
     return tower_out
+
+
+def _select_and_pack(inner: nn.Module, state: _State, layouts: list[Layout], scores: dict, keys: dict,
+                     feats: torch.Tensor, prompts: Prompts | None) -> tuple[list[torch.Tensor], _Record]:
+    """Select the kept patches of ``feats`` ``(sum P, T, Dv)``, project them and pack them in LLaVA's order.
+
+    Returns one ``(tokens_i, D)`` tensor per image (each carrying its stock indices) and the step's record.
+    A method reading projected features gets every patch projected (without autograd) for its choice; the
+    kept ones are projected again from ``feats``, so they equal what any other method keeping them gives.
+    """
+    method = state.method
+    extra: dict[str, Any] = {}
+    space = method.feature_space()
+    if space == "projected":
+        with torch.no_grad():
+            extra["features"] = inner.multi_modal_projector(feats)
+    elif space == "vision":
+        extra["features"] = feats.detach()
+    elif space is not None:
+        raise ValueError(f"{type(method).__name__}.feature_space() returned {space!r}: expected None, 'vision' or 'projected'")
+    if method.query_aware:
+        extra["prompts"] = prompts
+    selection = method.select(layouts, scores, state.info, keys=keys, **extra)
+
+    packed = pack_features(method, layouts, selection, feats, state.newline)
+    images = tuple(_StockIndex(index, n) for index, n in
+                   zip(packed.stock_index.split(packed.lengths), packed.stock_lengths))
+    record = _Record(layouts, selection, scores, packed.lengths, images)
+    projected = inner.multi_modal_projector(packed.features)  # (L, D)
+    if keeps_newline(method, state.newline):
+        newline = inner.image_newline.to(projected.dtype)
+        projected = torch.where(packed.is_newline[:, None], newline, projected)
+    out = list(projected.split(packed.lengths))
+    for features, image in zip(out, images):
+        setattr(features, _STOCK, image)  # travels with the features into mm_encoder_outputs
+    return out, record
+
+
+# ---------------------------------------------------------------------------------- query-aware methods
+
+
+def _take_prompt(inner: nn.Module, state: _State, layouts: list[Layout], pixel_values) -> Prompts | None:
+    """The prompts of this vision step's images, or ``None`` when it runs without them (``get_image_features``
+    called directly). Takes the calling context's prompt, so no later step can reuse it."""
+    raw = _PROMPT.get()
+    if raw is None:
+        return None
+    _PROMPT.set(None)
+    if isinstance(raw, _RawPrompt):
+        if raw.pixel_values is not pixel_values:
+            return None  # a prompt for other images (a forward that never reached its vision step)
+        prompts = _prompts_from_inputs(inner, raw.input_ids, raw.inputs_embeds, raw.attention_mask,
+                                       [state.token_count(layout) for layout in layouts])
+    else:
+        prompts = raw
+    if prompts.owner.numel() != len(layouts):
+        raise ValueError(
+            f"{type(state.method).__name__} reads the prompt of each image, but the prompts hold "
+            f"{prompts.owner.numel()} image placeholders for {len(layouts)} images"
+        )
+    return prompts
+
+
+def _prompts_from_inputs(inner: nn.Module, input_ids, inputs_embeds, attention_mask, counts: list[int]) -> Prompts:
+    """:class:`Prompts` of a batch of model inputs whose images give ``counts[i]`` tokens each, in order:
+    image i is the one whose placeholder run starts at placeholder ``sum(counts[:i])`` (row-major)."""
+    embed = inner.get_input_embeddings()
+    image_id = inner.config.image_token_id
+    with torch.no_grad():
+        if input_ids is not None:
+            image = input_ids == image_id
+            embeds = embed(input_ids)
+        else:
+            embeds = inputs_embeds
+            token = embed(torch.full((), image_id, dtype=torch.long, device=embeds.device))
+            image = (embeds == token).all(dim=-1)
+    mask = ~image
+    if attention_mask is not None and attention_mask.dim() == 2:
+        mask &= attention_mask.to(mask.device).bool()
+    ends = image.sum(dim=1).cumsum(dim=0)  # placeholders up to the end of each row
+    starts = torch.tensor([0, *counts[:-1]], dtype=torch.long).cumsum(0).to(ends.device)
+    owner = torch.searchsorted(ends, starts, right=True).clamp(max=image.shape[0] - 1)
+    return Prompts(embeds=embeds.detach(), mask=mask, owner=owner)
+
+
+def _prompts_from_text(inner: nn.Module, processor, text) -> Prompts:
+    """:class:`Prompts` of the prompts given to ``hired.prepare_inputs``: each ``<image>`` of the texts, in
+    order, is one image, and its prompt is the text's tokens (the tokenizer's, as the processor makes them)."""
+    texts = [text] if isinstance(text, str) else list(text)
+    ids = [list(processor.tokenizer(t)["input_ids"]) for t in texts]
+    width = max((len(row) for row in ids), default=0)
+    input_ids = torch.zeros(len(ids), width, dtype=torch.long)
+    attention = torch.zeros(len(ids), width, dtype=torch.bool)
+    for r, row in enumerate(ids):
+        input_ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention[r, : len(row)] = True
+    image = (input_ids == inner.config.image_token_id) & attention
+    device = inner.get_input_embeddings().weight.device
+    with torch.no_grad():
+        embeds = inner.get_input_embeddings()(input_ids.to(device))
+    owner = torch.repeat_interleave(torch.arange(len(ids)), image.sum(dim=1))
+    return Prompts(embeds=embeds, mask=(attention & ~image).to(device), owner=owner.to(device))
+
+
+def _reselect(inner: nn.Module, state: _State, encoded, given: dict):
+    """``encoded`` (``mm_encoder_outputs["image"]``) with every image that a query-aware method encoded
+    without its prompt selected again for the prompt it sits in; ``None`` when there is none."""
+    outs = list(encoded.pooler_output)
+    pending = [getattr(f, _PENDING, None) for f in outs]
+    idx = [i for i, p in enumerate(pending) if p is not None and p.state is state]
+    if not idx:
+        return None
+    prompts = _prompts_from_inputs(inner, given.get("input_ids"), given.get("inputs_embeds"),
+                                   given.get("attention_mask"), [len(f) for f in outs])
+    picked = [pending[i] for i in idx]
+    layouts = [p.layout for p in picked]
+    scores = {r: torch.cat([p.scores[r] for p in picked]) for r in picked[0].scores}
+    keys = {r: torch.cat([p.keys[r] for p in picked]) for r in picked[0].keys}
+    feats = torch.cat([p.features for p in picked])
+    sub = Prompts(embeds=prompts.embeds, mask=prompts.mask, owner=prompts.owner[torch.tensor(idx, device=prompts.owner.device)])
+    with state.calls.running():
+        fresh, record = _select_and_pack(inner, state, layouts, scores, keys, feats, sub)
+    for i, features in zip(idx, fresh):
+        if len(features) != len(outs[i]):
+            raise RuntimeError(f"{type(state.method).__name__} selected {len(features)} tokens again for an image "
+                               f"that had {len(outs[i])}")
+        outs[i] = features.to(outs[i].device, outs[i].dtype)
+        setattr(outs[i], _STOCK, getattr(features, _STOCK))
+    _remember(state, record)
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    fresh_encoded = BaseModelOutputWithPooling(pooler_output=outs)
+    if len(idx) == len(outs):
+        fresh_encoded._hired_record = record
+    return fresh_encoded
 
 
 def _placeholder_mask(inner: nn.Module, state: _State, *args, **kwargs):
@@ -627,17 +815,37 @@ def _positional_names(inner: nn.Module) -> list[str]:
 def _on_forward(state: _State, names: list[str], _module, args, kwargs):
     """Forward pre-hook of the model: a new prompt without images clears the calling context's
     ``last_selection`` (decoding steps, which carry a filled cache, and two-pass inputs leave it as it is);
-    with ``keep_positions``, open this pass's :class:`_Forward`."""
+    with ``keep_positions``, open this pass's :class:`_Forward`. For a query-aware method: hand the prompt
+    to this pass's vision step, and select again, for their prompts, pre-encoded images that were encoded
+    without one."""
     given = dict(zip(names, args))
     given.update(kwargs)
     encoded = (given.get("mm_encoder_outputs") or {}).get("image")
+    changed = None
+    if state.method.query_aware:
+        pixel_values = given.get("pixel_values")
+        _PROMPT.set(None if pixel_values is None else _RawPrompt(
+            pixel_values, given.get("input_ids"), given.get("inputs_embeds"), given.get("attention_mask")))
+        fresh = None if encoded is None else _reselect(_module, state, encoded, given)
+        if fresh is not None:
+            encoded = fresh
+            changed = _with_argument(names, args, kwargs, "mm_encoder_outputs",
+                                     {**given["mm_encoder_outputs"], "image": fresh})
     if state.method.keep_positions:
         _FORWARD.set(_encoded_forward(state, encoded) if encoded is not None else _Forward(state))
     if given.get("pixel_values") is not None or encoded is not None:
-        return None
+        return changed
     if _cache_length(_cache_of(given)) == 0:
         _remember(state, None)
-    return None
+    return changed
+
+
+def _with_argument(names: list[str], args: tuple, kwargs: dict, name: str, value) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` of a call with argument ``name`` replaced by ``value``."""
+    if name in kwargs or name not in names[: len(args)]:
+        return args, {**kwargs, name: value}
+    at = names.index(name)
+    return (*args[:at], value, *args[at + 1 :]), kwargs
 
 
 def _encoded_forward(state: _State, encoded) -> _Forward:

@@ -1,15 +1,20 @@
 """Method configs and their registry."""
 
-from hired.methods.base import Method, ModelInfo, Selection, get_method, list_methods, num_image_tokens, register
+from hired.methods.base import Method, ModelInfo, Prompts, Selection, get_method, list_methods, num_image_tokens, register
+from hired.methods.diverse import DART, CDPruner, DivPrune
 from hired.methods.hired import HiRED
 from hired.methods.merging import PruMerge, PruMergePlus, VisionZip
 from hired.methods.simple import ClsTopK, Random, Spatial
 
 __all__ = [
+    "CDPruner",
     "ClsTopK",
+    "DART",
+    "DivPrune",
     "HiRED",
     "Method",
     "ModelInfo",
+    "Prompts",
     "PruMerge",
     "PruMergePlus",
     "Random",

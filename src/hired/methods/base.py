@@ -189,11 +189,36 @@ class Selection:
 
 
 @dataclass(frozen=True)
+class Prompts:
+    """The prompt each image of a batch belongs to, for query-aware methods (``Method.query_aware``).
+
+    ``embeds`` ``(B, S, D)``: the prompts' token embeddings from the language model's own input embedding
+    layer (the space of the projected visual tokens); ``mask`` ``(B, S)`` bool: the prompts' text tokens
+    (attended, not an image placeholder); ``owner`` ``(n,)`` long: the prompt (row) of every image, in
+    the images' order. Several images may share a prompt; an image's prompt may hold no text at all.
+    """
+
+    embeds: torch.Tensor
+    mask: torch.Tensor
+    owner: torch.Tensor
+
+    def mean_unit(self) -> torch.Tensor:
+        """``(n, D)`` fp32: per image, the mean of its prompt's unit-length text embeddings (zero without
+        text), so that ``unit(x) @ mean_unit()[i]`` is the mean cosine of ``x`` to image i's prompt tokens.
+        Summed in fp64, so padding and batch composition do not change the result."""
+        unit = torch.nn.functional.normalize(self.embeds.double(), dim=-1) * self.mask[..., None]
+        count = self.mask.sum(dim=1, keepdim=True).clamp(min=1)
+        return (unit.sum(dim=1) / count).float()[self.owner.to(self.embeds.device)]
+
+
+@dataclass(frozen=True)
 class Method:
     """Base of every method config. Subclasses are frozen dataclasses with a ``name`` and ``summary``.
 
     A method says which [CLS]-attention rows it needs (``score_layers``), how many patch tokens it keeps
-    for an image layout before any pixel is seen (``count``), and which ones (``select``).
+    for an image layout before any pixel is seen (``count``), and which ones (``select``). A method that
+    reads the patch features says in which space (``feature_space``); a method that reads the prompt sets
+    ``query_aware``.
 
     Every method also takes ``keep_positions`` (keyword only, default ``False``): give each kept visual
     token the position id it has in the stock (unpruned) sequence, and every text token its stock id too,
@@ -205,6 +230,9 @@ class Method:
     #: whether the token count depends on the image content (known only after the vision tower ran);
     #: such a method cannot tell the processor its placeholder count: use ``hired.prepare_inputs``
     adaptive: ClassVar[bool] = False
+    #: whether ``select`` reads the prompt each image belongs to (``prompts``); an encoder that never sees the
+    #: prompt (vLLM's) cannot run such a method
+    query_aware: ClassVar[bool] = False
 
     keep_positions: bool = dataclasses.field(default=False, kw_only=True)
 
@@ -235,6 +263,12 @@ class Method:
         """Role → 0-based encoder layer whose keys ``(sum P, T, H * D)`` the method reads (merging methods)."""
         return {}
 
+    def feature_space(self) -> Literal["vision", "projected"] | None:
+        """Which patch features ``select`` reads: ``None`` (none), ``"vision"`` (the projector's input: the
+        feature-layer outputs without [CLS], ``(sum P, T, Dv)``) or ``"projected"`` (the projector's output,
+        the language model's input space, ``(sum P, T, D)``; the adapter then projects every patch)."""
+        return None
+
     def count(self, layout: Layout) -> int:
         """Patch tokens kept for one image (image-newline tokens not included)."""
         raise NotImplementedError
@@ -249,11 +283,17 @@ class Method:
         scores: Mapping[str, torch.Tensor],
         info: ModelInfo,
         keys: Mapping[str, torch.Tensor] | None = None,
+        *,
+        features: torch.Tensor | None = None,
+        prompts: Prompts | None = None,
     ) -> Selection:
         """Top-k by the ``"select"`` scores inside each partition's budget, over the whole batch.
 
         ``scores[role]`` is ``(sum P, T)`` fp32 for every partition of every image, in order;
-        ``keys[role]`` is ``(sum P, T, H * D)`` for the roles of :meth:`key_layers`.
+        ``keys[role]`` is ``(sum P, T, H * D)`` for the roles of :meth:`key_layers`. Adapters pass
+        ``features`` ``(sum P, T, Dv or D)`` (model dtype) only to a method whose :meth:`feature_space` is
+        not ``None``, and ``prompts`` only to a ``query_aware`` one (``None`` there when an image was
+        encoded without its prompt), so methods that need neither may leave both out of their signature.
         """
         budgets, start = [], 0
         for layout in layouts:
