@@ -1,7 +1,8 @@
 """Reproduce the accuracy table of the HiRED paper (Table 3) with stock lmms-eval and ``hired_llava``.
 
 Runs lmms-eval once per method (full model, HiRED 20% and 40%, spatial sampling 40%, PruMerge,
-PruMerge+) on the paper's eight tasks, each into its own folder under ``--out``, then writes
+PruMerge+, and, beyond the paper, DivPrune, DART and the query-aware CDPruner at HiRED's 20%) on the
+paper's eight tasks, each into its own folder under ``--out``, then writes
 ``<out>/table.md`` with ``hired report``. A run whose folder already holds a results file is skipped,
 so an interrupted sweep resumes. Needs ``pip install "hired[eval]"``, GPUs and the hub (models and
 datasets download on first use).
@@ -30,6 +31,10 @@ RUNS = {
     "spatial-40": "method=spatial,budget=0.4",
     "prumerge": "method=prumerge,budget=none",
     "prumerge_plus": "method=prumerge_plus,budget=none",
+    # not in the paper's table: the diversity methods at HiRED's 20% budget, for a like-for-like comparison
+    "divprune-20": "method=divprune,budget=0.2",
+    "dart-20": "method=dart,budget=0.2",
+    "cdpruner-20": "method=cdpruner,budget=0.2",
 }
 
 
