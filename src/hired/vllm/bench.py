@@ -2,14 +2,21 @@
 
 For each configuration — stock vLLM (no ``hired`` key), a method at every budget, and the oracle at every
 budget (the same token count with no selection work: the first patches in pack order) — one in-process
-engine is started and timed on fresh images (a distinct picture per request, so no cache hides the
-encoder):
+engine is started and timed on fresh images (a new picture per request, so no cache hides the encoder). A
+method and its oracle run side by side, interleaved run by run on the same pictures, so that other work
+on the machine hits both alike:
 
 * throughput: ``--requests`` requests submitted at once, each generating exactly ``--new-tokens`` tokens
   (``ignore_eos``): requests/s and output tokens/s over the wall time;
-* TTFT: one request alone with one output token: its wall time (preprocessing, encoder, prefill).
+* TTFT: one request alone with one output token: its wall time (preprocessing, encoder, prefill), split
+  into the encoder stages the model's stage clock measured in that request: the vision tower (with the
+  [CLS]-row hooks, whose own time is shown too), the selection (tower end to projector start: scores,
+  budgets, top-k, gather of the kept features) and the rest (preprocessing, projector, prefill, first
+  token).
 
-Each figure is the median of ``--runs`` timed runs after a warm-up, with min and max.
+Each figure is the median of ``--runs`` timed runs after a warm-up (a batch and a single request), with
+min and max; the overhead of the method over its oracle is given by medians, by minima and as the
+median of the paired per-run ratios.
 """
 
 from __future__ import annotations
@@ -61,6 +68,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="vLLM dtype; auto: float32 on a CPU, float16 on CUDA")
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--gpu-memory-utilization", type=float, default=None,
+                   help="per engine (a method and its oracle run side by side); default 0.85 / engines on CUDA")
     p.add_argument("--no-oracle", action="store_true", help="skip the oracle rows")
     p.add_argument("--json", metavar="PATH", help="write the results (every run) as JSON")
     p.add_argument("--markdown", metavar="PATH", help="write the Markdown table")
@@ -151,60 +160,164 @@ def _summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 
 
-def _time_config(path: str, label: str, overrides: dict, args, seed_base: int) -> dict:
-    from vllm import LLM, SamplingParams
+class _Engine:
+    """One in-process vLLM engine for one configuration, with the model's stage clock on."""
 
-    llm = LLM(
-        model=path,
-        hf_overrides=overrides,
-        dtype=args.dtype,
-        enforce_eager=True,
-        max_model_len=args.max_model_len,
-        tensor_parallel_size=args.tensor_parallel_size,
-        seed=0,
-    )
-    gen = SamplingParams(max_tokens=args.new_tokens, min_tokens=args.new_tokens, ignore_eos=True,
-                         temperature=0.0, detokenize=False)
-    first = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
+    def __init__(self, path: str, label: str, overrides: dict, args, group_size: int):
+        from vllm import LLM, SamplingParams
 
-    def requests(seeds):
-        return [{"prompt": PROMPT, "multi_modal_data": {"image": im}} for im in _images(args.image_size, seeds)]
+        self.label, self.overrides, self.args = label, overrides, args
+        extra = {}
+        if args.gpu_memory_utilization is not None:
+            extra["gpu_memory_utilization"] = args.gpu_memory_utilization
+        elif _cuda():
+            extra["gpu_memory_utilization"] = round(0.85 / group_size, 3)  # the engines of a group share the GPU
+        self.llm = LLM(
+            model=path,
+            hf_overrides=overrides,
+            dtype=args.dtype,
+            enforce_eager=True,
+            max_model_len=args.max_model_len,
+            tensor_parallel_size=args.tensor_parallel_size,
+            seed=0,
+            **extra,
+        )
+        self.gen = SamplingParams(max_tokens=args.new_tokens, min_tokens=args.new_tokens, ignore_eos=True,
+                                  temperature=0.0, detokenize=False)
+        self.first = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
+        try:  # the stage clock needs the model in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0)
+            self.llm.apply_model(lambda model: model.hired_timing(True))
+            self.clocked = True
+        except Exception:  # noqa: BLE001 - no split then, the timings stay
+            self.clocked = False
+        self.rps, self.tps, self.ttft, self.prompt_tokens = [], [], [], None
+        self.stages: dict[str, list[float]] = {}
 
-    seed = seed_base
-    llm.generate(requests([seed, seed + 1]), gen, use_tqdm=False)  # warm-up
-    seed += 2
-    rps, tps, ttft, prompt_tokens = [], [], [], None
-    for _ in range(args.runs):
-        batch = requests(list(range(seed, seed + args.requests)))
-        seed += args.requests
+    def _requests(self, seeds):
+        return [{"prompt": PROMPT, "multi_modal_data": {"image": im}} for im in _images(self.args.image_size, seeds)]
+
+    def _timings(self) -> list[dict]:
+        return self.llm.apply_model(lambda model: model.hired_take_timings())[0] if self.clocked else []
+
+    def warm_up(self, seeds: list[int]) -> None:
+        """A batch like the throughput runs' and one request like the TTFT runs' (every shape seen once)."""
+        self.llm.generate(self._requests(seeds[:-1]), self.gen, use_tqdm=False)
+        self.llm.generate(self._requests(seeds[-1:]), self.first, use_tqdm=False)
+        self._timings()
+
+    def throughput(self, seeds: list[int]) -> None:
+        batch = self._requests(seeds)
         start = time.perf_counter()
-        outs = llm.generate(batch, gen, use_tqdm=False)
+        outs = self.llm.generate(batch, self.gen, use_tqdm=False)
         wall = time.perf_counter() - start
-        generated = sum(len(o.outputs[0].token_ids) for o in outs)
-        rps.append(len(outs) / wall)
-        tps.append(generated / wall)
-        prompt_tokens = statistics.median(len(o.prompt_token_ids) for o in outs)
-        single = requests([seed])
-        seed += 1
+        self.rps.append(len(outs) / wall)
+        self.tps.append(sum(len(o.outputs[0].token_ids) for o in outs) / wall)
+        self.prompt_tokens = statistics.median(len(o.prompt_token_ids) for o in outs)
+        self._timings()  # drop the batch's passes
+
+    def time_to_first_token(self, seed: int) -> None:
+        single = self._requests([seed])
         start = time.perf_counter()
-        llm.generate(single, first, use_tqdm=False)
-        ttft.append((time.perf_counter() - start) * 1000)
-    del llm
-    gc.collect()
-    row = {
-        "config": label,
-        "hf_overrides": overrides,
-        "prompt_tokens": prompt_tokens,
-        "requests_per_s": _summary(rps),
-        "output_tokens_per_s": _summary(tps),
-        "ttft_ms": _summary(ttft),
-    }
-    print(
-        f"{label:<22} prompt {prompt_tokens:>6.0f} tok  {row['requests_per_s']['median']:7.3f} req/s  "
-        f"{row['output_tokens_per_s']['median']:8.2f} out tok/s  TTFT {row['ttft_ms']['median']:8.1f} ms",
-        flush=True,
-    )
-    return row
+        self.llm.generate(single, self.first, use_tqdm=False)
+        ttft = time.perf_counter() - start
+        self.ttft.append(ttft * 1000)
+        passes = self._timings()
+        if not passes:
+            return
+        stage = {name: sum(p[name] or 0.0 for p in passes) for name in ("encoder", "vision", "cls_rows", "selection", "projector")}
+        stage["rest"] = ttft - stage["vision"] - stage["selection"]
+        for name, value in stage.items():
+            self.stages.setdefault(name, []).append(value * 1000)
+
+    def row(self) -> dict:
+        return {
+            "config": self.label,
+            "hf_overrides": self.overrides,
+            "prompt_tokens": self.prompt_tokens,
+            "requests_per_s": _summary(self.rps),
+            "output_tokens_per_s": _summary(self.tps),
+            "ttft_ms": _summary(self.ttft),
+            "stages_ms": {name: _summary(values) for name, values in self.stages.items()},
+        }
+
+    def close(self) -> None:
+        del self.llm
+        gc.collect()
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def _run_group(path: str, group: list[tuple[str, dict]], args, seed_base: int, bar=None) -> list[dict]:
+    """Start the group's engines, warm each up, then time them in turn, run by run, on the same pictures
+    (the order alternates every run)."""
+    engines = []
+    try:
+        for label, overrides in group:
+            engines.append(_Engine(path, label, overrides, args, len(group)))
+        seed = seed_base
+        for engine in engines:
+            engine.warm_up(list(range(seed, seed + args.requests + 1)))
+        seed += args.requests + 1
+        for run in range(args.runs):
+            order = engines if run % 2 == 0 else engines[::-1]
+            batch = list(range(seed, seed + args.requests))
+            for engine in order:
+                engine.throughput(batch)
+            for engine in order:
+                engine.time_to_first_token(seed + args.requests)
+            seed += args.requests + 1
+        rows = [engine.row() for engine in engines]
+    finally:
+        for engine in engines:
+            engine.close()
+    for row in rows:
+        print(
+            f"{row['config']:<22} prompt {row['prompt_tokens']:>6.0f} tok  {row['requests_per_s']['median']:7.3f} req/s  "
+            f"{row['output_tokens_per_s']['median']:8.2f} out tok/s  TTFT {row['ttft_ms']['median']:8.1f} ms",
+            flush=True,
+        )
+        if bar:
+            bar.update(1)
+    return rows
+
+
+def overheads(rows: list[dict]) -> list[dict]:
+    """The method over its oracle at every budget: TTFT ratios by medians, by minima and the median of the
+    paired per-run ratios, and the [CLS] rows' and the selection's share of the vision tower (medians)."""
+    out = []
+    for row in rows:
+        entry = row["hf_overrides"].get("hired")
+        if not entry or entry.get("oracle"):
+            continue
+        oracle = next((r for r in rows if r["hf_overrides"].get("hired") == {**entry, "oracle": True}), None)
+        if oracle is None:
+            continue
+        m, o = row["ttft_ms"], oracle["ttft_ms"]
+        paired = [a / b for a, b in zip(m["runs"], o["runs"])]
+        stages = row.get("stages_ms", {})
+
+        def share(name):
+            if name not in stages or "vision" not in stages or not stages["vision"]["median"]:
+                return None
+            return stages[name]["median"] / stages["vision"]["median"]
+
+        out.append({
+            "config": row["config"],
+            "oracle": oracle["config"],
+            "ttft_median": m["median"] / o["median"] - 1,
+            "ttft_min": m["min"] / o["min"] - 1,
+            "ttft_paired_median": statistics.median(paired) - 1,
+            "cls_rows_of_vision": share("cls_rows"),
+            "selection_of_vision": share("selection"),
+        })
+    return out
 
 
 def _command_line() -> str:
@@ -216,8 +329,21 @@ def _fmt(s: dict, digits: int) -> str:
     return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}, {s['max']:.{digits}f}]"
 
 
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:+.1f}%"
+
+
+def _share(x) -> str:
+    return "–" if x is None else f"{100 * x:.2f}%"
+
+
+def _stage(row: dict, name: str) -> str:
+    s = row.get("stages_ms", {}).get(name)
+    return "–" if s is None else f"{s['median']:.1f} [{s['min']:.1f}]"
+
+
 def markdown(result: dict) -> str:
-    """The results as a Markdown table (median [min, max] over the runs)."""
+    """The results as Markdown tables (median [min, max] over the runs; stages: median [min])."""
     m, s = result["machine"], result["settings"]
     lines = [
         f"# vLLM serving benchmark: {s['model']}",
@@ -229,16 +355,37 @@ def markdown(result: dict) -> str:
         f"- command: `{result['command']}`",
         f"- {s['requests']} requests per throughput run, {s['new_tokens']} output tokens each, one {s['image_size']}x"
         f"{s['image_size']} picture per request (a new one every request); TTFT: one request alone, one token; "
-        f"median [min, max] of {s['runs']} runs",
+        f"median [min, max] of {s['runs']} runs; a method and its oracle interleaved run by run on the same pictures",
         "",
-        "| configuration | prompt tokens | requests/s | output tokens/s | TTFT (ms) |",
-        "|---|---:|---:|---:|---:|",
+        "| configuration | prompt tokens | requests/s | output tokens/s | TTFT (ms) | vision tower (ms) | "
+        "selection (ms) | rest of TTFT (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["rows"]:
         lines.append(
             f"| {row['config']} | {row['prompt_tokens']:.0f} | {_fmt(row['requests_per_s'], 3)} | "
-            f"{_fmt(row['output_tokens_per_s'], 2)} | {_fmt(row['ttft_ms'], 1)} |"
+            f"{_fmt(row['output_tokens_per_s'], 2)} | {_fmt(row['ttft_ms'], 1)} | {_stage(row, 'vision')} | "
+            f"{_stage(row, 'selection')} | {_stage(row, 'rest')} |"
         )
+    lines += [
+        "",
+        "TTFT split (median [min]) from the model's stage clock in each TTFT request: the vision tower (for a "
+        "method with its [CLS]-row hooks), the selection (tower end to projector start: scores, budgets, top-k, "
+        "gather; for stock vLLM nothing), the rest (preprocessing, projector, prefill, first token).",
+    ]
+    over = result.get("overheads") or []
+    if over:
+        lines += [
+            "",
+            "| method vs oracle | TTFT, medians | TTFT, minima | TTFT, paired runs (median) | [CLS] rows / vision tower "
+            "| selection / vision tower |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for o in over:
+            lines.append(
+                f"| {o['config']} vs {o['oracle']} | {_pct(o['ttft_median'])} | {_pct(o['ttft_min'])} | "
+                f"{_pct(o['ttft_paired_median'])} | {_share(o['cls_rows_of_vision'])} | {_share(o['selection_of_vision'])} |"
+            )
     lines += [
         "",
         "Oracle: the same token count as the method at that budget, with no [CLS] scores and no selection "
@@ -255,11 +402,12 @@ def cmd_bench_vllm(args) -> int:
             raise SystemExit(f"hired bench-vllm: --{name.replace('_', '-')} must be at least 1")
     if not args.budgets:
         raise SystemExit("hired bench-vllm: --budgets needs at least one budget")
-    configs = [("stock vLLM", {})]
+    groups = [[("stock vLLM", {})]]  # engines of one group are alive together and interleaved
     for budget in args.budgets:
-        configs.append((f"{args.method} {budget:g}", {"hired": _method_entry(args, budget, oracle=False)}))
+        group = [(f"{args.method} {budget:g}", {"hired": _method_entry(args, budget, oracle=False)})]
         if not args.no_oracle:
-            configs.append((f"oracle {budget:g}", {"hired": _method_entry(args, budget, oracle=True)}))
+            group.append((f"oracle {budget:g}", {"hired": _method_entry(args, budget, oracle=True)}))
+        groups.append(group)
     if args.dtype == "auto":
         try:
             import torch
@@ -275,11 +423,9 @@ def cmd_bench_vllm(args) -> int:
             from tqdm import tqdm
         except ImportError:  # pragma: no cover - tqdm is a dependency
             tqdm = None
-        bar = tqdm(total=len(configs), desc="configurations", file=sys.stderr) if tqdm else None
-        for i, (label, overrides) in enumerate(configs):
-            rows.append(_time_config(path, label, overrides, args, seed_base=1000 * (i + 1)))
-            if bar:
-                bar.update(1)
+        bar = tqdm(total=sum(map(len, groups)), desc="configurations", file=sys.stderr) if tqdm else None
+        for i, group in enumerate(groups):
+            rows += _run_group(path, group, args, seed_base=1000 * (i + 1), bar=bar)
         if bar:
             bar.close()
     result = {
@@ -299,6 +445,7 @@ def cmd_bench_vllm(args) -> int:
             "tensor_parallel_size": args.tensor_parallel_size,
         },
         "rows": rows,
+        "overheads": overheads(rows),
     }
     table = markdown(result)
     print(table)

@@ -9,6 +9,7 @@ absent (stock behaviour), and raises one ``ValueError`` naming the problem other
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Mapping
 
 from hired.core.grid import Geometry, Layout, layout_for
@@ -46,11 +47,18 @@ class Spec:
         """Partition layout of an image of ``height x width`` pixels (LLaVA-1.5: always one crop)."""
         if self.family == "llava":
             height = width = self.geometry.crop_size
-        return layout_for((int(height), int(width)), self.geometry)
+        return _layout(int(height), int(width), self.geometry)
 
     def num_tokens(self, height: int, width: int) -> int:
         """Placeholders (= features) for one image: the core's count, newline tokens included."""
         return num_image_tokens(self.method, self.layout(height, width), self.newline)
+
+
+@lru_cache(maxsize=1024)
+def _layout(height: int, width: int, geometry: Geometry) -> Layout:
+    """One :class:`Layout` per image size and geometry, so that what a layout caches (valid mask, pack
+    orders) is built once per size rather than once per image (layouts are immutable)."""
+    return layout_for((height, width), geometry)
 
 
 def fixed_budget_methods() -> list[str]:

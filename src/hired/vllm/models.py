@@ -8,13 +8,20 @@ runs exactly as stock vLLM. With it:
 * ``_process_image_input`` runs vLLM's vision tower with [CLS]-row hooks on the layers the method needs
   (q and k out of each layer's fused ``qkv_proj``; no N x N map), lets the method select, packs the kept
   features in the promised order (:func:`hired.methods.pack.pack_features`), then projects them.
+
+An encoder pass makes no host round trip per image: the only device-to-host reads are the batch's image
+sizes and the method's own (HiRED: one ``tolist`` of the budgets of the whole batch); what the pass kept
+stays on the device until :meth:`_HiredModelMixin.hired_last_selection` asks for it. ``hired_timing``
+switches on a per-pass stage clock (vision tower, [CLS] rows inside it, selection, projector) that
+``hired bench-vllm`` reads; off, it costs nothing.
 """
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -32,7 +39,6 @@ from vllm.model_executor.models.llava_next import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from hired.core.grid import Layout
-from hired.core.scores import cls_attention
 from hired.methods.base import Selection
 from hired.methods.pack import keeps_newline, pack_features
 from hired.selection import ImageSelection, PartitionSelection
@@ -81,11 +87,92 @@ def _attention_modules(tower: nn.Module) -> nn.ModuleList:
     return nn.ModuleList([layer.self_attn for layer in layers])
 
 
+def cls_rows(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """``(B, N)`` fp32 [CLS] attention rows, summed over heads, straight from a fused ``(B, N, 3 * H * D)``
+    ``qkv_proj`` output (q, k, v side by side, as vLLM's ``QKVParallelLinear`` gives them).
+
+    The same numbers as :func:`hired.core.scores.cls_attention` (up to float rounding), computed without
+    copying the keys: ``k`` stays a strided view of ``qkv`` (no ``chunk``/``reshape``/``einsum``
+    transposition of the full key matrix) and the logits are one broadcast multiply and a reduction over
+    the head dimension, in fp32.
+    """
+    batch, seq, fused = qkv.shape
+    width = fused // 3
+    head_dim = width // num_heads
+    q = qkv[:, 0, :width].float().view(batch, 1, num_heads, head_dim)
+    k = qkv[:, :, width : 2 * width].float().view(batch, seq, num_heads, head_dim)  # no copy in fp32
+    logits = (k * q).sum(dim=-1) * head_dim**-0.5  # (B, N, H)
+    return logits.softmax(dim=1).sum(dim=2)
+
+
+class StageClock:
+    """Per-pass marks of the encoder stages: ``perf_counter`` on a CPU, CUDA events (no synchronisation
+    inside the pass; one when the timings are read) on CUDA."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.passes: list[dict] = []
+        self.current: dict | None = None
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def begin(self) -> None:
+        self.current = {"start": self.mark(), "cls": []}
+
+    def at(self, name: str) -> None:
+        """Mark ``name`` in the current pass (the last call wins)."""
+        if self.current is not None:
+            self.current[name] = self.mark()
+
+    def end(self, images: int) -> None:
+        if self.current is not None:
+            self.current["end"] = self.mark()
+            self.current["images"] = images
+            self.passes.append(self.current)
+        self.current = None
+
+    def _span(self, a, b) -> float:
+        return a.elapsed_time(b) / 1000.0 if self.cuda else b - a
+
+    def take(self) -> list[dict]:
+        """Seconds per stage of every pass since the last call: ``encoder`` (the whole pass), ``vision``
+        (the tower, hooks included), ``cls_rows`` (time in the [CLS]-row hooks, part of ``vision``),
+        ``selection`` (tower end to projector start: scores, budgets, top-k, gather) and ``projector``;
+        a stage the pass did not reach is ``None``."""
+        if self.cuda and self.passes:
+            torch.cuda.synchronize()
+        out = []
+        for p in self.passes:
+            def span(a, b):
+                return self._span(p[a], p[b]) if a in p and b in p else None
+
+            out.append({
+                "images": p["images"],
+                "encoder": span("start", "end"),
+                "vision": span("vision_start", "vision_end"),
+                "cls_rows": sum(self._span(a, b) for a, b in p["cls"]),
+                "selection": span("vision_end", "projector_start"),
+                "projector": span("projector_start", "projector_end"),
+            })
+        self.passes = []
+        return out
+
+
 @contextmanager
-def record(tower: nn.Module, roles: Mapping[str, int], key_roles: Mapping[str, int]) -> Iterator[tuple[dict, dict]]:
+def record(
+    attns: Sequence[nn.Module],
+    roles: Mapping[str, int],
+    key_roles: Mapping[str, int],
+    clock: StageClock | None = None,
+) -> Iterator[tuple[dict, dict]]:
     """Within the block, a tower forward fills ``rows[role]`` with ``(B, N)`` fp32 [CLS] rows (summed over
-    all heads) and ``keys[role]`` with ``(B, N, H * D)`` keys, from the hooked layers' ``qkv_proj``."""
-    attns = _attention_modules(tower)
+    all heads) and ``keys[role]`` with ``(B, N, H * D)`` keys, from the hooked layers' ``qkv_proj``
+    (``attns``: every encoder layer's ``self_attn``). With a ``clock``, the time in the hooks is marked."""
     rows: dict[str, torch.Tensor] = {}
     keys: dict[str, torch.Tensor] = {}
     wanted: dict[int, tuple[list[str], list[str]]] = {}
@@ -97,18 +184,22 @@ def record(tower: nn.Module, roles: Mapping[str, int], key_roles: Mapping[str, i
 
     def hook(attn, row_roles, key_roles_here):
         def on_qkv(_module, _inputs, output):
-            qkv = output[0] if isinstance(output, tuple) else output
-            q, k, _ = qkv.chunk(3, dim=-1)  # (B, N, H_local * D) each
+            qkv = output[0] if isinstance(output, tuple) else output  # (B, N, 3 * H_local * D)
+            start = clock.mark() if clock is not None and clock.current is not None else None
             if row_roles:
-                row = cls_attention(q[:, 0], k, attn.num_heads_per_partition)
+                row = cls_rows(qkv, attn.num_heads_per_partition)
                 if attn.tp_size > 1:  # heads are split over tensor-parallel ranks: add up their rows
                     from vllm.distributed import tensor_model_parallel_all_reduce
 
                     row = tensor_model_parallel_all_reduce(row)
                 for role in row_roles:
                     rows[role] = row
-            for role in key_roles_here:
-                keys[role] = k.detach()
+            if key_roles_here:
+                width = qkv.shape[-1] // 3
+                for role in key_roles_here:
+                    keys[role] = qkv[..., width : 2 * width].detach()
+            if start is not None:
+                clock.current["cls"].append((start, clock.mark()))
 
         return on_qkv
 
@@ -144,6 +235,9 @@ class _HiredModelMixin:
     def _hired_init(self) -> None:
         self.hired_spec = spec_from_config(self.config, self._family)
         self._hired_last: tuple[list[Layout], torch.Tensor, list[list[int]]] | None = None
+        self._hired_clock: StageClock | None = None
+        self._hired_clock_handles: list = []
+        self._hired_attns: nn.ModuleList | None = None
         if self.hired_spec is not None:
             attns = _attention_modules(self.vision_tower)  # fail at start-up on an unexpected tower
             if self.hired_spec.key_roles and attns[0].tp_size > 1:
@@ -152,6 +246,43 @@ class _HiredModelMixin:
                     "tensor parallelism splits over ranks; use a selection-only method (hired, cls_topk, spatial, "
                     "random) or tensor_parallel_size=1"
                 )
+            self._hired_attns = attns
+
+    # ----------------------------------------------------------------------------------- stage clock
+
+    def hired_timing(self, on: bool = True) -> None:
+        """Switch the per-pass stage clock on (and clear it) or off. Works with and without ``hired``."""
+        for handle in self._hired_clock_handles:
+            handle.remove()
+        self._hired_clock_handles = []
+        self._hired_clock = None
+        if not on:
+            return
+        clock = StageClock(next(self.vision_tower.parameters()).device)
+
+        def marker(name):
+            return lambda *_args: clock.at(name)
+
+        for module, stage in ((self.vision_tower, "vision"), (self.multi_modal_projector, "projector")):
+            self._hired_clock_handles.append(module.register_forward_pre_hook(marker(f"{stage}_start")))
+            self._hired_clock_handles.append(module.register_forward_hook(marker(f"{stage}_end")))
+        self._hired_clock = clock
+
+    def hired_take_timings(self) -> list[dict]:
+        """Stage seconds of every encoder pass since the last call (see :meth:`StageClock.take`); empty
+        when the clock is off."""
+        return [] if self._hired_clock is None else self._hired_clock.take()
+
+    def _process_image_input(self, image_input):
+        clock = self._hired_clock
+        if clock is None:
+            return self._hired_process_image_input(image_input)
+        clock.begin()
+        out = self._hired_process_image_input(image_input)
+        clock.end(len(out))
+        return out
+
+    # ---------------------------------------------------------------------------------- the hired path
 
     def _hired_features(self, pixel_values: torch.Tensor, layouts: list[Layout]) -> list[torch.Tensor]:
         """``pixel_values`` ``(sum P, C, H, W)`` → one ``(tokens_i, D)`` tensor per image."""
@@ -162,7 +293,7 @@ class _HiredModelMixin:
             parts = [_oracle_keep(lay, spec.method.count(lay)) for lay in layouts]
             selection = Selection(keep=torch.cat([k for k, _ in parts]).to(feats.device), budgets=[b for _, b in parts])
         else:
-            with record(self.vision_tower, spec.roles, spec.key_roles) as (rows, keys):
+            with record(self._hired_attns, spec.roles, spec.key_roles, self._hired_clock) as (rows, keys):
                 feats = self._image_pixels_to_features(self.vision_tower, pixel_values)  # (sum P, T, Dv)
             scores = {role: row[:, -tokens:] for role, row in rows.items()}
             if spec.key_roles:
@@ -173,7 +304,8 @@ class _HiredModelMixin:
                 selection = spec.method.select(layouts, scores, spec.info)
         if feats.shape[1] != tokens:
             raise ValueError(f"the vision tower gave {feats.shape[1]} patch tokens per partition, expected {tokens}")
-        self._hired_last = (layouts, selection.keep.detach().cpu(), selection.budgets)
+        # kept on the device: copying it to the host here would wait for the selection on every pass
+        self._hired_last = (layouts, selection.keep.detach(), selection.budgets)
         packed = pack_features(spec.method, layouts, selection, feats, spec.newline)
         embeds = self.multi_modal_projector(packed.features)  # (L, D)
         if keeps_newline(spec.method, spec.newline):
@@ -186,6 +318,7 @@ class _HiredModelMixin:
         if self.hired_spec is None or self._hired_last is None:
             return []
         layouts, keep, budgets = self._hired_last
+        keep = keep.cpu()
         spec = self.hired_spec
         out, start = [], 0
         for layout, image_budgets in zip(layouts, budgets):
@@ -231,23 +364,31 @@ class HiredLlavaNextForConditionalGeneration(_HiredModelMixin, LlavaNextForCondi
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self._hired_init()
 
-    def _process_image_input(self, image_input):
+    def _hired_process_image_input(self, image_input):
         if self.hired_spec is None or image_input["type"] != "pixel_values":
-            return super()._process_image_input(image_input)
+            return LlavaNextForConditionalGeneration._process_image_input(self, image_input)
         pixel_values = image_input["pixel_values"]
         image_sizes = image_input.get("image_sizes")
         if image_sizes is None:
             raise ValueError("LLaVA-NeXT with hired needs image_sizes next to pixel_values")
+        # one device-to-host read for the whole batch (the sizes decide the layouts)
         sizes = image_sizes.tolist() if hasattr(image_sizes, "tolist") else list(image_sizes)
         layouts = [self.hired_spec.layout(h, w) for h, w in sizes]
-        per_image = list(pixel_values)  # (P_i, C, H, W) each; a batched tensor may be padded along P
-        for i, (pv, lay) in enumerate(zip(per_image, layouts)):
-            if pv.shape[0] < lay.num_partitions:
+        if len(pixel_values) != len(layouts):
+            raise ValueError(f"got pixel values for {len(pixel_values)} images but {len(layouts)} image sizes")
+        # (P_i, C, H, W) per image; a batched tensor may be padded along P
+        crops = [pv.shape[0] for pv in pixel_values] if not isinstance(pixel_values, torch.Tensor) else (
+            [pixel_values.shape[1]] * pixel_values.shape[0]
+        )
+        for i, (n, lay) in enumerate(zip(crops, layouts)):
+            if n < lay.num_partitions:
                 raise ValueError(
-                    f"image {i} of size {tuple(lay.image_size)} has {pv.shape[0]} crops, its layout needs "
-                    f"{lay.num_partitions}"
+                    f"image {i} of size {tuple(lay.image_size)} has {n} crops, its layout needs {lay.num_partitions}"
                 )
-        stacked = torch.cat([pv[: lay.num_partitions] for pv, lay in zip(per_image, layouts)])
+        if isinstance(pixel_values, torch.Tensor) and all(n == lay.num_partitions for n, lay in zip(crops, layouts)):
+            stacked = pixel_values.flatten(0, 1)  # no padding: a view, as stock vLLM does
+        else:
+            stacked = torch.cat([pv[: lay.num_partitions] for pv, lay in zip(pixel_values, layouts)])
         return self._hired_features(stacked, layouts)
 
 
@@ -281,9 +422,9 @@ class HiredLlavaForConditionalGeneration(_HiredModelMixin, LlavaForConditionalGe
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self._hired_init()
 
-    def _process_image_input(self, image_input):
+    def _hired_process_image_input(self, image_input):
         if self.hired_spec is None or image_input["type"] != "pixel_values":
-            return super()._process_image_input(image_input)
+            return LlavaForConditionalGeneration._process_image_input(self, image_input)
         pixel_values = image_input["pixel_values"]  # (B, C, H, W)
         layouts = [self.hired_spec.layout(0, 0)] * pixel_values.shape[0]
         return self._hired_features(pixel_values, layouts)
