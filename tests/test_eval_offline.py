@@ -132,3 +132,37 @@ def test_variant_on_the_command_line_is_typed(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["eval", "--offline", "--quick", "--methods", "spatial", "--variant", "keep_positions=maybe"])
     assert exit_.value.code == 2 and "keep_positions must be True or False, got 'maybe'" in capsys.readouterr().err
+
+
+def test_merge_labels_option_runs_and_refuses_mismatched_runs(tmp_path, capsys):
+    from hired.eval.offline import combine
+
+    def run(options, rows, questions=1000, full=0.9):
+        return {"model": "m", "questions": questions, "seed": 0, "budgets": [0.2, 1.0], "options": options,
+                "date": "2026-12-02T00:00:00+00:00",
+                "results": [{"label": "all tokens", "budget": None, "accuracy": full, "by_kind": {"a": full},
+                             "visual_tokens": 100.0, "retention": 1.0},
+                            *({"label": label, "budget": b, "accuracy": acc, "by_kind": {"a": acc},
+                               "visual_tokens": 20.0, "retention": acc / full} for label, b, acc in rows)]}
+
+    packed = run({}, [("hired", 0.2, 0.7), ("hired (reference mapping)", 0.2, 0.71), ("prumerge (adaptive)", None, 0.3)])
+    kept = run({"hired": {"keep_positions": True}, "prumerge": {"keep_positions": True}},
+               [("hired", 0.2, 0.85), ("hired (reference mapping)", 0.2, 0.86), ("prumerge (adaptive)", None, 0.35)])
+    results, budgets = combine([packed, kept])
+    labels = [(r.label, r.budget, r.accuracy) for r in results]
+    assert labels[0] == ("all tokens", None, 0.9) and budgets == [0.2, 1.0]
+    assert ("hired (keep_positions=True)", 0.2, 0.85) in labels and ("hired", 0.2, 0.7) in labels
+    assert ("hired (reference mapping, keep_positions=True)", 0.2, 0.86) in labels
+    assert ("prumerge (adaptive, keep_positions=True)", None, 0.35) in labels
+    with pytest.raises(ValueError, match="differ in questions"):
+        combine([packed, run({}, [], questions=16)])
+    with pytest.raises(ValueError, match="all-token accuracies differ"):
+        combine([packed, run({"hired": {"keep_positions": True}}, [], full=0.5)])
+    with pytest.raises(ValueError, match="two runs hold 'hired' at budget 0.2"):
+        combine([packed, packed])
+    for i, payload in enumerate((packed, kept)):
+        (tmp_path / f"{i}.json").write_text(json.dumps(payload))
+    assert main(["eval", "--merge", str(tmp_path / "0.json"), str(tmp_path / "1.json"), "--json", str(tmp_path / "m.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| hired (keep_positions=True) | 0.850 (0.94) | — |" in out
+    assert len(json.loads((tmp_path / "m.json").read_text())["results"]) == 7

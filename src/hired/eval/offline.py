@@ -13,6 +13,7 @@ equals the expected one exactly.
     hired eval --offline --json out.json --plot out.png
     hired eval --offline --methods hired,spatial --budgets 0.1,0.2 --option hired:keep_newline=true
     hired eval --offline --variant keep_positions=true --variant hired:score=received
+    hired eval --merge a.json b.json --json all.json --plot all.png   # one table from several runs
 """
 
 from __future__ import annotations
@@ -260,6 +261,66 @@ def plot(results: list[Result], path: str | Path, budgets=BUDGETS) -> Path:
     return path
 
 
+def combine(payloads: list[dict]) -> tuple[list[Result], list[float]]:
+    """The results of several ``hired eval --offline --json`` runs on the same questions as one list: rows
+    of a run that set ``--option``s get them in their label (``"hired (keep_positions=True)"``, as
+    ``--variant`` rows are labelled), the runs' "all tokens" rows must agree and are kept once, and the
+    rows are sorted by label. Returns the results and the union of the budgets."""
+    first = payloads[0]
+    for payload in payloads[1:]:
+        for key in ("questions", "seed", "model"):
+            if payload.get(key) != first.get(key):
+                raise ValueError(f"the runs differ in {key}: {first.get(key)!r} and {payload.get(key)!r}")
+    full, rows = None, {}
+    for payload in payloads:
+        options = payload.get("options") or {}
+        for row in payload["results"]:
+            result = Result(**row)
+            if result.label == "all tokens":
+                if full is not None and full.accuracy != result.accuracy:
+                    raise ValueError(f"the runs' all-token accuracies differ: {full.accuracy} and {result.accuracy}")
+                full = full or result
+                continue
+            name, _, note = result.label.partition(" (")
+            extra = ", ".join(f"{k}={v}" for k, v in (options.get(name) or {}).items())
+            if extra:
+                notes = ", ".join(n for n in (note.rstrip(")"), extra) if n)
+                result.label = f"{name} ({notes})"
+            key = (result.label, result.budget)
+            if key in rows:
+                raise ValueError(f"two runs hold {result.label!r} at budget {result.budget}")
+            rows[key] = result
+    if full is None:
+        raise ValueError("no run holds the all-tokens row")
+    ordered = sorted(rows.values(), key=lambda r: (r.label, -1 if r.budget is None else r.budget))
+    budgets = sorted({b for p in payloads for b in p["budgets"]})
+    return [full, *ordered], budgets
+
+
+def cmd_merge(args) -> int:
+    """``hired eval --merge A.json B.json ...``: one table (and JSON, plot) from several runs."""
+    from hired.commands import CommandError
+
+    try:
+        payloads = [json.loads(Path(p).read_text()) for p in args.merge]
+        results, budgets = combine(payloads)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CommandError(f"--merge: {err}") from None
+    dates = sorted(p.get("date", "") for p in payloads)
+    print(f"hired-tiny, {payloads[0]['questions']} test questions (seed {payloads[0]['seed']}), "
+          f"{len(payloads)} runs merged ({', '.join(args.merge)}), {dates[0]} to {dates[-1]}")
+    print()
+    print(markdown(results, budgets))
+    if args.json:
+        merged = {**payloads[0], "budgets": budgets, "options": {}, "variants": [], "merged_from": list(args.merge),
+                  "date": dates[-1], "results": [dataclasses.asdict(r) for r in results]}
+        Path(args.json).write_text(json.dumps(merged, indent=1) + "\n")
+        print(f"\nwrote {args.json}")
+    if args.plot:
+        print(f"wrote {plot(results, args.plot, budgets)}")
+    return 0
+
+
 def machine() -> str:
     """The CPU model (Linux ``/proc/cpuinfo``) or ``platform`` facts, and the number of cores."""
     import os
@@ -277,6 +338,8 @@ def cmd_eval(args) -> int:
     from hired.models import task
     from hired.models.tiny_vlm import load_hired_tiny
 
+    if args.merge:
+        return cmd_merge(args)
     if not args.offline:
         raise CommandError("only --offline is available here (lmms-eval tasks: see the README)")
     if args.threads:
@@ -350,6 +413,8 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--option", action="append", metavar="[NAME:]KEY=VALUE",
                    help="method option, parsed by its type: NAME:KEY=VALUE for method NAME, KEY=VALUE for every "
                    "chosen method that has it; repeatable")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="run nothing: print one table (and --json, --plot) from the --json files of several runs")
     p.add_argument("--variant", action="append", metavar="[NAME:]KEY=VALUE[,...]",
                    help="also run the chosen methods (or NAME) with these options, in the same run, e.g. "
                         "--variant keep_positions=true; repeatable, one variant each")
