@@ -214,3 +214,27 @@ def test_entry_point_registers_the_model():
 
     assert "hired_llava" in list_available_models()
     assert get_model("hired_llava") is hl.HiredLlava
+
+
+def test_query_aware_scoring_selects_for_the_prompt_not_the_continuation(tiny_folder):
+    """CDPruner reads the prompt; when a continuation is scored its tokens are chosen for the prompt
+    alone, so every continuation of one document is scored against the same visual tokens."""
+    lm = _model(tiny_folder, method="cdpruner", budget=0.3, batch_size=1)
+    kept = []
+    original = hired.prepare_inputs
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        kept.append([[p.kept for p in sel.partitions] for sel in hired.last_selection(lm.model)])
+        return out
+
+    hired.prepare_inputs = spy
+    try:
+        lm.loglikelihood(_ll_requests([(0, " a cat sitting on a red chair"), (0, " the grass is green")]))
+    finally:
+        hired.prepare_inputs = original
+    assert len(kept) == 2 and kept[0] == kept[1]  # one call per request (batch size 1)
+    prompt = lm.build_prompt(DOCS[0]["q"], 1)
+    with torch.no_grad():
+        hired.prepare_inputs(lm.model, lm.processor, images=DOCS[0]["images"], text=[prompt], return_tensors="pt")
+    assert [[p.kept for p in sel.partitions] for sel in hired.last_selection(lm.model)] == kept[0][:1]

@@ -256,10 +256,15 @@ class HiredLlava(lmms):
         prefix = "" if has_tokens else f"{self.image_token}\n" * num_images
         return f"USER: {prefix}{context} ASSISTANT:"
 
-    def _encode(self, texts: List[str], images: list) -> dict:
-        """Processor (or ``hired.prepare_inputs`` for adaptive methods) output on the model's device."""
+    def _encode(self, texts: List[str], images: list, query_text: Optional[List[str]] = None) -> dict:
+        """Processor output on the model's device; ``hired.prepare_inputs`` for adaptive methods, and for
+        query-aware ones (CDPruner) when ``query_text`` (the prompts without what is scored) is given, so
+        the selection never reads the continuation being scored."""
         kwargs = {"text": texts, "images": images or None, "return_tensors": "pt", "padding": True}
-        if self.method is not None and getattr(self.method, "adaptive", False):
+        query_aware = self.method is not None and getattr(self.method, "query_aware", False) and query_text is not None
+        if self.method is not None and (getattr(self.method, "adaptive", False) or query_aware):
+            if query_aware:
+                kwargs["query_text"] = query_text
             inputs = hired.prepare_inputs(self._model, self.processor, **kwargs)
         else:
             inputs = self.processor(**kwargs)
@@ -413,7 +418,7 @@ class HiredLlava(lmms):
                 fulls.append(prompt + cont)
                 images.extend(imgs)
                 per_row.append(len(imgs))
-            inputs = self._encode(fulls, images)
+            inputs = self._encode(fulls, images, query_text=prompts)
             prompt_only = self.tokenizer(prompts, add_special_tokens=True, padding=False)["input_ids"]
             full_only = self.tokenizer(fulls, add_special_tokens=True, padding=False)["input_ids"]
             start = time.perf_counter()
