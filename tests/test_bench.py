@@ -327,3 +327,31 @@ def test_adaptive_method_runs_on_two_pass_inputs(llava_next, image):
         run = row["runs"][0]
         assert all(run[p] >= 0 for p in PARTS) and run["vision"] > 0
         assert sum(run[p] for p in PARTS) == pytest.approx(run["ttft"], rel=1e-6)
+
+
+def test_projecting_every_patch_to_choose_counts_as_selection(llava_next):
+    """A method that scores projected features calls the projector twice; the probes time the last call
+    (the kept tokens) as the projector, so the first one is part of selection."""
+    from hired.bench.timing import Probes
+
+    class Counter:
+        n = 0
+
+        def mark(self):
+            self.n += 1
+            return self.n
+
+    model, processor = llava_next
+    hired.apply(model, processor, hired.DivPrune(budget=0.3))
+    clock = Counter()
+    probes = Probes(model, clock)
+    calls = []
+    handle = model.model.multi_modal_projector.register_forward_pre_hook(lambda *_: calls.append(clock.n))
+    try:
+        with torch.no_grad():
+            model(**processor(images=demo_image((120, 200)), text=PROMPT, return_tensors="pt"))
+    finally:
+        handle.remove()
+        probes.remove()
+    assert len(calls) == 2 and probes.marks["projector_start"] == calls[-1]
+    assert probes.marks["vision_end"] < calls[0] < probes.marks["projector_start"] < probes.marks["llm_start"]

@@ -10,8 +10,10 @@ so ``ttft = preprocess + setup + vision + selection + projector + prefill`` exac
 inputs (``hired.prepare_inputs``, needed by adaptive methods) the images are encoded while the inputs are
 built: preprocess is then that step less the encoding, setup is 0 and prefill is all of ``generate`` up to
 the first token. ``selection`` is
-everything between the vision tower and the projector: the method's scoring, budget and top-k, and the
-gather of the kept features (for the stock model only the choice of the feature layer). Marks come from
+everything between the vision tower and the projector's last call before the language model: the
+method's scoring (including projecting every patch, for methods that compare projected features),
+budget and top-k, and the gather of the kept features (for the stock model only the choice of the
+feature layer). Marks come from
 forward hooks on ``vision_tower``, ``multi_modal_projector`` and ``language_model`` (first call of the
 run) and from a streamer that sees the first generated token.
 
@@ -45,6 +47,7 @@ MARKS = (
     "end",
 )
 
+_LAST_CALL = ("projector_start", "projector_end")
 PARTS = ("preprocess", "setup", "vision", "selection", "projector", "prefill")
 """TTFT parts, in order; they add up to the TTFT."""
 
@@ -126,8 +129,10 @@ class Probes:
         return hook
 
     def set(self, name: str) -> None:
-        """Record mark ``name`` unless this run already has it (later decode steps do not count)."""
-        if name not in self.marks:
+        """Record mark ``name`` unless this run already has it (later decode steps do not count). The
+        projector's marks are those of its last call before the language model starts: a method that
+        scores projected features projects every patch first, and that projection is selection work."""
+        if name not in self.marks or (name in _LAST_CALL and "llm_start" not in self.marks):
             self.marks[name] = self.clock.mark()
 
     def reset(self) -> None:
