@@ -231,31 +231,51 @@ def markdown(results: list[Result], budgets=BUDGETS) -> str:
 
 
 def plot(results: list[Result], path: str | Path, budgets=BUDGETS) -> Path:
-    """Accuracy against budget, one line per method, all tokens as a dashed line."""
+    """Accuracy against budget, one line per method, all tokens as a dashed line; rows run with
+    ``keep_positions=True`` get a second panel, in the same colour as their packed row."""
     from hired.viz import _matplotlib
 
     Figure, FigureCanvasAgg, _, _ = _matplotlib()
-    fig = Figure(figsize=(7, 4.5), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
     full = next(r for r in results if r.label == "all tokens")
     lines: dict[str, list] = {}
     for r in results:
         if r.budget is not None and r.accuracy is not None and r.label != "all tokens":
             lines.setdefault(r.label, []).append((r.budget, r.accuracy))
-    for label, points in lines.items():
-        xs, ys = zip(*sorted(points))
-        ax.plot(xs, ys, marker="o", label=label)
-    ax.axhline(full.accuracy, color="black", linestyle="--", linewidth=1, label="all tokens")
-    ax.set_xscale("log")
-    ax.set_xticks(list(budgets), [f"{b:g}" for b in budgets])
-    ax.set_xlabel("budget (share of visual tokens kept)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("hired-tiny (DINOv2-S/14), synthetic high-resolution questions")
-    fig.tight_layout()
+    note = "keep_positions=True"
+
+    def base(label: str) -> str:
+        return label.replace(f", {note}", "").replace(f" ({note})", "")
+
+    panels = [("packed positions (as the paper)", [l for l in lines if note not in l])]
+    if any(note in l for l in lines):
+        panels.append((note, [l for l in lines if note in l]))
+    colours = {key: f"C{i % 10}" for i, key in enumerate(dict.fromkeys(base(l) for l in lines))}
+    styles = {key: ("-", "--", ":")[i // 10 % 3] for i, key in enumerate(colours)}
+    fig = Figure(figsize=(6.5 * len(panels) + 3.0, 4.8), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(1, len(panels), i + 1) for i in range(len(panels))]
+    for ax, (title, labels) in zip(axes, panels):
+        for label in labels:
+            xs, ys = zip(*sorted(lines[label]))
+            key = base(label)
+            ax.plot(xs, ys, marker="o", markersize=3, color=colours[key], linestyle=styles[key], label=key)
+        ax.axhline(full.accuracy, color="black", linestyle="--", linewidth=1, label="all tokens")
+        ax.set_xscale("log")
+        ax.set_xticks(list(budgets), [f"{b:g}" for b in budgets])
+        ax.set_xlabel("budget (share of visual tokens kept)")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.set_title(title, fontsize=10)
+    handles, names = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            if n not in names:
+                handles.append(h)
+                names.append(n)
+    fig.legend(handles, names, loc="center right", fontsize=7)
+    fig.suptitle("hired-tiny (DINOv2-S/14), synthetic high-resolution questions", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1 - 2.9 / (6.5 * len(panels) + 3.0), 1))
     path = Path(path)
     fig.savefig(path)
     return path
