@@ -241,6 +241,19 @@ def test_keep_positions_and_wrong_types_are_refused_with_the_reason():
     assert parse_method({"method": "hired", "keep_positions": False})[0] == hired.HiRED()
 
 
+def test_query_aware_methods_are_refused_with_the_alternatives():
+    from hired.vllm.config import fixed_budget_methods, parse_method
+
+    assert "cdpruner" not in fixed_budget_methods() and {"divprune", "dart"} <= set(fixed_budget_methods())
+    with pytest.raises(ValueError, match=r"method 'cdpruner' reads the prompt .* vLLM's encoder never sees the prompt"):
+        parse_method({"method": "cdpruner", "budget": 0.2})
+
+
+def test_received_scores_are_refused_with_the_alternative(next_path):
+    with pytest.raises(ValueError, match=r"score='received' .* is not in the vLLM plugin yet"):
+        make_llm(next_path, {"method": "cls_topk", "score": "received"})
+
+
 def test_oracle_feeds_the_same_count_without_selection(engines, next_path):
     """The benchmark's oracle: the method's count, filled with the first patches in pack order."""
     llm = engines(next_path, {"method": "hired", "budget": 0.2, "oracle": True})

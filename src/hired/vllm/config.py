@@ -62,8 +62,10 @@ def _layout(height: int, width: int, geometry: Geometry) -> Layout:
 
 
 def fixed_budget_methods() -> list[str]:
-    """Registered methods whose token count is known before the vision tower runs."""
-    return [name for name in list_methods() if not getattr(get_method(name), "adaptive", False)]
+    """Registered methods the plugin can run: a token count known before the vision tower runs, and no
+    need of the prompt (vLLM's encoder never sees it)."""
+    return [name for name in list_methods()
+            if not getattr(get_method(name), "adaptive", False) and not getattr(get_method(name), "query_aware", False)]
 
 
 def _error(message: str) -> ValueError:
@@ -92,6 +94,11 @@ def parse_method(entry: Any) -> tuple[Method, bool]:
             f"{', '.join(fixed_budget_methods())}, or give it a budget: "
             f"{{'method': {method.name!r}, 'budget': 0.2}}"
         )
+    if getattr(method, "query_aware", False):
+        raise _error(
+            f"method {method.name!r} reads the prompt to choose the image's tokens, but vLLM's encoder never "
+            f"sees the prompt; use one of {', '.join(fixed_budget_methods())}, or the transformers adapter"
+        )
     if method.keep_positions:
         raise _error(
             "keep_positions is not available in vLLM: vLLM gives LLaVA's language model (1-D RoPE) consecutive "
@@ -100,6 +107,11 @@ def parse_method(entry: Any) -> tuple[Method, bool]:
             "enabled; drop the option (packed positions, as the HiRED paper), or use the transformers adapter"
         )
     return method, oracle
+
+
+def _reads_received(method: Method, info: ModelInfo) -> bool:
+    """Whether ``method`` reads scores on this tower and they are the received-attention kind."""
+    return bool(method.score_layers(info)) and method.score_kind(info) == "received"
 
 
 def _hidden_index(layer: int, num_layers: int) -> int:
@@ -137,6 +149,11 @@ def spec_from_config(config, family: str) -> Spec | None:
     layers = [feature] if isinstance(feature, int) else list(feature)
     top = max(_hidden_index(f, num_layers) for f in layers)
     info = ModelInfo(num_layers=num_layers, num_heads=num_heads, feature_layer=top - 1)
+    if _reads_received(method, info):
+        raise _error(
+            "score='received' (attention received from all tokens) is not in the vLLM plugin yet; its hooks "
+            "read the [CLS] row: use score='cls' or 'auto' here, or the transformers adapter"
+        )
     roles = dict(method.score_layers(info))
     key_roles = dict(getattr(method, "key_layers", lambda _info: {})(info))
     for role, layer in {**roles, **key_roles}.items():
