@@ -268,3 +268,25 @@ def test_oracle_feeds_the_same_count_without_selection(engines, next_path):
         assert kept == sorted(layout.pack_order(False)[:count].tolist())
     with pytest.raises(ValueError, match="'oracle' must be true or false"):
         make_llm(next_path, {"method": "hired", "oracle": "yes"})
+
+
+@pytest.mark.parametrize("entry", [{"method": "divprune", "budget": 0.3}, {"method": "dart", "budget": 0.3}],
+                         ids=lambda e: e["method"])
+def test_feature_methods_keep_what_the_transformers_adapter_keeps(engines, next_path, entry):
+    """DivPrune and DART read the patch features (projected) and DART the tower's keys: vLLM passes them
+    as the transformers adapter does, so the same image keeps the same patches."""
+    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+
+    llm = engines(next_path, entry)
+    model = LlavaNextForConditionalGeneration.from_pretrained(next_path, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(next_path)
+    hired.apply(model, processor, method_of(entry))
+    for h, w in IMAGE_SIZES[:3]:
+        image = make_image(h, w, seed=12)
+        out = llm.generate([request(image)], greedy(2))[0]
+        (vsel,) = hired.vllm.last_selection(llm)
+        with torch.no_grad():
+            model(**processor(images=image, text=PROMPT, return_tensors="pt"))
+        (tsel,) = hired.last_selection(model)
+        assert vsel.num_tokens == tsel.num_tokens == sum(t == image_id(llm) for t in out.prompt_token_ids)
+        assert [p.kept for p in vsel.partitions] == [p.kept for p in tsel.partitions]

@@ -57,7 +57,7 @@ from hired.methods.base import (
     newline_tokens,
     num_image_tokens,
 )
-from hired.methods.pack import keeps_newline, pack_features
+from hired.methods.pack import feature_inputs, keeps_newline, pack_features
 from hired.selection import ImageSelection, PartitionSelection
 
 _STATE = "_hired_state"
@@ -663,15 +663,7 @@ def _select_and_pack(inner: nn.Module, state: _State, layouts: list[Layout], sco
     kept ones are projected again from ``feats``, so they equal what any other method keeping them gives.
     """
     method = state.method
-    extra: dict[str, Any] = {}
-    space = method.feature_space()
-    if space == "projected":
-        with torch.no_grad():
-            extra["features"] = inner.multi_modal_projector(feats)
-    elif space == "vision":
-        extra["features"] = feats.detach()
-    elif space is not None:
-        raise ValueError(f"{type(method).__name__}.feature_space() returned {space!r}: expected None, 'vision' or 'projected'")
+    extra: dict[str, Any] = feature_inputs(method, feats, inner.multi_modal_projector)
     if method.query_aware:
         extra["prompts"] = prompts
     selection = method.select(layouts, scores, state.info, keys=keys, **extra)

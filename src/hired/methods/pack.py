@@ -32,6 +32,21 @@ class Packed:
     stock_lengths: list[int]
 
 
+def feature_inputs(method: Method, features: torch.Tensor, project) -> dict:
+    """The ``features`` argument of ``method.select`` for the patch features ``(sum P, T, Dv)`` of a batch:
+    none, the features themselves (``feature_space() == "vision"``), or ``project(features)`` without
+    autograd (``"projected"``, the language model's input space). Shared by every adapter."""
+    space = method.feature_space()
+    if space is None:
+        return {}
+    if space == "vision":
+        return {"features": features.detach()}
+    if space == "projected":
+        with torch.no_grad():
+            return {"features": project(features)}
+    raise ValueError(f"{type(method).__name__}.feature_space() returned {space!r}: expected None, 'vision' or 'projected'")
+
+
 def keeps_newline(method: Method, newline: bool) -> bool:
     """Whether image-newline tokens go to the LLM (LLaVA-NeXT with a method that keeps them)."""
     return newline and bool(getattr(method, "keep_newline", False))

@@ -40,7 +40,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from hired.core.grid import Layout
 from hired.methods.base import Selection
-from hired.methods.pack import keeps_newline, pack_features
+from hired.methods.pack import feature_inputs, keeps_newline, pack_features
 from hired.selection import ImageSelection, PartitionSelection
 from hired.vllm.config import Spec, spec_from_config
 
@@ -296,12 +296,10 @@ class _HiredModelMixin:
             with record(self._hired_attns, spec.roles, spec.key_roles, self._hired_clock) as (rows, keys):
                 feats = self._image_pixels_to_features(self.vision_tower, pixel_values)  # (sum P, T, Dv)
             scores = {role: row[:, -tokens:] for role, row in rows.items()}
+            extra = feature_inputs(spec.method, feats, self.multi_modal_projector)
             if spec.key_roles:
-                selection = spec.method.select(
-                    layouts, scores, spec.info, keys={r: k[:, -tokens:] for r, k in keys.items()}
-                )
-            else:
-                selection = spec.method.select(layouts, scores, spec.info)
+                extra["keys"] = {r: k[:, -tokens:] for r, k in keys.items()}
+            selection = spec.method.select(layouts, scores, spec.info, **extra)
         if feats.shape[1] != tokens:
             raise ValueError(f"the vision tower gave {feats.shape[1]} patch tokens per partition, expected {tokens}")
         # kept on the device: copying it to the host here would wait for the selection on every pass
