@@ -15,7 +15,7 @@ from hypothesis import settings
 from PIL import Image
 
 import hired
-from hired.tiny import tiny_llava, tiny_llava_next
+from hired.tiny import save_tiny, tiny_llava, tiny_llava_next
 
 # property tests check results, not speed: no per-example deadline (CI machines may be busy)
 settings.register_profile("hired", deadline=None)
@@ -29,6 +29,20 @@ def make_image(h: int, w: int, seed: int = 0) -> Image.Image:
     """A deterministic random RGB image of height ``h`` and width ``w``."""
     rng = np.random.RandomState(seed)
     return Image.fromarray(rng.randint(0, 256, size=(h, w, 3), dtype=np.uint8), mode="RGB")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny LLaVA-NeXT saved with ``save_pretrained`` (for the command-line tests)."""
+    return str(save_tiny(tmp_path_factory.mktemp("tiny") / "llava-next"))
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory):
+    """A random 120x260 PNG on disk."""
+    path = tmp_path_factory.mktemp("img") / "photo.png"
+    Image.fromarray(np.random.RandomState(1).randint(0, 255, (120, 260, 3), np.uint8)).save(path)
+    return str(path)
 
 
 @pytest.fixture(scope="session")

@@ -1,24 +1,11 @@
 """The `hired` command on a tiny local model folder (no download)."""
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from hired.cli import main
 from hired.images import load_image
 from hired.tiny import save_tiny
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return str(save_tiny(tmp_path_factory.mktemp("tiny") / "llava-next"))
-
-
-@pytest.fixture(scope="module")
-def image_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("img") / "photo.png"
-    Image.fromarray(np.random.RandomState(1).randint(0, 255, (120, 260, 3), np.uint8)).save(path)
-    return str(path)
 
 
 def test_generate_prints_answer_and_token_counts(model_dir, image_path, capsys):

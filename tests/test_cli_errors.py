@@ -11,29 +11,15 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 from PIL import Image
 
 import hired
 from hired import commands
 from hired.cli import build_parser, main
-from hired.tiny import save_tiny
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "hired"
 SUBCOMMANDS = ("generate", "show", "bench", "bench-vllm", "report", "eval", "demo", "methods")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return str(save_tiny(tmp_path_factory.mktemp("tiny") / "llava-next"))
-
-
-@pytest.fixture(scope="module")
-def image_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("img") / "photo.png"
-    Image.fromarray(np.random.RandomState(1).randint(0, 255, (120, 260, 3), np.uint8)).save(path)
-    return str(path)
 
 
 def run(argv, capsys) -> tuple[int, str, str]:
