@@ -14,7 +14,6 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-import hired
 from hired import commands
 from hired.cli import build_parser, main
 
