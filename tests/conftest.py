@@ -129,6 +129,16 @@ def llava(_llava_session):
     yield from _kept_stock(_llava_session)
 
 
+@pytest.fixture
+def models(request, next_pair, llava_pair):
+    """``(model, processor, newline)`` of the tiny family named by the indirect parameter
+    (``"llava_next"`` or ``"llava"``); removes what the test applied."""
+    model, processor = next_pair if request.param == "llava_next" else llava_pair
+    yield model, processor, request.param == "llava_next"
+    if hired.applied_method(model) is not None:
+        hired.remove(model, processor)
+
+
 @pytest.fixture(scope="session")
 def next_pair(_llava_next_session):
     """The session's tiny LLaVA-NeXT ``(model, processor)``; tests using it must leave it stock."""

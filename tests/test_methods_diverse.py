@@ -370,14 +370,6 @@ E2E = [DivPrune(budget=0.3), DART(budget=0.3, space="vision"), CDPruner(budget=0
        CDPruner(budget=0.2, keep_newline=True, keep_positions=True), DivPrune(budget=0.25, keep_positions=True)]
 
 
-@pytest.fixture
-def models(request, next_pair, llava_pair):
-    model, processor = next_pair if request.param == "llava_next" else llava_pair
-    yield model, processor, request.param == "llava_next"
-    if hired.applied_method(model) is not None:
-        hired.remove(model, processor)
-
-
 def kept(model):
     return [[p.kept for p in sel.partitions] for sel in hired.last_selection(model)]
 

@@ -249,14 +249,6 @@ def test_pack_features_applies_the_weights():
 # ------------------------------------------------------------------------------------------ end to end
 
 
-@pytest.fixture
-def models(request, next_pair, llava_pair):
-    model, processor = next_pair if request.param == "llava_next" else llava_pair
-    yield model, processor, request.param == "llava_next"
-    if hired.applied_method(model) is not None:
-        hired.remove(model, processor)
-
-
 def images():
     return [make_image(h, w, seed=i) for i, (h, w) in enumerate(SIZES)]
 

@@ -310,6 +310,15 @@ def topk_selection(layouts: list[Layout], budgets: list[list[int]], scores: torc
     return Selection(keep=topk_mask(scores, k, valid), budgets=budgets)
 
 
+def kept_counts(layouts: list[Layout], keep: torch.Tensor) -> list[list[int]]:
+    """Per-image lists of per-partition kept counts of a ``(sum P, T)`` mask (one device sync)."""
+    counts, out, start = keep.sum(dim=1).tolist(), [], 0
+    for lay in layouts:
+        out.append([int(c) for c in counts[start : start + lay.num_partitions]])
+        start += lay.num_partitions
+    return out
+
+
 def check_rate(name: str, value: float, low_open: bool) -> None:
     """Raise unless ``value`` lies in (0, 1] (``low_open``) or [0, 1]."""
     ok = (0.0 < value <= 1.0) if low_open else (0.0 <= value <= 1.0)  # False for NaN

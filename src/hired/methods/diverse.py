@@ -28,6 +28,7 @@ from hired.methods.base import (
     Selection,
     check_layer,
     check_rate,
+    kept_counts,
     register,
 )
 from hired.methods.simple import _EvenSplit
@@ -66,15 +67,6 @@ def _ungrouped(layouts: list[Layout], keep: torch.Tensor, index: torch.Tensor) -
     flat = torch.zeros(total + 1, dtype=torch.bool, device=keep.device)
     flat.scatter_(0, index.flatten(), keep.flatten())  # row padding lands in the spare last slot
     return flat[:total].view(-1, tokens)
-
-
-def _counts(layouts: list[Layout], keep: torch.Tensor) -> list[list[int]]:
-    """Per-image lists of per-partition kept counts (one device sync)."""
-    counts, out, start = keep.sum(dim=1).tolist(), [], 0
-    for lay in layouts:
-        out.append([int(c) for c in counts[start : start + lay.num_partitions]])
-        start += lay.num_partitions
-    return out
 
 
 class _WholeImage:
@@ -141,7 +133,7 @@ class DivPrune(_WholeImage, Method):
     def select(self, layouts, scores, info, keys=None, *, features=None, prompts=None) -> Selection:
         order, index = self.order(layouts, features)
         keep = _ungrouped(layouts, order_mask(order, index.shape[1]), index)
-        return Selection(keep=keep, budgets=_counts(layouts, keep))
+        return Selection(keep=keep, budgets=kept_counts(layouts, keep))
 
     def order(self, layouts: list[Layout], features: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per image, its kept patches in the order the greedy chose them: ``(n, max k)`` positions into the
@@ -213,7 +205,7 @@ class DART(_WholeImage, Method):
     def select(self, layouts, scores, info, keys=None, *, features=None, prompts=None) -> Selection:
         keep, _, index = self.pivots_and_keep(layouts, features, keys)
         keep = _ungrouped(layouts, keep, index)
-        return Selection(keep=keep, budgets=_counts(layouts, keep))
+        return Selection(keep=keep, budgets=kept_counts(layouts, keep))
 
     def pivots_and_keep(self, layouts, features, keys) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per image ``(n, N)`` kept mask, ``(n, pivots)`` pivots in order (``-1`` past ``p``), both over the

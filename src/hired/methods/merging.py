@@ -25,6 +25,7 @@ from hired.methods.base import (
     adaptive_message,
     check_layer,
     check_rate,
+    kept_counts,
     register,
 )
 from hired.methods.simple import _EvenSplit, _lattice_mask
@@ -33,15 +34,6 @@ from hired.methods.simple import _EvenSplit, _lattice_mask
 def _valid(layouts: list[Layout], device: torch.device) -> torch.Tensor:
     """``(sum P, T)`` bool valid-patch mask of a batch, on ``device``."""
     return torch.cat([lay.valid_mask for lay in layouts]).to(device, non_blocking=True)
-
-
-def _split_counts(layouts: list[Layout], keep: torch.Tensor) -> list[list[int]]:
-    """Per-image lists of per-partition kept counts (one device sync)."""
-    counts, out, start = keep.sum(dim=1).tolist(), [], 0
-    for lay in layouts:
-        out.append([int(c) for c in counts[start : start + lay.num_partitions]])
-        start += lay.num_partitions
-    return out
 
 
 def _lattice(layouts: list[Layout], per_image: list[list[int]], device: torch.device) -> torch.Tensor:
@@ -167,7 +159,7 @@ class PruMerge(_PruMergeBase):
     def _keep(self, layouts, scores, valid):
         if self.adaptive:
             keep = self._outliers(scores, valid)
-            return keep, _split_counts(layouts, keep)
+            return keep, kept_counts(layouts, keep)
         budgets = [self._budgets(lay) for lay in layouts]
         k = torch.tensor([b for per in budgets for b in per]).to(scores.device, non_blocking=True)
         return topk_mask(scores, k, valid), budgets
@@ -200,12 +192,12 @@ class PruMergePlus(_PruMergeBase):
     def _keep(self, layouts, scores, valid):
         if self.adaptive:
             outliers = self._outliers(scores, valid)
-            n_out = _split_counts(layouts, outliers)
+            n_out = kept_counts(layouts, outliers)
             spread = [
                 [min(3 * n, v) for n, v in zip(per, lay.valid_counts)] for per, lay in zip(n_out, layouts)
             ]
             keep = outliers | _lattice(layouts, spread, scores.device)
-            return keep, _split_counts(layouts, keep)
+            return keep, kept_counts(layouts, keep)
         budgets = [self._budgets(lay) for lay in layouts]
         spread = [[b - math.ceil(b / 4) for b in per] for per in budgets]
         lattice = _lattice(layouts, spread, scores.device)

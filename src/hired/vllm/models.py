@@ -18,7 +18,6 @@ switches on a per-pass stage clock (vision tower, [CLS] rows inside it, selectio
 
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Iterator, Mapping, Sequence
@@ -39,6 +38,7 @@ from vllm.model_executor.models.llava_next import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from hired.core.grid import Layout
+from hired.bench.timing import Clock
 from hired.methods.base import Selection
 from hired.methods.pack import feature_inputs, keeps_newline, pack_features
 from hired.selection import ImageSelection, PartitionSelection
@@ -105,21 +105,14 @@ def cls_rows(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
     return logits.softmax(dim=1).sum(dim=2)
 
 
-class StageClock:
+class StageClock(Clock):
     """Per-pass marks of the encoder stages: ``perf_counter`` on a CPU, CUDA events (no synchronisation
     inside the pass; one when the timings are read) on CUDA."""
 
     def __init__(self, device: torch.device):
-        self.cuda = torch.device(device).type == "cuda"
+        super().__init__(device)
         self.passes: list[dict] = []
         self.current: dict | None = None
-
-    def mark(self):
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
 
     def begin(self) -> None:
         self.current = {"start": self.mark(), "cls": []}
@@ -136,26 +129,23 @@ class StageClock:
             self.passes.append(self.current)
         self.current = None
 
-    def _span(self, a, b) -> float:
-        return a.elapsed_time(b) / 1000.0 if self.cuda else b - a
-
     def take(self) -> list[dict]:
         """Seconds per stage of every pass since the last call: ``encoder`` (the whole pass), ``vision``
         (the tower, hooks included), ``cls_rows`` (time in the [CLS]-row hooks, part of ``vision``),
         ``selection`` (tower end to projector start: scores, budgets, top-k, gather) and ``projector``;
         a stage the pass did not reach is ``None``."""
-        if self.cuda and self.passes:
-            torch.cuda.synchronize()
+        if self.passes:
+            self.sync()
         out = []
         for p in self.passes:
             def span(a, b):
-                return self._span(p[a], p[b]) if a in p and b in p else None
+                return self.seconds(p[a], p[b]) if a in p and b in p else None
 
             out.append({
                 "images": p["images"],
                 "encoder": span("start", "end"),
                 "vision": span("vision_start", "vision_end"),
-                "cls_rows": sum(self._span(a, b) for a, b in p["cls"]),
+                "cls_rows": sum(self.seconds(a, b) for a, b in p["cls"]),
                 "selection": span("vision_end", "projector_start"),
                 "projector": span("projector_start", "projector_end"),
             })
