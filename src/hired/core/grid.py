@@ -4,7 +4,11 @@ LLaVA-NeXT ("anyres") encodes an image as P = 1 + rows * cols partitions of ``si
 partition 0 is the whole image squashed to one crop; partitions 1.. are the crops of a canvas of
 ``rows x cols`` crops onto which the image is resized (aspect kept) and centrally padded. The padding
 is removed again in feature space ("unpadding"), so only a central band of canvas patches is *valid*.
-LLaVA-1.5 is the special case P = 1 (no sub-image grid).
+LLaVA-1.5 is the special case P = 1 (no sub-image grid). LLaVA-OneVision cuts images the same way and
+adds one step in feature space ("anyres_max_N"): when the unpadded canvas holds more than about N crops'
+worth of patches, the stock model shrinks it by bilinear interpolation; :attr:`Layout.scaled` records the
+shape it shrinks to, which decides the stock token count and the stock positions (never which patches a
+method may keep: methods choose among the patches before interpolation).
 
 Coordinates: partitions are numbered full image first, then the sub-image grid row-major, which is the
 order LLaVA-NeXT stacks them. Inside a partition, patch ``t`` sits at row ``t // side``, column
@@ -13,6 +17,7 @@ order LLaVA-NeXT stacks them. Inside a partition, patch ``t`` sits at row ``t //
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Sequence
@@ -32,11 +37,15 @@ class Geometry:
         patch_size: side of one ViT patch in pixels (e.g. 14).
         grid_pinpoints: the anyres canvas resolutions ``(height, width)`` in pixels, or ``None`` for a
             single-partition model (LLaVA-1.5).
+        max_crops: LLaVA-OneVision's ``anyres_max_N``: the stock model interpolates an unpadded canvas of
+            ``h x w`` patches down to ``int(h // r) x int(w // r)`` where ``r = sqrt(h * w / (N * side**2))``
+            exceeds 1.1; ``None`` (LLaVA-NeXT) never interpolates.
     """
 
     crop_size: int
     patch_size: int
     grid_pinpoints: tuple[tuple[int, int], ...] | None = None
+    max_crops: int | None = None
 
     def __post_init__(self) -> None:
         if self.crop_size <= 0 or self.patch_size <= 0 or self.crop_size % self.patch_size:
@@ -53,6 +62,9 @@ class Geometry:
                         f"grid pinpoint {(h, w)} is not a positive multiple of crop_size {self.crop_size}"
                     )
             object.__setattr__(self, "grid_pinpoints", pins)
+        if self.max_crops is not None and (isinstance(self.max_crops, bool) or not isinstance(self.max_crops, int)
+                                           or self.max_crops < 1):
+            raise ValueError(f"max_crops must be a positive integer or None, got {self.max_crops!r}")
 
     @property
     def side(self) -> int:
@@ -88,7 +100,9 @@ class Layout:
     """The partitions of one image.
 
     ``grid = (rows, cols)`` of sub-images, ``(0, 0)`` for a single-partition model. The valid canvas
-    region is ``[top, bottom) x [left, right)`` in canvas patch coordinates.
+    region is ``[top, bottom) x [left, right)`` in canvas patch coordinates. ``scaled = (rows, cols)`` is
+    the shape the stock model interpolates that region to (LLaVA-OneVision's anyres_max), ``None`` if it
+    keeps it as it is.
     """
 
     image_size: tuple[int, int]
@@ -98,6 +112,7 @@ class Layout:
     bottom: int = 0
     left: int = 0
     right: int = 0
+    scaled: tuple[int, int] | None = None
 
     @property
     def tokens(self) -> int:
@@ -158,11 +173,51 @@ class Layout:
     def _pack_order_newline(self) -> torch.Tensor:
         return self._canvas_order()
 
+    def stock_length(self, newline: bool) -> int:
+        """Tokens the unmodified model gives this image (with ``newline``: image-newline tokens included)."""
+        if self.scaled is None:
+            return len(self.pack_order(newline))
+        rows, cols = self.scaled
+        return self.tokens + rows * (cols + int(newline))
+
+    def stock_map(self, newline: bool) -> torch.Tensor:
+        """Long ``(len(pack_order(newline)),)``: where each entry of the pack order sits in the stock sequence.
+
+        The identity unless the stock model interpolates the canvas (:attr:`scaled`); then canvas patch
+        ``(r, c)`` of the unpadded ``h x w`` region maps to the stock token nearest to its centre,
+        ``(floor((r + 0.5) * h' / h), floor((c + 0.5) * w' / w))``, and a row's newline to that stock row's.
+        """
+        return self._stock_map_newline if newline else self._stock_map_plain
+
+    @cached_property
+    def _stock_map_plain(self) -> torch.Tensor:
+        return self._stock_map(False)
+
+    @cached_property
+    def _stock_map_newline(self) -> torch.Tensor:
+        return self._stock_map(True)
+
+    def _stock_map(self, newline: bool) -> torch.Tensor:
+        order = self.pack_order(newline)
+        if self.scaled is None:
+            return torch.arange(len(order))
+        tokens, (rows, cols) = self.tokens, self.scaled
+        h, w = self.valid_rows, self.right - self.left
+        r = torch.arange(h, dtype=torch.float64)
+        c = torch.arange(w, dtype=torch.float64)
+        stock_r = ((r + 0.5) * rows / h).floor().long().clamp_(max=rows - 1)
+        stock_c = ((c + 0.5) * cols / w).floor().long().clamp_(max=cols - 1)
+        width = cols + int(newline)
+        canvas = tokens + stock_r[:, None] * width + stock_c[None, :]  # (h, w)
+        if newline:
+            canvas = torch.cat([canvas, (tokens + stock_r * width + cols)[:, None]], dim=1)
+        return torch.cat([torch.arange(tokens), canvas.flatten()])
+
     def _canvas_order(self) -> torch.Tensor:
         tokens, side = self.tokens, self.side
         full = torch.arange(tokens)
-        if not self.num_subimages:
-            return full
+        if not self.num_subimages:  # a lone crop: LLaVA-NeXT / OneVision end it with one newline
+            return torch.cat([full, torch.tensor([NEWLINE])])
         _, cols = self.grid
         r = torch.arange(self.top, self.bottom)[:, None]
         c = torch.arange(self.left, self.right)[None, :]
@@ -172,17 +227,18 @@ class Layout:
         return torch.cat([full, torch.cat([flat, marker], dim=1).flatten()])
 
 
-def layout_for(image_size: tuple[int, int], geometry: Geometry) -> Layout:
+def layout_for(image_size: tuple[int, int], geometry: Geometry, *, single: bool = False) -> Layout:
     """The partition layout of an image of ``image_size = (height, width)`` pixels.
 
-    Reproduces LLaVA-NeXT's canvas choice and its feature-space unpadding exactly, so the valid
-    patches here are the ones the stock model keeps.
+    Reproduces LLaVA-NeXT's canvas choice and its feature-space unpadding exactly (and OneVision's
+    interpolation, :attr:`Geometry.max_crops`), so the valid patches here are the ones the stock model
+    keeps. ``single``: the image is encoded as one crop (LLaVA-1.5; OneVision's multi-image prompts).
     """
     height, width = int(image_size[0]), int(image_size[1])
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got (height, width) = {(height, width)}")
     side = geometry.side
-    if geometry.grid_pinpoints is None:
+    if geometry.grid_pinpoints is None or single:
         return Layout(image_size=(height, width), side=side)
     best_h, best_w = best_resolution((height, width), geometry.grid_pinpoints)
     rows, cols = best_h // geometry.crop_size, best_w // geometry.crop_size
@@ -196,7 +252,14 @@ def layout_for(image_size: tuple[int, int], geometry: Geometry) -> Layout:
         new_w = int(round(width * (canvas_h / height), 7))
         pad = (canvas_w - new_w) // 2
         left, right = pad, canvas_w - pad
-    return Layout(image_size=(height, width), side=side, grid=(rows, cols), top=top, bottom=bottom, left=left, right=right)
+    scaled = None
+    if geometry.max_crops is not None:
+        h, w = bottom - top, right - left
+        ratio = math.sqrt(h * w / (geometry.max_crops * side**2))
+        if ratio > 1.1:
+            scaled = (int(h // ratio), int(w // ratio))
+    return Layout(image_size=(height, width), side=side, grid=(rows, cols), top=top, bottom=bottom, left=left,
+                  right=right, scaled=scaled)
 
 
 def full_to_subimage(layout: Layout) -> torch.Tensor:

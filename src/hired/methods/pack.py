@@ -65,18 +65,19 @@ def pack_order(
     """
     with_newline = keeps_newline(method, newline)
     tokens = layouts[0].tokens
-    pieces, offset, lengths, stock_lengths = [], 0, [], []
+    pieces, maps, offset, lengths, stock_lengths = [], [], 0, [], []
     for layout, budgets in zip(layouts, selection.budgets):
         if not method.adaptive and sum(budgets) != method.count(layout):
             raise RuntimeError(
                 f"{type(method).__name__} allotted {sum(budgets)} tokens to a {layout.image_size} image "
                 f"but promised {method.count(layout)}; its select() disagrees with its count()"
             )
-        order = layout.pack_order(newline)  # the stock sequence
+        order = layout.pack_order(newline)  # every patch (and newline) the stock model packs
         pieces.append(torch.where(order != NEWLINE, order + offset, order))
+        maps.append(layout.stock_map(newline))
         offset += layout.num_partitions * tokens
         lengths.append(sum(budgets) + (newline_tokens(layout) if with_newline else 0))
-        stock_lengths.append(len(order))
+        stock_lengths.append(layout.stock_length(newline))
     order = torch.cat(pieces).to(device, non_blocking=True)
     is_token = order != NEWLINE
     # score-free methods (spatial, random) decide on the CPU: bring their mask to the features' device
@@ -90,9 +91,8 @@ def pack_order(
         )
     # positions of the kept entries in the concatenated stock sequences, without a data-dependent shape
     positions = torch.sort((~keep).to(torch.uint8), stable=True).indices[:total]
-    starts = torch.tensor([0, *stock_lengths[:-1]], dtype=torch.long).cumsum(0)
-    image_start = torch.repeat_interleave(starts, torch.tensor(lengths, dtype=torch.long), output_size=total).to(device, non_blocking=True)
-    return order[positions], lengths, positions - image_start, stock_lengths
+    stock_map = torch.cat(maps).to(device, non_blocking=True)  # each entry's index in its image's stock sequence
+    return order[positions], lengths, stock_map[positions], stock_lengths
 
 
 def pack_features(

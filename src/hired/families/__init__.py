@@ -1,0 +1,32 @@
+"""One description per model family (:class:`~hired.families.base.Family`), shared by every adapter."""
+
+from __future__ import annotations
+
+from hired.families.base import Family
+from hired.families.llava import Llava
+from hired.families.llava_next import LlavaNext
+from hired.families.onevision import Onevision
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (LlavaNext(), Llava(), Onevision())}
+"""Family name → its description."""
+
+
+def get_family(name: str) -> Family:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}") from None
+
+
+def family_of(model):
+    """``(inner model, family)`` of a supported transformers model instance; ``TypeError`` otherwise."""
+    classes = []
+    for family in FAMILIES.values():
+        for cls, attr in family.model_classes().items():
+            if isinstance(model, cls):
+                return (getattr(model, attr) if attr else model), family
+            classes.append(cls.__name__)
+    raise TypeError(f"hired does not support {type(model).__name__}; supported model classes: {', '.join(sorted(classes))}")
+
+
+__all__ = ["FAMILIES", "Family", "family_of", "get_family"]
