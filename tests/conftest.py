@@ -149,3 +149,33 @@ def next_pair(_llava_next_session):
 def llava_pair(_llava_session):
     """The session's tiny LLaVA-1.5 ``(model, processor)``; tests using it must leave it stock."""
     return _llava_session
+
+
+@pytest.fixture(scope="session")
+def _onevision_session():
+    pytest.importorskip("torchvision", reason="LLaVA-OneVision's processor needs torchvision (hired[onevision])")
+    from hired.tiny import tiny_llava_onevision
+
+    with torch.no_grad():
+        return tiny_llava_onevision(seed=0)
+
+
+@pytest.fixture(scope="session")
+def _onevision_eager_session():
+    pytest.importorskip("torchvision", reason="LLaVA-OneVision's processor needs torchvision (hired[onevision])")
+    from hired.tiny import tiny_llava_onevision
+
+    with torch.no_grad():
+        return tiny_llava_onevision(seed=0, attn_implementation="eager")
+
+
+@pytest.fixture
+def onevision(_onevision_session):
+    """The shared tiny LLaVA-OneVision (SigLIP, sdpa) ``(model, processor)``, stock before and after."""
+    yield from _kept_stock(_onevision_session)
+
+
+@pytest.fixture
+def onevision_eager(_onevision_eager_session):
+    """The shared tiny LLaVA-OneVision with eager attention, same weights as ``onevision``."""
+    yield from _kept_stock(_onevision_eager_session)

@@ -667,3 +667,17 @@ def test_zero_size_image_is_one_clear_error(llava_next, bad):
                   padding=True)
     hired.remove(model, processor)
     assert "_process_images" not in processor.__dict__
+
+
+def test_applied_processor_prints_and_saves_and_model_copy_is_refused(llava_next, tmp_path):
+    model, processor = llava_next
+    stock_repr = repr(processor)
+    hired.apply(model, processor, hired.HiRED(budget=0.2))
+    assert repr(processor) == stock_repr  # transformers deep-copies the attributes to print them
+    processor.save_pretrained(tmp_path)
+    saved = (tmp_path / "processor_config.json").read_text()
+    assert "hired" not in saved and "replace_image_token" not in saved
+    with pytest.raises(TypeError, match="deep-copy it before hired.apply"):
+        copy.deepcopy(model)
+    hired.remove(model, processor)
+    copy.deepcopy(model)  # stock again

@@ -70,6 +70,24 @@ _PROC_ATTRS = ("replace_image_token", "_process_images")
 _APPLY_LOCK = threading.RLock()
 
 
+class _ProcessorPatch(functools.partial):
+    """A processor attribute set by ``apply``. Deep copies share it, and so the adapter state: transformers
+    deep-copies a processor's attributes to print or save it (and then drops the ones that are not its own)."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class _ModelPatch(functools.partial):
+    """A model attribute set by ``apply``: a deep copy would run the original model's tower, so it is refused."""
+
+    def __deepcopy__(self, memo):
+        raise TypeError(
+            "this model has a hired method applied; deep-copy it before hired.apply (or after hired.remove) "
+            "and apply the method to each copy"
+        )
+
+
 class _Calls:
     """Counts the calls inside the vision step, so ``remove`` can wait for them and refuse new ones."""
 
@@ -119,6 +137,9 @@ class _State:
     hooks: ScoreHooks | None = None  # installed by apply, removed by remove
     handles: list = field(default_factory=list)  # other hooks apply installed
     calls: _Calls = field(default_factory=_Calls)
+
+    def __deepcopy__(self, memo):
+        return self  # shared, never copied (it holds locks, hooks and the model's modules)
 
     @property
     def newline(self) -> bool:
@@ -300,12 +321,15 @@ def apply(model: nn.Module, processor, method: Method) -> nn.Module:
         patches = {"get_image_features": _image_features, "get_placeholder_mask": _placeholder_mask}
         for name, fn in patches.items():
             state.saved[name] = inner.__dict__.get(name)
-            inner.__dict__[name] = functools.partial(fn, inner, state)
+            patch = _ModelPatch(fn, inner, state)
+            # generate() passes get_image_features the inputs its signature names (OneVision: batch_num_images)
+            patch.__signature__ = inspect.signature(getattr(inner, name))
+            inner.__dict__[name] = patch
         if processor is not None:
             patches = {"replace_image_token": _replace_image_token, "_process_images": _checked_process_images}
             for name, fn in patches.items():
                 state.saved[name] = processor.__dict__.get(name)
-                processor.__dict__[name] = functools.partial(fn, processor, state)
+                processor.__dict__[name] = _ProcessorPatch(fn, processor, state)
             processor.__dict__[_STATE] = state
         inner.__dict__[_STATE] = state
     return model
