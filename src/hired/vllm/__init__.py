@@ -1,9 +1,9 @@
 """HiRED inside vLLM, as an out-of-tree plugin (``pip install "hired[vllm]"``).
 
 vLLM loads :func:`register` from the ``vllm.general_plugins`` entry point in every process. It replaces
-the ``LlavaNextForConditionalGeneration`` and ``LlavaForConditionalGeneration`` architectures with thin
-subclasses of vLLM's own classes that behave exactly as stock unless the model is given
-``hf_overrides={"hired": {"method": "hired", "budget": 0.2, "alpha": 0.5}}``::
+the ``LlavaNextForConditionalGeneration``, ``LlavaForConditionalGeneration`` and
+``LlavaOnevisionForConditionalGeneration`` architectures with thin subclasses of vLLM's own classes that
+behave exactly as stock unless the model is given ``hf_overrides={"hired": {"method": "hired", "budget": 0.2, "alpha": 0.5}}``::
 
     from vllm import LLM
     llm = LLM(model="llava-hf/llava-v1.6-vicuna-7b-hf", hf_overrides={"hired": {"budget": 0.2}})
@@ -16,6 +16,7 @@ from __future__ import annotations
 ARCHITECTURES = {
     "LlavaNextForConditionalGeneration": "HiredLlavaNextForConditionalGeneration",
     "LlavaForConditionalGeneration": "HiredLlavaForConditionalGeneration",
+    "LlavaOnevisionForConditionalGeneration": "HiredLlavaOnevisionForConditionalGeneration",
 }
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Mapping
 
-from hired.core.grid import Geometry, Layout, layout_for
+from hired.core.grid import Geometry, Layout
+from hired.families import Family, get_family
 from hired.methods.base import Method, ModelInfo, get_method, list_methods, num_image_tokens
 
 KEY = "hired"
@@ -25,40 +26,49 @@ _RESERVED = ("method", "oracle")
 class Spec:
     """A method applied to one vLLM model.
 
-    ``family`` is ``"llava_next"`` or ``"llava"``; ``newline`` says whether image-newline tokens exist
-    (LLaVA-NeXT). ``roles`` maps each score role of the method to its 0-based vision layer and
-    ``key_roles`` each key role (merging methods). ``oracle`` (benchmarks only) feeds the same token count
-    with no selection work: the first ``count`` patch features of every image in pack order.
+    ``family`` describes the model family (:mod:`hired.families`: LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision);
+    ``score_kind`` is the attention score the hooks compute (``"cls"``: the [CLS] row, ``"received"``: the
+    attention each token receives). ``roles`` maps each score role of the method to its 0-based vision
+    layer and ``key_roles`` each key role (merging methods). ``oracle`` (benchmarks only) feeds the same
+    token count with no selection work: the first ``count`` patch features of every image in pack order.
     """
 
     method: Method
-    family: str
+    family: Family
     geometry: Geometry
     info: ModelInfo
     roles: Mapping[str, int]
     key_roles: Mapping[str, int]
     oracle: bool = False
+    score_kind: str = "cls"
 
     @property
     def newline(self) -> bool:
-        return self.family == "llava_next"
+        """Whether the family has image-newline tokens (LLaVA-NeXT, OneVision)."""
+        return self.family.newline
 
     def layout(self, height: int, width: int) -> Layout:
-        """Partition layout of an image of ``height x width`` pixels (LLaVA-1.5: always one crop)."""
-        if self.family == "llava":
+        """Partition layout of an image of ``height x width`` pixels (LLaVA-1.5: always one crop). vLLM
+        cuts every image of a prompt the same way (OneVision too: each image of a multi-image prompt gets
+        the full anyres grid), so no image is encoded as a lone crop here."""
+        if not self.family.anyres:
             height = width = self.geometry.crop_size
-        return _layout(int(height), int(width), self.geometry)
+        return _layout(self.family.name, int(height), int(width), self.geometry)
 
     def num_tokens(self, height: int, width: int) -> int:
         """Placeholders (= features) for one image: the core's count, newline tokens included."""
         return num_image_tokens(self.method, self.layout(height, width), self.newline)
 
+    def stock_tokens(self, layout: Layout) -> int:
+        """Tokens the unmodified model gives an image of ``layout`` (the family's count)."""
+        return self.family.stock_tokens(layout)
+
 
 @lru_cache(maxsize=1024)
-def _layout(height: int, width: int, geometry: Geometry) -> Layout:
-    """One :class:`Layout` per image size and geometry, so that what a layout caches (valid mask, pack
-    orders) is built once per size rather than once per image (layouts are immutable)."""
-    return layout_for((height, width), geometry)
+def _layout(family: str, height: int, width: int, geometry: Geometry) -> Layout:
+    """One :class:`Layout` per family, image size and geometry, so that what a layout caches (valid mask,
+    pack orders) is built once per size rather than once per image (layouts are immutable)."""
+    return get_family(family).layout((height, width), geometry)
 
 
 def fixed_budget_methods() -> list[str]:
@@ -109,11 +119,6 @@ def parse_method(entry: Any) -> tuple[Method, bool]:
     return method, oracle
 
 
-def _reads_received(method: Method, info: ModelInfo) -> bool:
-    """Whether ``method`` reads scores on this tower and they are the received-attention kind."""
-    return bool(method.score_layers(info)) and method.score_kind(info) == "received"
-
-
 def _hidden_index(layer: int, num_layers: int) -> int:
     idx = layer + num_layers + 1 if layer < 0 else layer
     if not 1 <= idx <= num_layers:
@@ -121,49 +126,56 @@ def _hidden_index(layer: int, num_layers: int) -> int:
     return idx
 
 
+_TOWERS = {"clip_vision_model": True, "siglip_vision_model": False}
+"""Vision towers the plugin can hook (vLLM's ``CLIPVisionModel`` and ``SiglipVisionModel``, both with a fused
+``qkv_proj``) → whether the tower prepends a [CLS] token."""
+
+
 def spec_from_config(config, family: str) -> Spec | None:
-    """The :class:`Spec` for a LLaVA-NeXT / LLaVA-1.5 Hugging Face ``config``, or ``None`` without ``hired``.
+    """The :class:`Spec` for a Hugging Face ``config`` of ``family`` (``"llava_next"``, ``"llava"`` or
+    ``"onevision"``), or ``None`` without ``hired``.
 
     Raises ``ValueError`` (one message, prefixed ``hf_overrides['hired']``) for a bad method or option, an
-    adaptive method, a tower without [CLS], the ``"full"`` feature strategy or layers out of range.
+    adaptive or query-aware method, a vision tower other than CLIP or SigLIP, a configuration the family
+    refuses (e.g. LLaVA-NeXT with the ``"full"`` feature strategy), ``score='cls'`` on a tower without
+    [CLS], or layers out of range.
     """
     entry = getattr(config, KEY, None)
     if entry is None:
         return None
     method, oracle = parse_method(entry)
-    if family not in ("llava_next", "llava"):
-        raise _error(f"family must be 'llava_next' or 'llava', got {family!r}")
+    try:
+        fam = get_family(family)
+    except ValueError as err:
+        raise _error(str(err)) from None
     vc = config.vision_config
-    if getattr(vc, "model_type", None) != "clip_vision_model":
+    tower = getattr(vc, "model_type", None)
+    if tower not in _TOWERS:
         raise _error(
-            f"needs a CLIP vision tower (a [CLS] token whose attention ranks patches); this model has "
-            f"{getattr(vc, 'model_type', type(vc).__name__)!r}"
+            f"needs a CLIP or SigLIP vision tower (the plugin hooks their fused qkv projections to score "
+            f"patches); this model has {tower or type(vc).__name__!r}"
         )
-    if config.vision_feature_select_strategy != "default":
-        raise _error(
-            "needs vision_feature_select_strategy='default' (a [CLS] token that is dropped from the features); "
-            f"this model uses {config.vision_feature_select_strategy!r}"
-        )
+    has_cls = _TOWERS[tower]
+    try:
+        fam.check_config(config, has_cls)
+        geometry = fam.geometry(config)
+    except ValueError as err:
+        raise _error(str(err)) from None
     num_layers, num_heads = int(vc.num_hidden_layers), int(vc.num_attention_heads)
     feature = config.vision_feature_layer
     layers = [feature] if isinstance(feature, int) else list(feature)
     top = max(_hidden_index(f, num_layers) for f in layers)
-    info = ModelInfo(num_layers=num_layers, num_heads=num_heads, feature_layer=top - 1)
-    if _reads_received(method, info):
-        raise _error(
-            "score='received' (attention received from all tokens) is not in the vLLM plugin yet; its hooks "
-            "read the [CLS] row: use score='cls' or 'auto' here, or the transformers adapter"
-        )
+    info = ModelInfo(num_layers=num_layers, num_heads=num_heads, feature_layer=top - 1, has_cls=has_cls)
     roles = dict(method.score_layers(info))
-    key_roles = dict(getattr(method, "key_layers", lambda _info: {})(info))
+    key_roles = dict(method.key_layers(info))
+    try:
+        kind = method.score_kind(info) if roles else "cls"
+    except ValueError as err:
+        raise _error(str(err)) from None
     for role, layer in {**roles, **key_roles}.items():
         if not 0 <= layer <= info.feature_layer:
             raise _error(
                 f"{role} layer {layer} is out of range: vLLM builds the vision layers 0..{info.feature_layer} "
                 "(up to the one feeding the projector); pick one of those with the method's layer option"
             )
-    pins = None
-    if family == "llava_next":
-        pins = tuple(tuple(int(v) for v in p) for p in config.image_grid_pinpoints)
-    geometry = Geometry(crop_size=int(vc.image_size), patch_size=int(vc.patch_size), grid_pinpoints=pins)
-    return Spec(method, family, geometry, info, roles, key_roles, oracle)
+    return Spec(method, fam, geometry, info, roles, key_roles, oracle, kind)

@@ -1,13 +1,27 @@
-"""HiRED-capable LLaVA-NeXT and LLaVA-1.5 for vLLM: thin subclasses of vLLM's own classes.
+"""HiRED-capable LLaVA-NeXT, LLaVA-1.5 and LLaVA-OneVision for vLLM: thin subclasses of vLLM's own classes.
 
 Without ``hired`` in the model's ``hf_overrides`` every override below calls the parent, so the model
 runs exactly as stock vLLM. With it:
 
 * the processing info's ``get_num_image_tokens`` returns the core's count for the image size
   (:func:`hired.methods.base.num_image_tokens`), so vLLM writes that many placeholders into the prompt;
-* ``_process_image_input`` runs vLLM's vision tower with [CLS]-row hooks on the layers the method needs
-  (q and k out of each layer's fused ``qkv_proj``; no N x N map), lets the method select, packs the kept
-  features in the promised order (:func:`hired.methods.pack.pack_features`), then projects them.
+* ``_process_image_input`` runs vLLM's vision tower with score hooks on the layers the method needs
+  (q and k out of each layer's fused ``qkv_proj``; no N x N map): the [CLS] row on a CLIP tower, or the
+  attention each patch receives (:func:`hired.core.scores.received_attention`, queries in chunks) on a
+  SigLIP tower or with ``score="received"``; the method selects, the kept features are packed in the
+  promised order (:func:`hired.methods.pack.pack_features`), then projected.
+
+LLaVA-OneVision (SigLIP, no [CLS], ``vision_feature_select_strategy="full"``): vLLM 0.32 cuts every image
+of a prompt with the full anyres grid, also in a prompt with several images (its processor hands the
+images to the Hugging Face image processor as one flat list, which treats each as a single-image prompt;
+transformers' own prompts encode each image of a multi-image prompt as one crop plus one newline), and so
+does the plugin: one layout per image from its size alone. The kept patches are packed as the
+transformers adapter packs them (full image, then the unpadded canvas row by row with the family's
+newline slots); the budget is taken of the ``P x T`` patches before OneVision's anyres_max
+interpolation, and kept patches are never interpolated. Videos take vLLM's own path, untouched. vLLM
+0.32's stock OneVision counts and interpolates with ``anyres_max_9`` whatever ``vision_aspect_ratio``
+says; the plugin's layouts (``num_tokens_stock`` of :func:`hired.vllm.last_selection`) follow the config,
+as transformers does; the published checkpoints use ``anyres_max_9``, where the two agree.
 
 An encoder pass makes no host round trip per image: the only device-to-host reads are the batch's image
 sizes and the method's own (HiRED: one ``tolist`` of the budgets of the whole batch); what the pass kept
@@ -35,10 +49,17 @@ from vllm.model_executor.models.llava_next import (
     LlavaNextMultiModalProcessor,
     LlavaNextProcessingInfo,
 )
+from vllm.model_executor.models.llava_onevision import (
+    LlavaOnevisionDummyInputsBuilder,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionMultiModalProcessor,
+    LlavaOnevisionProcessingInfo,
+)
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from hired.core.grid import Layout
 from hired.bench.timing import Clock
+from hired.core.grid import Layout
+from hired.core.scores import received_attention
 from hired.methods.base import Selection
 from hired.methods.pack import feature_inputs, keeps_newline, pack_features
 from hired.selection import ImageSelection, PartitionSelection
@@ -75,16 +96,35 @@ class HiredLlavaProcessingInfo(_CountMixin, LlavaProcessingInfo):
     _family = "llava"
 
 
-# ---------------------------------------------------------------------------------- [CLS] rows and keys
+class HiredLlavaOnevisionProcessingInfo(_CountMixin, LlavaOnevisionProcessingInfo):
+    _family = "onevision"
+
+    def get_image_size_with_most_features(self):
+        """vLLM sizes its encoder cache by this image's count. Stock: vLLM's own fixed size; with
+        ``hired``: the grid pinpoint with the largest count (as LLaVA-NeXT does), since the method's count
+        is taken before interpolation and may exceed the stock count of vLLM's fixed size."""
+        if self.hired_spec() is None:
+            return super().get_image_size_with_most_features()
+        return LlavaNextProcessingInfo.get_image_size_with_most_features(self)
+
+
+# ------------------------------------------------------------------------------------- scores and keys
 
 
 def _attention_modules(tower: nn.Module) -> nn.ModuleList:
-    """The ``self_attn`` module of every encoder layer vLLM built (CLIP: ``vision_model.encoder.layers``)."""
+    """The ``self_attn`` module of every encoder layer vLLM built (``vision_model.encoder.layers`` of
+    vLLM's CLIPVisionModel and SiglipVisionModel; each has a fused ``qkv_proj`` and ``num_heads_per_partition``
+    and ``tp_size``)."""
     try:
         layers = tower.vision_model.encoder.layers
+        attns = nn.ModuleList([layer.self_attn for layer in layers])
+        for attn in attns:
+            attn.qkv_proj, attn.num_heads_per_partition, attn.tp_size  # noqa: B018 - what the hooks read
     except AttributeError:
-        raise TypeError(f"hired expects vLLM's CLIPVisionModel as vision tower, got {type(tower).__name__}") from None
-    return nn.ModuleList([layer.self_attn for layer in layers])
+        raise TypeError(
+            f"hired expects vLLM's CLIPVisionModel or SiglipVisionModel as vision tower, got {type(tower).__name__}"
+        ) from None
+    return attns
 
 
 def cls_rows(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -103,6 +143,14 @@ def cls_rows(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
     k = qkv[:, :, width : 2 * width].float().view(batch, seq, num_heads, head_dim)  # no copy in fp32
     logits = (k * q).sum(dim=-1) * head_dim**-0.5  # (B, N, H)
     return logits.softmax(dim=1).sum(dim=2)
+
+
+def received_rows(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """``(B, N)`` fp32 attention each token receives (averaged over all N queries, summed over heads) from a
+    fused ``(B, N, 3 * H * D)`` ``qkv_proj`` output: :func:`hired.core.scores.received_attention` on strided
+    views of the q and k columns (queries in chunks, no N x N map)."""
+    width = qkv.shape[-1] // 3
+    return received_attention(qkv[..., :width], qkv[..., width : 2 * width], num_heads)
 
 
 class StageClock(Clock):
@@ -159,10 +207,15 @@ def record(
     roles: Mapping[str, int],
     key_roles: Mapping[str, int],
     clock: StageClock | None = None,
+    kind: str = "cls",
 ) -> Iterator[tuple[dict, dict]]:
-    """Within the block, a tower forward fills ``rows[role]`` with ``(B, N)`` fp32 [CLS] rows (summed over
-    all heads) and ``keys[role]`` with ``(B, N, H * D)`` keys, from the hooked layers' ``qkv_proj``
-    (``attns``: every encoder layer's ``self_attn``). With a ``clock``, the time in the hooks is marked."""
+    """Within the block, a tower forward fills ``rows[role]`` with ``(B, N)`` fp32 scores summed over all
+    heads (``kind="cls"``: the [CLS] row; ``"received"``: the attention each token receives) and
+    ``keys[role]`` with ``(B, N, H * D)`` keys, from the hooked layers' ``qkv_proj`` (``attns``: every
+    encoder layer's ``self_attn``). With a ``clock``, the time in the hooks is marked."""
+    if kind not in ("cls", "received"):
+        raise ValueError(f"score kind must be 'cls' or 'received', got {kind!r}")
+    score = cls_rows if kind == "cls" else received_rows
     rows: dict[str, torch.Tensor] = {}
     keys: dict[str, torch.Tensor] = {}
     wanted: dict[int, tuple[list[str], list[str]]] = {}
@@ -177,7 +230,7 @@ def record(
             qkv = output[0] if isinstance(output, tuple) else output  # (B, N, 3 * H_local * D)
             start = clock.mark() if clock is not None and clock.current is not None else None
             if row_roles:
-                row = cls_rows(qkv, attn.num_heads_per_partition)
+                row = score(qkv, attn.num_heads_per_partition)
                 if attn.tp_size > 1:  # heads are split over tensor-parallel ranks: add up their rows
                     from vllm.distributed import tensor_model_parallel_all_reduce
 
@@ -283,7 +336,7 @@ class _HiredModelMixin:
             parts = [_oracle_keep(lay, spec.method.count(lay)) for lay in layouts]
             selection = Selection(keep=torch.cat([k for k, _ in parts]).to(feats.device), budgets=[b for _, b in parts])
         else:
-            with record(self._hired_attns, spec.roles, spec.key_roles, self._hired_clock) as (rows, keys):
+            with record(self._hired_attns, spec.roles, spec.key_roles, self._hired_clock, spec.score_kind) as (rows, keys):
                 feats = self._image_pixels_to_features(self.vision_tower, pixel_values)  # (sum P, T, Dv)
             scores = {role: row[:, -tokens:] for role, row in rows.items()}
             extra = feature_inputs(spec.method, feats, self.multi_modal_projector)
@@ -300,6 +353,33 @@ class _HiredModelMixin:
             newline = self.image_newline.to(embeds.dtype)
             embeds = torch.where(packed.is_newline.to(embeds.device)[:, None], newline, embeds)
         return list(embeds.split(packed.lengths))
+
+    def _hired_anyres_features(self, image_input) -> list[torch.Tensor]:
+        """LLaVA-NeXT / OneVision pixel input (``pixel_values`` ``(B, P_max, C, H, W)`` or a list of
+        ``(P_i, C, H, W)``, ``image_sizes`` ``(B, 2)``) → one ``(tokens_i, D)`` tensor per image."""
+        pixel_values = image_input["pixel_values"]
+        image_sizes = image_input.get("image_sizes")
+        if image_sizes is None:
+            raise ValueError(f"{self.hired_spec.family.title} with hired needs image_sizes next to pixel_values")
+        # one device-to-host read for the whole batch (the sizes decide the layouts)
+        sizes = image_sizes.tolist() if hasattr(image_sizes, "tolist") else list(image_sizes)
+        layouts = [self.hired_spec.layout(h, w) for h, w in sizes]
+        if len(pixel_values) != len(layouts):
+            raise ValueError(f"got pixel values for {len(pixel_values)} images but {len(layouts)} image sizes")
+        # (P_i, C, H, W) per image; a batched tensor may be padded along P
+        crops = [pv.shape[0] for pv in pixel_values] if not isinstance(pixel_values, torch.Tensor) else (
+            [pixel_values.shape[1]] * pixel_values.shape[0]
+        )
+        for i, (n, lay) in enumerate(zip(crops, layouts)):
+            if n < lay.num_partitions:
+                raise ValueError(
+                    f"image {i} of size {tuple(lay.image_size)} has {n} crops, its layout needs {lay.num_partitions}"
+                )
+        if isinstance(pixel_values, torch.Tensor) and all(n == lay.num_partitions for n, lay in zip(crops, layouts)):
+            stacked = pixel_values.flatten(0, 1)  # no padding: a view, as stock vLLM does
+        else:
+            stacked = torch.cat([pv[: lay.num_partitions] for pv, lay in zip(pixel_values, layouts)])
+        return self._hired_features(stacked, layouts)
 
     def hired_last_selection(self) -> list[ImageSelection]:
         """What the last encoder pass kept, one entry per image (empty before any image or when off)."""
@@ -319,16 +399,13 @@ class _HiredModelMixin:
                 )
                 for p in range(layout.num_partitions)
             ]
-            stock = layout.num_valid
-            if spec.newline:
-                stock += layout.valid_rows if layout.num_subimages else 1
             out.append(
                 ImageSelection(
                     image_size=layout.image_size,
                     grid=layout.grid,
                     partitions=parts,
                     num_tokens=spec.num_tokens(*layout.image_size),
-                    num_tokens_stock=stock,
+                    num_tokens_stock=spec.stock_tokens(layout),
                 )
             )
             start += layout.num_partitions
@@ -355,29 +432,7 @@ class HiredLlavaNextForConditionalGeneration(_HiredModelMixin, LlavaNextForCondi
     def _hired_process_image_input(self, image_input):
         if self.hired_spec is None or image_input["type"] != "pixel_values":
             return LlavaNextForConditionalGeneration._process_image_input(self, image_input)
-        pixel_values = image_input["pixel_values"]
-        image_sizes = image_input.get("image_sizes")
-        if image_sizes is None:
-            raise ValueError("LLaVA-NeXT with hired needs image_sizes next to pixel_values")
-        # one device-to-host read for the whole batch (the sizes decide the layouts)
-        sizes = image_sizes.tolist() if hasattr(image_sizes, "tolist") else list(image_sizes)
-        layouts = [self.hired_spec.layout(h, w) for h, w in sizes]
-        if len(pixel_values) != len(layouts):
-            raise ValueError(f"got pixel values for {len(pixel_values)} images but {len(layouts)} image sizes")
-        # (P_i, C, H, W) per image; a batched tensor may be padded along P
-        crops = [pv.shape[0] for pv in pixel_values] if not isinstance(pixel_values, torch.Tensor) else (
-            [pixel_values.shape[1]] * pixel_values.shape[0]
-        )
-        for i, (n, lay) in enumerate(zip(crops, layouts)):
-            if n < lay.num_partitions:
-                raise ValueError(
-                    f"image {i} of size {tuple(lay.image_size)} has {n} crops, its layout needs {lay.num_partitions}"
-                )
-        if isinstance(pixel_values, torch.Tensor) and all(n == lay.num_partitions for n, lay in zip(crops, layouts)):
-            stacked = pixel_values.flatten(0, 1)  # no padding: a view, as stock vLLM does
-        else:
-            stacked = torch.cat([pv[: lay.num_partitions] for pv, lay in zip(pixel_values, layouts)])
-        return self._hired_features(stacked, layouts)
+        return self._hired_anyres_features(image_input)
 
 
 # ------------------------------------------------------------------------------------------- LLaVA-1.5
@@ -416,3 +471,27 @@ class HiredLlavaForConditionalGeneration(_HiredModelMixin, LlavaForConditionalGe
         pixel_values = image_input["pixel_values"]  # (B, C, H, W)
         layouts = [self.hired_spec.layout(0, 0)] * pixel_values.shape[0]
         return self._hired_features(pixel_values, layouts)
+
+
+# ------------------------------------------------------------------------------------- LLaVA-OneVision
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    LlavaOnevisionMultiModalProcessor,
+    info=HiredLlavaOnevisionProcessingInfo,
+    dummy_inputs=LlavaOnevisionDummyInputsBuilder,
+)
+class HiredLlavaOnevisionForConditionalGeneration(_HiredModelMixin, LlavaOnevisionForConditionalGeneration):
+    """vLLM's LLaVA-OneVision; with ``hf_overrides={"hired": {...}}`` it drops visual tokens of images
+    before the LLM (videos: vLLM's own path)."""
+
+    _family = "onevision"
+
+    def __init__(self, *, vllm_config, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._hired_init()
+
+    def _hired_process_image_input(self, image_input):
+        if self.hired_spec is None or image_input["type"] != "pixel_values":
+            return LlavaOnevisionForConditionalGeneration._process_image_input(self, image_input)
+        return self._hired_anyres_features(image_input)
