@@ -113,3 +113,60 @@ def test_reference_mapping_sends_the_budget_to_the_wrong_sub_image():
     subs_ref = HiRED(budget=0.2, alpha=0.9, mapping="reference").partition_budgets(layout, scores)[1:]
     assert max(range(4), key=subs_2d.__getitem__) == 2
     assert max(range(4), key=subs_ref.__getitem__) == 3
+
+
+# LLaVA-OneVision: SigLIP 384 px crops, grids 1x1..6x6, anyres_max_9
+OV_384 = Geometry(384, 14, tuple((384 * i, 384 * j) for i in range(1, 7) for j in range(1, 7)), max_crops=9)
+
+
+def _onevision_stock_count(size, geometry) -> int:
+    """Tokens transformers' OneVision processor promises for an image (patches + newlines, no [CLS])."""
+    from transformers.models.llava_onevision.processing_llava_onevision import LlavaOnevisionProcessor
+
+    side = geometry.side
+    proc = LlavaOnevisionProcessor.__new__(LlavaOnevisionProcessor)
+    proc.num_image_tokens = side * side
+    proc.vision_aspect_ratio = f"anyres_max_{geometry.max_crops}"
+    proc.image_processor = type("P", (), {"image_grid_pinpoints": [list(p) for p in geometry.grid_pinpoints]})()
+    return proc._get_number_of_features(size[0], size[1], geometry.crop_size, geometry.crop_size)
+
+
+@settings(max_examples=300)
+@given(size=sizes)
+def test_onevision_stock_length_matches_transformers(size):
+    layout = layout_for(size, OV_384)
+    assert layout.stock_length(True) == _onevision_stock_count(size, OV_384)
+    assert layout.stock_length(False) == layout.stock_length(True) - (layout.scaled or (layout.valid_rows,))[0]
+
+
+@settings(max_examples=300)
+@given(size=sizes, newline=st.booleans())
+def test_stock_map_covers_the_stock_sequence_in_order(size, newline):
+    """Each packed entry's stock index: the identity where stock does not interpolate; otherwise every stock
+    token is hit, stock rows follow the canvas rows in order, columns in order within a row, newlines land
+    on newlines."""
+    layout = layout_for(size, OV_384)
+    order, stock = layout.pack_order(newline), layout.stock_map(newline)
+    assert stock.shape == order.shape
+    assert torch.equal(torch.unique(stock), torch.arange(layout.stock_length(newline)))
+    if layout.scaled is None:
+        assert torch.equal(stock, torch.arange(len(order)))
+        return
+    t = layout.tokens
+    assert torch.equal(stock[:t], torch.arange(t))
+    rows, cols = layout.scaled
+    width = cols + int(newline)
+    canvas = (stock[t:] - t).view(layout.valid_rows, -1)  # one row per unpadded canvas row
+    stock_row, stock_col = canvas // width, canvas % width
+    assert bool((stock_row == stock_row[:, :1]).all())  # a canvas row stays in one stock row
+    assert bool((stock_row[1:, 0] >= stock_row[:-1, 0]).all())
+    assert bool((stock_col[:, 1:] >= stock_col[:, :-1]).all())
+    if newline:
+        assert torch.equal(stock_col == cols, (order[t:] == NEWLINE).view(layout.valid_rows, -1))
+
+
+def test_lone_crop_ends_with_one_newline():
+    layout = layout_for((500, 300), OV_384, single=True)
+    assert layout.grid == (0, 0) and layout.num_partitions == 1
+    assert layout.pack_order(True).tolist() == [*range(729), NEWLINE]
+    assert layout.pack_order(False).tolist() == list(range(729))

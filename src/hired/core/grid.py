@@ -34,7 +34,9 @@ class Geometry:
 
     Args:
         crop_size: side of one partition in pixels (the vision tower's ``image_size``, e.g. 336).
-        patch_size: side of one ViT patch in pixels (e.g. 14).
+        patch_size: side of one ViT patch in pixels (e.g. 14). A crop holds ``crop_size // patch_size``
+            patches a side: SigLIP's 384 px crops of 14 px patches give 27 (its patch embedding drops the
+            remaining 6 px).
         grid_pinpoints: the anyres canvas resolutions ``(height, width)`` in pixels, or ``None`` for a
             single-partition model (LLaVA-1.5).
         max_crops: LLaVA-OneVision's ``anyres_max_N``: the stock model interpolates an unpadded canvas of
@@ -48,9 +50,9 @@ class Geometry:
     max_crops: int | None = None
 
     def __post_init__(self) -> None:
-        if self.crop_size <= 0 or self.patch_size <= 0 or self.crop_size % self.patch_size:
+        if self.patch_size <= 0 or self.crop_size < self.patch_size:
             raise ValueError(
-                f"crop_size ({self.crop_size}) must be a positive multiple of patch_size ({self.patch_size})"
+                f"crop_size ({self.crop_size}) must be at least patch_size ({self.patch_size}), both positive"
             )
         if self.grid_pinpoints is not None:
             pins = tuple((int(h), int(w)) for h, w in self.grid_pinpoints)
@@ -68,7 +70,7 @@ class Geometry:
 
     @property
     def side(self) -> int:
-        """Patches along one side of a partition (24 for CLIP ViT-L/14 at 336 px)."""
+        """Patches along one side of a partition (24 for CLIP ViT-L/14 at 336 px, 27 for SigLIP at 384 px)."""
         return self.crop_size // self.patch_size
 
     @property

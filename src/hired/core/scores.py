@@ -23,10 +23,11 @@ def cls_attention(q_cls: torch.Tensor, keys: torch.Tensor, num_heads: int, scale
         raise ValueError(f"key width {width} is not divisible by {num_heads} heads")
     head_dim = width // num_heads
     scale = head_dim**-0.5 if scale is None else scale
-    q = q_cls.float().reshape(batch, num_heads, head_dim)
+    q = q_cls.float().reshape(batch, 1, num_heads, head_dim)
     k = keys.float().reshape(batch, seq, num_heads, head_dim)
-    logits = torch.einsum("bhd,bnhd->bhn", q, k) * scale
-    return logits.softmax(dim=-1).sum(dim=1)
+    # multiply-and-sum reads the keys where they lie (an einsum would copy them into (B, H, N, D) first)
+    logits = (k * q).sum(dim=-1) * scale  # (B, N, H)
+    return logits.softmax(dim=1).sum(dim=2)
 
 
 def received_attention(
