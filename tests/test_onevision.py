@@ -322,3 +322,47 @@ def test_bad_configs_are_refused(onevision):
     with pytest.raises(ValueError, match="vision_aspect_ratio"):
         hired.apply(model, other, hired.HiRED(budget=0.2))
     assert hired.applied_method(model) is None
+
+
+def test_crop_not_a_multiple_of_the_patch():
+    """SigLIP's 384 px crops of 14 px patches give 27 x 27 patches (6 px dropped): the same here, 90 / 14."""
+    from hired.tiny import tiny_llava_onevision
+
+    model, processor = tiny_llava_onevision(seed=1, crop_size=90)
+    images = [make_image(*s, seed=50 + i) for i, s in enumerate([(100, 220), (300, 300)])]
+    stock_inputs = _inputs(processor, images[:1], [PROMPT])
+    stock = _logits(model, stock_inputs)
+    hired.apply(model, processor, hired.HiRED(budget=1.0, keep_newline=True))
+    inputs = _inputs(processor, images[:1], [PROMPT])
+    assert torch.equal(_logits(model, inputs), stock)
+    hired.apply(model, processor, hired.HiRED(budget=0.2))
+    inputs = _inputs(processor, images, [PROMPT] * 2)
+    _logits(model, inputs)
+    sels = hired.last_selection(model)
+    assert all(part.grid == (6, 6) for s in sels for part in s.partitions)
+    assert _runs(inputs["input_ids"], model.config.image_token_id) == [s.num_tokens for s in sels]
+    hired.remove(model, processor)
+
+
+def test_keep_positions_on_an_interpolated_image(onevision):
+    """Kept tokens take the ids of the stock tokens nearest to them on the interpolated canvas; text after
+    the image continues after the image's stock length."""
+    model, processor = onevision
+    size = (250, 250)  # 3x3 grid, 18 x 18 canvas interpolated to 12 x 12
+    hired.apply(model, processor, hired.HiRED(budget=0.3, keep_newline=True, keep_positions=True))
+    inputs = _inputs(processor, [make_image(*size, seed=60)], [PROMPT])
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=False)
+    (sel,) = hired.last_selection(model)
+    ids = sel.position_ids
+    first = inputs["input_ids"][0].tolist().index(model.config.image_token_id)
+    local = [i - first for i in ids]
+    full = sorted(sel.partitions[0].kept)
+    assert local[: len(full)] == full  # the full image is not interpolated: its ids are the stock ones
+    canvas = local[len(full):]
+    stock_rows = [(i - T) // 13 for i in canvas]
+    assert stock_rows == sorted(stock_rows)  # canvas rows in order (several may share a stock row)
+    assert min(canvas) >= T and max(canvas) < sel.num_tokens_stock == T + 12 * 13
+    # every kept canvas row ends in its newline, on the stock newline of the row it maps to
+    assert sum(1 for i in canvas if (i - T) % 13 == 12) == 18
+    assert out.logits.shape[1] == inputs["input_ids"].shape[1]
