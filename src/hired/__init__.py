@@ -4,7 +4,7 @@
     hired.apply(model, processor, hired.HiRED(budget=0.2, alpha=0.5))
     out = model.generate(**processor(images=img, text=prompt, return_tensors="pt"), max_new_tokens=32)
     hired.last_selection(model)   # what was kept, per image and partition
-    hired.last_scores(model)      # the [CLS]-attention scores that decided it
+    hired.last_scores(model)      # the attention scores that decided it ([CLS] row or received)
     hired.remove(model, processor)
 """
 

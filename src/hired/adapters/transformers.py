@@ -299,7 +299,8 @@ def _build_state(model: nn.Module, processor, method: Method) -> tuple[nn.Module
 
 
 def apply(model: nn.Module, processor, method: Method) -> nn.Module:
-    """Apply a token-reduction ``method`` to a LLaVA-NeXT / LLaVA-1.5 ``model`` and its ``processor``, in place.
+    """Apply a token-reduction ``method`` to a LLaVA-NeXT / LLaVA-1.5 / LLaVA-OneVision ``model`` and its
+    ``processor``, in place.
 
     ``processor`` may be ``None`` when inputs are built elsewhere (they must then hold the method's
     placeholder count). Applying again replaces the previous method (after the calls using it are done).
@@ -461,11 +462,13 @@ def last_selection(model: nn.Module) -> list[ImageSelection]:
 
 
 def last_scores(model: nn.Module) -> list[dict[str, torch.Tensor]]:
-    """The [CLS]-attention scores of the calling thread's last vision step, one dict per image (as
+    """The attention scores of the calling thread's last vision step, one dict per image (as
     ``last_selection``, and empty when it is).
 
     Each dict maps a method's score role (HiRED: ``"budget"``, ``"select"``) to a ``(P, T)`` fp32 CPU
-    tensor: the [CLS] row (summed over heads) over the T patches of each of the image's P partitions.
+    tensor over the T patches of each of the image's P partitions: the [CLS] row summed over heads, or
+    with the received-attention score (towers without [CLS]) the attention each patch receives, averaged
+    over the queries and summed over heads.
     """
     state = _applied_state(model, required=False)
     record = None if state is None else _recall(state)
