@@ -113,6 +113,25 @@ def test_several_methods_one_row_each(next_pair):
     assert any(t.startswith("hired(budget=0.3, alpha=0.8)") for t in texts)
 
 
+def test_heatmap_line_names_the_score_kind_per_row(next_pair):
+    model, processor = next_pair
+    image = demo_image((100, 300))
+    methods = [hired.HiRED(budget=0.3), hired.HiRED(budget=0.3, score="received")]
+    runs = [viz.run_method(model, processor, image, m) for m in methods]
+    assert [r.kind for r in runs] == ["cls", "received"]  # from the applied state: "auto" is [CLS] on CLIP
+    fig = viz.plot_selection(image, [r.selection for r in runs], scores=[r.scores for r in runs],
+                             score_kind=[r.kind for r in runs])
+    lines = [t.get_text() for t in fig.texts if " the method used (" in t.get_text()]
+    assert len(lines) == 2
+    assert lines[0].startswith("[CLS] attention") and lines[1].startswith("received attention")
+    unknown = viz.plot_selection(image, runs[0].selection, scores=runs[0].scores)
+    assert any(t.get_text().startswith("attention scores the method used") for t in unknown.texts)
+    with pytest.raises(ValueError, match="score_kind must be"):
+        viz.plot_selection(image, runs[0].selection, scores=runs[0].scores, score_kind="max")
+    with pytest.raises(ValueError, match="2 score kinds for 1 selections"):
+        viz.plot_selection(image, runs[0].selection, scores=runs[0].scores, score_kind=["cls", "cls"])
+
+
 def test_last_scores_match_the_selection(next_pair):
     model, processor = next_pair
     image = demo_image((120, 120))

@@ -28,8 +28,8 @@ from hired.commands import (  # noqa: F401 (answer, build_prompt, demo_image, lo
 from hired.images import load_image
 
 DESCRIPTION = (
-    "Drop visual tokens of LLaVA-NeXT and LLaVA-1.5 models before the language model sees them "
-    "(HiRED and other training-free methods). Run 'hired COMMAND --help' for the options of a command."
+    "Drop visual tokens of LLaVA-NeXT, LLaVA-1.5 and LLaVA-OneVision models before the language model "
+    "sees them (HiRED and other training-free methods). Run 'hired COMMAND --help' for the options of a command."
 )
 TIMING_RUNS = 3
 """``hired demo`` and ``hired generate --compare`` time the median of this many runs after one warm-up run."""
@@ -102,6 +102,7 @@ def cmd_demo(args) -> int:
         try:
             run_ = viz.run_method(model, processor, image, method, prompt=text_prompt)
             fig = viz.plot_selection(image, run_.selection, scores=run_.scores, score_layers=run_.layers,
+                                     score_kind=run_.kind,
                                      title=f"hired-tiny, HiRED {args.budget:.0%}: {question.question}")
         except ImportError as err:
             print(f"(no figure: {err})")
@@ -124,7 +125,7 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
     gen = sub.add_parser("generate", help="answer a question about an image with visual tokens dropped")
-    gen.add_argument("--model", required=True, help="local model folder or hub id org/name (LLaVA-NeXT or LLaVA-1.5)")
+    gen.add_argument("--model", required=True, help="local model folder or hub id org/name (LLaVA-NeXT, LLaVA-1.5 or LLaVA-OneVision)")
     gen.add_argument("--image", required=True, help="image file path or http(s) URL")
     gen.add_argument("--prompt", required=True, help="question; wrapped in the model's chat template")
     add_method_args(gen)

@@ -159,25 +159,63 @@ def resolve_model(model: str) -> tuple[str, dict]:
     return text, {}
 
 
-def load_model(model_id: str, device: str = "cpu", dtype: str = "auto"):
-    """``(model, processor)`` for a LLaVA-NeXT or LLaVA-1.5 folder or hub id (see :func:`resolve_model`)."""
-    source, kwargs = resolve_model(model_id)  # before importing the model classes: a bad path fails fast
-    from transformers import (
-        AutoConfig,
-        AutoProcessor,
-        LlavaForConditionalGeneration,
-        LlavaNextForConditionalGeneration,
-    )
+def model_class_for(config, source: str = "the model"):
+    """``(family, transformers model class)`` for a loaded ``config``, found through :mod:`hired.families`
+    (the class of a family whose config's ``model_type`` is ``config.model_type`` and that holds the
+    inner model: ``LlavaNextForConditionalGeneration``, ``LlavaForConditionalGeneration``,
+    ``LlavaOnevisionForConditionalGeneration``). ``ValueError`` naming the supported types otherwise."""
+    from hired.families import FAMILIES
 
-    classes = {"llava_next": LlavaNextForConditionalGeneration, "llava": LlavaForConditionalGeneration}
-    config = AutoConfig.from_pretrained(source, **kwargs)
-    cls = classes.get(config.model_type)
-    if cls is None:
-        raise CommandError(
-            f"{model_id} is a {config.model_type!r} model; supported: {', '.join(sorted(classes))}"
+    known = {}
+    for family in FAMILIES.values():
+        for cls, attr in family.model_classes().items():
+            if attr is None:  # the inner model class (LlavaNextModel, ...): it has no language-model head
+                continue
+            model_type = getattr(cls.config_class, "model_type", None)
+            known[model_type] = (family, cls)
+    found = known.get(getattr(config, "model_type", None))
+    if found is None:
+        raise ValueError(
+            f"{source} is a {getattr(config, 'model_type', None)!r} model; supported model types: "
+            f"{', '.join(sorted(known))}"
         )
+    return found
+
+
+ONEVISION_EXTRA = 'pip install "hired[onevision]"'
+
+
+def load_processor(source: str, family, **kwargs):
+    """``AutoProcessor.from_pretrained(source)``; for LLaVA-OneVision, whose processor loads a video
+    processor built on torchvision, a missing torchvision is one clear ``ImportError`` saying what to install."""
+    from transformers import AutoProcessor
+
+    if family.name == "onevision":
+        try:
+            import torchvision  # noqa: F401
+        except ImportError as err:
+            raise ImportError(
+                f"LLaVA-OneVision's processor needs torchvision (its video processor imports it): {ONEVISION_EXTRA}"
+            ) from err
+    return AutoProcessor.from_pretrained(source, **kwargs)
+
+
+def load_model(model_id: str, device: str = "cpu", dtype: str = "auto"):
+    """``(model, processor)`` for a LLaVA-NeXT, LLaVA-1.5 or LLaVA-OneVision folder or hub id (see
+    :func:`resolve_model`); the classes come from the config's ``model_type`` (:func:`model_class_for`)."""
+    source, kwargs = resolve_model(model_id)  # before importing the model classes: a bad path fails fast
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source, **kwargs)
+    try:
+        family, cls = model_class_for(config, model_id)
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+    try:
+        processor = load_processor(source, family, **kwargs)  # first: a missing torchvision fails before the weights load
+    except ImportError as err:
+        raise CommandError(str(err)) from None
     model = cls.from_pretrained(source, dtype=torch_dtype(dtype, device), **kwargs).to(device).eval()
-    processor = AutoProcessor.from_pretrained(source, **kwargs)
     return model, processor
 
 

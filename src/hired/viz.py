@@ -2,7 +2,8 @@
 
     import hired, hired.viz
     run = hired.viz.run_method(model, processor, image, hired.HiRED(budget=0.2))  # one forward pass
-    fig = hired.viz.plot_selection(image, run.selection, scores=run.scores, score_layers=run.layers)
+    fig = hired.viz.plot_selection(image, run.selection, scores=run.scores, score_layers=run.layers,
+                                   score_kind=run.kind)
     fig.savefig("selection.png")
 
 matplotlib is optional (``pip install 'hired[viz]'``). Figures are built with the object-oriented API on
@@ -38,17 +39,35 @@ GAP = 34  # between the full image, the sub-image grid, the composite
 SUB_GAP = 8  # between sub-image panels
 TITLE = 36  # room for a two-line panel title
 HEADER = 30  # a method row's header line
-SECTION = 24  # the "[CLS] attention" line above heatmaps
+SECTION = 24  # the "[CLS] attention" (or "received attention") line above heatmaps
 ROW_GAP = 26  # between method rows
 FONT = 9
 
 
 class Run(NamedTuple):
-    """What one method did to one image: its selection, the scores it used and their layers."""
+    """What one method did to one image: its selection, the scores it used, their layers and their kind
+    (``"cls"``: the [CLS] row; ``"received"``: the attention each patch receives, for towers without [CLS])."""
 
     selection: ImageSelection
     scores: dict[str, Any]
     layers: dict[str, int]
+    kind: str | None = None
+
+
+SCORE_NOTES = {
+    "cls": "[CLS] attention the method used (summed over heads",
+    "received": "received attention the method used (mean over all queries, summed over heads",
+    None: "attention scores the method used (summed over heads",
+}
+"""The line above a row's heatmaps, by score kind (``None``: not known)."""
+
+
+def _applied_score_kind(model) -> str | None:
+    """The score kind the applied method reads on this model's tower (``"cls"`` or ``"received"``)."""
+    from hired.adapters.transformers import _applied_state
+
+    state = _applied_state(model, required=False)
+    return None if state is None else state.score_kind
 
 
 def _matplotlib():
@@ -90,12 +109,13 @@ def run_method(model, processor, image, method, prompt: str = "Describe the imag
         selection = hired.last_selection(model)[0]
         scores = hired.last_scores(model)[0]
         layers = hired.score_layers(model)
+        kind = _applied_score_kind(model)
     finally:
         if previous is not None:
             hired.apply(model, processor, previous)
         else:
             hired.remove(model, processor)
-    return Run(selection, scores, layers)
+    return Run(selection, scores, layers, kind)
 
 
 def method_label(method) -> str:
@@ -278,6 +298,7 @@ def plot_selection(
     *,
     scores: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
     score_layers: Mapping[str, int] | Sequence[Mapping[str, int]] | None = None,
+    score_kind: str | Sequence[str | None] | None = None,
     labels: Sequence[str] | None = None,
     heatmap: bool | None = None,
     title: str | None = None,
@@ -295,8 +316,11 @@ def plot_selection(
         selection: an entry of ``hired.last_selection(model)``, or a list of them (one row each).
         scores: the matching entry (or list) of ``hired.last_scores(model)``: role → ``(P, T)`` scores.
         score_layers: role → vision layer, for the heatmap titles (``run_method`` returns it).
+        score_kind: what the scores are, for the line above the heatmaps: ``"cls"`` ([CLS] attention) or
+            ``"received"`` (the attention each patch receives, on towers without [CLS]); one per selection
+            or one for all (``run_method`` returns it as ``Run.kind``). ``None``: "attention scores".
         labels: one row title per selection (e.g. the method and its options).
-        heatmap: draw the [CLS]-attention maps under each row; default: whenever ``scores`` are given.
+        heatmap: draw the attention maps ([CLS] or received) under each row; default: whenever ``scores`` are given.
         title: a title for the whole figure.
         patch_size: ViT patch size in pixels; crops are drawn at ``side * patch_size`` pixels.
         min_crop_px: small crops are upscaled (nearest, by an integer factor) to at least this size.
@@ -311,6 +335,12 @@ def plot_selection(
     n = len(selections)
     score_list = _per_row(scores, n, "scores")
     layer_list = _per_row(score_layers, n, "score_layers")
+    kinds = list(score_kind) if isinstance(score_kind, (list, tuple)) else [score_kind] * n
+    if len(kinds) != n:
+        raise ValueError(f"got {len(kinds)} score kinds for {n} selections")
+    for kind in kinds:
+        if kind not in SCORE_NOTES:
+            raise ValueError(f"score_kind must be 'cls', 'received' or None, got {kind!r}")
     heatmap = any(s is not None for s in score_list) if heatmap is None else heatmap
     if heatmap and any(s is None for s in score_list):
         raise ValueError("heatmap=True needs scores for every selection (hired.last_scores(model))")
@@ -366,9 +396,9 @@ def plot_selection(
             f"reach the LLM ({pct:.1f}%){grid_txt}"
         )
     padded = min(layout.valid_counts) < layout.tokens
-    note = "[CLS] attention the method used (summed over heads; colours normalised per panel" + (
-        "; grey: padding)" if padded else ")"
-    )
+    notes = [
+        SCORE_NOTES[kind] + "; colours normalised per panel" + ("; grey: padding)" if padded else ")") for kind in kinds
+    ]
     key = [(FULL_COLOR, "none", "kept, full image")]
     if layout.num_subimages:
         key.append((SUB_COLOR, "none", "kept, sub-image"))
@@ -378,7 +408,7 @@ def plot_selection(
     key_w = sum(_text_px(text, FONT) + 45 for *_, text in key)
     texts = [_text_px(h, FONT + 2, bold=True) for h in headers] + [key_w]
     texts += [_text_px(title, FONT + 3, bold=True)] if title else []
-    texts += [_text_px(note, FONT)] if heatmap else []
+    texts += [_text_px(note, FONT) for note in notes] if heatmap else []
     width = x_comp + comp_w + max(0, n_extra - 1) * (GAP + comp_w) + MARGIN  # 2nd+ extra maps go to the right
     width = max(width, 2 * MARGIN + max(texts))
     top_h = (24 if title else 0) + 22
@@ -423,14 +453,14 @@ def plot_selection(
             sheet.text(
                 MARGIN,
                 top + block_h + 8,
-                "(this method reads no [CLS] attention)",
+                "(this method reads no attention scores)",
                 fontsize=FONT,
                 style="italic",
                 color="#444444",
             )
         if has_maps[i]:
             htop = top + block_h + SECTION + TITLE
-            sheet.text(MARGIN, top + block_h + 8, note, fontsize=FONT, style="italic", color="#444444")
+            sheet.text(MARGIN, top + block_h + 8, notes[i], fontsize=FONT, style="italic", color="#444444")
             _draw_heatmaps(
                 sheet,
                 score_list[i],
@@ -600,7 +630,7 @@ def add_show_parser(subparsers) -> None:
     from hired.commands import DTYPES
 
     p = subparsers.add_parser("show", help=SHOW_HELP, description=SHOW_HELP + " (needs matplotlib).")
-    p.add_argument("--model", required=True, help="local model folder or hub id org/name (LLaVA-NeXT or LLaVA-1.5)")
+    p.add_argument("--model", required=True, help="local model folder or hub id org/name (LLaVA-NeXT, LLaVA-1.5 or LLaVA-OneVision)")
     p.add_argument("--image", required=True, help="image file path or http(s) URL")
     p.add_argument("--out", required=True, help="figure to write: .png (or .pdf, .svg, ...)")
     p.add_argument(
@@ -614,7 +644,9 @@ def add_show_parser(subparsers) -> None:
     p.add_argument("--option", action="append", metavar="[NAME:]KEY=VALUE",
                    help="option for every method that has it (NAME: only for method NAME), parsed by its type")
     p.add_argument("--prompt", default="Describe the image.", help="text that goes with the image (one forward pass)")
-    p.add_argument("--heatmap", action="store_true", help="also draw the [CLS]-attention maps the method used")
+    p.add_argument("--heatmap", action="store_true",
+                   help="also draw the attention maps the method used ([CLS] attention, or on towers without "
+                   "[CLS] such as OneVision's SigLIP the attention each patch receives)")
     p.add_argument("--title", default=None, help="figure title (default: model and image names)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda (default cpu)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: float16 on CUDA, float32 on CPU")
@@ -686,6 +718,7 @@ def cmd_show(args) -> int:
         [r.selection for r in runs],
         scores=[r.scores for r in runs] if args.heatmap else None,
         score_layers=[r.layers for r in runs],
+        score_kind=[r.kind for r in runs],
         labels=labels,
         heatmap=args.heatmap,
         title=args.title if args.title is not None else f"{Path(args.model).name} on {Path(args.image).name}",
