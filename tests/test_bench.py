@@ -355,3 +355,108 @@ def test_projecting_every_patch_to_choose_counts_as_selection(llava_next):
         probes.remove()
     assert len(calls) == 2 and probes.marks["projector_start"] == calls[-1]
     assert probes.marks["vision_end"] < calls[0] < probes.marks["projector_start"] < probes.marks["llm_start"]
+
+
+# ------------------------------------------------------------------------------------------ LLaVA-OneVision
+
+
+@pytest.fixture(scope="module")
+def onevision():
+    """A tiny LLaVA-OneVision (SigLIP without [CLS]; its processor needs torchvision, else the tests skip)."""
+    pytest.importorskip("torchvision", reason='OneVision needs torchvision: pip install "hired[onevision]"')
+    from hired.tiny import tiny_llava_onevision
+
+    model, processor = tiny_llava_onevision(seed=0)
+    yield model, processor
+    assert hired.applied_method(model) is None
+
+
+def test_onevision_arch_shapes_match_the_checkpoint():
+    pytest.importorskip("torchvision", reason='OneVision needs torchvision: pip install "hired[onevision]"')
+    model, processor = build_arch("llava-onevision-7b", device="meta", dtype=torch.float16)
+    assert type(model).__name__ == "LlavaOnevisionForConditionalGeneration"
+    vc, tc, cfg = model.config.vision_config, model.config.text_config, model.config
+    assert vc.model_type == "siglip_vision_model" and not vc.vision_use_head
+    shape = (vc.num_hidden_layers, vc.hidden_size, vc.num_attention_heads, vc.intermediate_size, vc.image_size,
+             vc.patch_size)
+    assert shape == (27, 1152, 16, 4304, 384, 14)
+    assert tc.model_type == "qwen2"
+    text = (tc.num_hidden_layers, tc.hidden_size, tc.num_attention_heads, tc.num_key_value_heads,
+            tc.intermediate_size, tc.vocab_size)
+    assert text == (28, 3584, 28, 4, 18944, 152064)
+    assert (cfg.vision_feature_layer, cfg.vision_feature_select_strategy, cfg.vision_aspect_ratio) == (
+        -1, "full", "anyres_max_9")
+    assert [tuple(p) for p in cfg.image_grid_pinpoints] == [(384 * i, 384 * j) for i in range(1, 7) for j in range(1, 7)]
+    assert not any(name.split(".")[-1] == "head" for name, _ in model.model.vision_tower.named_modules())
+    # SigLIP-so400m without head 0.413 B, Qwen2-7B with its own output layer 7.616 B, projector 0.017 B
+    assert abs(sum(p.numel() for p in model.parameters()) - 8.046e9) < 0.002e9
+    assert processor.num_image_tokens == 729 and processor.vision_aspect_ratio == "anyres_max_9"
+    assert processor.image_token_id < tc.vocab_size and processor.video_token_id < tc.vocab_size
+
+
+def test_onevision_small_has_the_onevision_geometry():
+    pytest.importorskip("torchvision", reason='OneVision needs torchvision: pip install "hired[onevision]"')
+    from hired.families import family_of
+
+    model, processor = build_arch("onevision-small")
+    big, _ = build_arch("llava-onevision-7b", device="meta")
+    keys = ("image_grid_pinpoints", "vision_feature_layer", "vision_feature_select_strategy", "vision_aspect_ratio")
+    assert {k: getattr(model.config, k) for k in keys} == {k: getattr(big.config, k) for k in keys}
+    assert (model.config.vision_config.image_size, model.config.vision_config.patch_size) == (384, 14)
+    inner, family = family_of(model)
+    inputs = processor(images=demo_image((600, 600)), text=PROMPT, return_tensors="pt")
+    assert inputs["pixel_values"].shape[1] == 5  # full image + 2x2 grid
+    layout = family.layout((600, 600), family.geometry(model.config))
+    assert (layout.num_partitions, layout.tokens) == (5, 729)
+    stock = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    assert stock == family.stock_tokens(layout) == 729 + 54 * 55  # base crop + 54 rows of 54 patches and a newline
+    with torch.no_grad():
+        out = inner.vision_tower(inputs["pixel_values"][0], output_hidden_states=True)
+    assert out.hidden_states[-1].shape[:2] == (5, 729)  # no [CLS]: every token is a patch
+    vision = sum(p.numel() for p in inner.vision_tower.parameters())
+    llm = sum(p.numel() for p in inner.language_model.layers.parameters())
+    assert llm > 10 * vision  # the language model dominates the cost, as in the 7B model
+    assert set(ARCHS) >= {"llava-onevision-7b", "onevision-small"}
+
+
+def test_onevision_oracle_feeds_the_count_single_and_multi_image(onevision):
+    model, processor = onevision
+    image, other = demo_image((100, 200)), demo_image((90, 90))
+    prompts = ["USER: <image>\nWhat? ASSISTANT:", "USER: <image>\n<image>\nBoth? ASSISTANT:"]
+    with oracle(model, processor, [7, 5, 3]) as record:
+        inputs = processor(images=[[image], [image, other]], text=prompts, return_tensors="pt", padding=True)
+        assert inputs["batch_num_images"].tolist() == [1, 2]  # the second prompt's images: one crop each
+        assert (inputs["input_ids"] == processor.image_token_id).sum(dim=1).tolist() == [7, 8]
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
+        assert out.shape[1] == inputs["input_ids"].shape[1] + 2
+        assert record.features_per_image == [7, 5, 3]
+    with pytest.raises(ValueError, match="cannot feed 37 tokens from an image of 36 patches"):
+        with oracle(model, processor, [1, 37]):  # a multi-image prompt's image is one crop of 36 patches
+            inputs = processor(images=[[image, other]], text=prompts[1:], return_tensors="pt")
+            with torch.no_grad():
+                model(**inputs)
+    assert not {"get_image_features"} & set(model.model.__dict__)
+    assert not {"replace_image_token"} & set(processor.__dict__)
+
+
+@pytest.mark.parametrize("options", [{}, {"keep_newline": True}])
+def test_onevision_oracle_matches_the_method(onevision, image, options):
+    model, processor = onevision
+    settings = Settings(methods=(MethodSpec("hired", options), MethodSpec("cls_topk")), budgets=(0.3,),
+                        batch_sizes=(2,), full=False, **TINY)
+    result = run_benchmark(model, processor, image, settings)
+    rows = result["rows"]
+    assert [r["kind"] for r in rows] == ["method", "oracle", "reference"] * 2
+    from hired.families import get_family
+
+    family = get_family("onevision")
+    layout = family.layout((image.height, image.width), family.geometry(model.config))
+    for method, orc, ref in (rows[:3], rows[3:]):
+        assert method["score_kind"] == ref["score_kind"] == "received"
+        spec = method["method"]
+        want = num_image_tokens(hired.get_method(spec, budget=0.3, **(options if spec == "hired" else {})), layout,
+                                True)
+        assert orc["features_per_image"] == method["tokens_per_image"] == orc["tokens_per_image"] == [want, want]
+        assert method["stock_tokens_per_image"] == family.stock_tokens(layout)
+    assert result["meta"]["family"] == "onevision"

@@ -11,6 +11,17 @@ checkpoint's cost offline. ``build_arch(name, device, dtype)`` returns ``(model,
   patches, so a 600x600 image gives 5 partitions of 576 patches) and, as in the 7B model, a language
   model that dominates the cost: about 14 times the vision tower's multiply-adds at full budget (21 times
   in the 7B model); measured on a CPU, its prefill takes 12-13 times as long as the tower.
+* ``llava-onevision-7b``: the shapes of ``llava-hf/llava-onevision-qwen2-7b-ov-hf`` (SigLIP-so400m/14 at
+  384 px without [CLS] or head: 27 layers, 1152 wide, 16 heads, intermediate 4304, 27x27 = 729 patches a
+  crop; Qwen2-7B: 28 layers, 3584 wide, 28 heads, 4 key/value heads, intermediate 18944, vocabulary
+  152064; features from the last layer, ``vision_feature_select_strategy="full"``, ``anyres_max_9``,
+  pinpoints every grid 1x1 to 6x6 of 384 px crops).
+* ``onevision-small``: a scaled-down LLaVA-OneVision for CPUs with the OneVision token geometry (384 px
+  crops of 14 px patches, 729 patches a crop, grids up to 6x6, ``anyres_max_9``: a 600x600 image gives 5
+  partitions, 3645 patches, 3699 stock tokens) and ``small``'s widths, depths and vocabulary (SigLIP tower
+  8x128, Qwen2 language model 8x512 with 2 key/value heads, 32064 ids: the output layer stays a minor
+  part of a decode step, as in the 7B model). Its processor needs torchvision
+  (``pip install "hired[onevision]"``), as every OneVision processor does.
 
 The processor uses a small local byte-level tokenizer (``hired.tiny.tiny_tokenizer``) that knows
 ``<image>`` and some English; its ids all lie inside the configs' vocabularies, so the embedding and
@@ -26,11 +37,15 @@ import torch
 __all__ = ["ARCHS", "Arch", "build_arch", "list_archs"]
 
 _PINPOINTS_336 = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))  # llava-v1.6, (height, width)
+# llava-onevision-qwen2-*-ov: every grid from 1x1 to 6x6 of 384 px crops, rows outer, (height, width)
+_PINPOINTS_384_6X6 = tuple((384 * i, 384 * j) for i in range(1, 7) for j in range(1, 7))
 
 
 @dataclass(frozen=True)
 class Arch:
-    """Shapes of one architecture (``family`` is ``"llava_next"`` or ``"llava"``)."""
+    """Shapes of one architecture (``family`` is a :mod:`hired.families` name: ``"llava_next"``, ``"llava"``
+    or ``"onevision"``; OneVision has a SigLIP tower without [CLS] and a Qwen2 language model, the others
+    a CLIP tower and a Llama language model)."""
 
     name: str
     family: str
@@ -51,6 +66,8 @@ class Arch:
     vision_feature_layer: int = -2
     grid_pinpoints: tuple[tuple[int, int], ...] | None = None
     max_position_embeddings: int = 4096
+    text_kv_heads: int | None = None  # None: as many as text_heads
+    vision_aspect_ratio: str | None = None  # OneVision: "anyres_max_N"
 
 
 ARCHS: dict[str, Arch] = {
@@ -106,6 +123,50 @@ ARCHS: dict[str, Arch] = {
             vocab_size=32064,
             grid_pinpoints=_PINPOINTS_336,
         ),
+        Arch(
+            name="llava-onevision-7b",
+            family="onevision",
+            summary="llava-onevision-qwen2-7b-ov shapes: SigLIP-so400m/14-384 (27x1152) + Qwen2-7B (28x3584), "
+            "anyres_max_9 up to 6x6",
+            crop_size=384,
+            patch_size=14,
+            vision_hidden=1152,
+            vision_intermediate=4304,
+            vision_layers=27,
+            vision_heads=16,
+            text_hidden=3584,
+            text_intermediate=18944,
+            text_layers=28,
+            text_heads=28,
+            text_kv_heads=4,
+            vocab_size=152064,
+            vision_feature_layer=-1,
+            grid_pinpoints=_PINPOINTS_384_6X6,
+            vision_aspect_ratio="anyres_max_9",
+            max_position_embeddings=32768,
+        ),
+        Arch(
+            name="onevision-small",
+            family="onevision",
+            summary="CPU-sized LLaVA-OneVision: 384 px crops, 14 px patches, 729 a crop (SigLIP 8x128), "
+            "Qwen2 8x512, anyres_max_9 up to 6x6",
+            crop_size=384,
+            patch_size=14,
+            vision_hidden=128,
+            vision_intermediate=512,
+            vision_layers=8,
+            vision_heads=2,
+            text_hidden=512,
+            text_intermediate=1376,
+            text_layers=8,
+            text_heads=8,
+            text_kv_heads=2,
+            vocab_size=32064,  # small's: the output layer stays a minor cost of a decode step, as in the 7B model
+            vision_feature_layer=-1,
+            grid_pinpoints=_PINPOINTS_384_6X6,
+            vision_aspect_ratio="anyres_max_9",
+            max_position_embeddings=32768,
+        ),
     )
 }
 
@@ -115,7 +176,9 @@ def list_archs() -> dict[str, str]:
     return {name: arch.summary for name, arch in ARCHS.items()}
 
 
-def _config(arch: Arch, image_token_id: int, pad_token_id: int):
+def _config(arch: Arch, image_token_id: int, pad_token_id: int, video_token_id: int | None = None):
+    if arch.family == "onevision":
+        return _onevision_config(arch, image_token_id, pad_token_id, video_token_id)
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextConfig
 
     vision = CLIPVisionConfig(
@@ -135,7 +198,7 @@ def _config(arch: Arch, image_token_id: int, pad_token_id: int):
         intermediate_size=arch.text_intermediate,
         num_hidden_layers=arch.text_layers,
         num_attention_heads=arch.text_heads,
-        num_key_value_heads=arch.text_heads,
+        num_key_value_heads=arch.text_kv_heads or arch.text_heads,
         max_position_embeddings=arch.max_position_embeddings,
         rms_norm_eps=1e-5,
         pad_token_id=pad_token_id,
@@ -155,9 +218,55 @@ def _config(arch: Arch, image_token_id: int, pad_token_id: int):
     return LlavaConfig(**common)
 
 
+def _onevision_config(arch: Arch, image_token_id: int, pad_token_id: int, video_token_id: int | None):
+    """llava-onevision-qwen2-*-ov-hf's config at ``arch``'s sizes: SigLIP without head, Qwen2, "full" features."""
+    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
+
+    vision = SiglipVisionConfig(
+        hidden_size=arch.vision_hidden,
+        intermediate_size=arch.vision_intermediate,
+        num_hidden_layers=arch.vision_layers,
+        num_attention_heads=arch.vision_heads,
+        image_size=arch.crop_size,
+        patch_size=arch.patch_size,
+        hidden_act="gelu_pytorch_tanh",
+        layer_norm_eps=1e-6,
+        vision_use_head=False,
+    )
+    text = Qwen2Config(
+        vocab_size=arch.vocab_size,
+        hidden_size=arch.text_hidden,
+        intermediate_size=arch.text_intermediate,
+        num_hidden_layers=arch.text_layers,
+        num_attention_heads=arch.text_heads,
+        num_key_value_heads=arch.text_kv_heads or arch.text_heads,
+        max_position_embeddings=arch.max_position_embeddings,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        tie_word_embeddings=False,
+        pad_token_id=pad_token_id,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=image_token_id,
+        video_token_id=video_token_id,
+        projector_hidden_act="gelu",
+        vision_feature_layer=arch.vision_feature_layer,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio=arch.vision_aspect_ratio,
+        image_grid_pinpoints=[list(p) for p in arch.grid_pinpoints],
+        tie_word_embeddings=False,
+    )
+
+
 def _processor(arch: Arch, tokenizer):
     import transformers
 
+    if arch.family == "onevision":
+        return _onevision_processor(arch, tokenizer)
     size = {"shortest_edge": arch.crop_size}
     crop = {"height": arch.crop_size, "width": arch.crop_size}
     common = dict(
@@ -174,6 +283,28 @@ def _processor(arch: Arch, tokenizer):
     return transformers.LlavaProcessor(image_processor=cls(size=size, crop_size=crop), **common)
 
 
+def _onevision_processor(arch: Arch, tokenizer):
+    """The OneVision processor (its video processor needs torchvision: a clear error without it)."""
+    import transformers
+
+    from hired.commands import ONEVISION_EXTRA
+
+    try:
+        import torchvision  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f"{arch.name}: LLaVA-OneVision's processor needs torchvision: {ONEVISION_EXTRA}") from err
+    cls = getattr(transformers, "LlavaOnevisionImageProcessorPil", None) or transformers.LlavaOnevisionImageProcessor
+    size = {"height": arch.crop_size, "width": arch.crop_size}
+    return transformers.LlavaOnevisionProcessor(
+        image_processor=cls(size=size, image_grid_pinpoints=[list(p) for p in arch.grid_pinpoints]),
+        tokenizer=tokenizer,
+        video_processor=transformers.LlavaOnevisionVideoProcessor(size=size),
+        num_image_tokens=(arch.crop_size // arch.patch_size) ** 2,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio=arch.vision_aspect_ratio,
+    )
+
+
 def build_arch(
     name: str,
     device: str | torch.device = "cpu",
@@ -187,9 +318,8 @@ def build_arch(
     needs about 14 GB there; ``device="meta"`` builds the shapes only, without memory, for inspection).
     Nothing is downloaded. The processor emits the stock placeholder count; ``hired.apply`` changes it.
     """
-    from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
-
-    from hired.tiny import IMAGE_TOKEN, tiny_tokenizer
+    from hired.families import get_family
+    from hired.tiny import IMAGE_TOKEN, VIDEO_TOKEN, tiny_tokenizer
 
     arch = ARCHS.get(name)
     if arch is None:
@@ -199,11 +329,16 @@ def build_arch(
             raise ValueError(f"unknown dtype {dtype!r}")
         dtype = getattr(torch, dtype)
     tokenizer = tiny_tokenizer()
+    video_token_id = None
+    if arch.family == "onevision":
+        tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN]})
+        video_token_id = tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     if len(tokenizer) > arch.vocab_size:
         raise ValueError(f"the local tokenizer has {len(tokenizer)} ids, more than {name}'s vocabulary")
-    config = _config(arch, image_token_id, tokenizer.pad_token_id)
-    cls = LlavaNextForConditionalGeneration if arch.family == "llava_next" else LlavaForConditionalGeneration
+    processor = _processor(arch, tokenizer)  # first: OneVision without torchvision fails before any weight exists
+    config = _config(arch, image_token_id, tokenizer.pad_token_id, video_token_id)
+    cls = next(c for c, attr in get_family(arch.family).model_classes().items() if attr is not None)
     if torch.device(device).type != "meta":
         _check_memory(name, cls, config, torch.device(device), dtype)
     torch.manual_seed(seed)
@@ -211,7 +346,7 @@ def build_arch(
         model = cls._from_config(config, dtype=dtype, attn_implementation=attn_implementation)
     model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model, _processor(arch, tokenizer)
+    return model, processor
 
 
 def _available_bytes(device: torch.device) -> int | None:
@@ -238,5 +373,6 @@ def _check_memory(name: str, cls, config, device: torch.device, dtype: torch.dty
     if free is not None and need > free:
         raise ValueError(
             f"{name} needs about {need / 1e9:.1f} GB for its {str(dtype).replace('torch.', '')} weights but "
-            f"{device} has {free / 1e9:.1f} GB free; use a larger device (e.g. --device cuda) or --arch small"
+            f"{device} has {free / 1e9:.1f} GB free; use a larger device (e.g. --device cuda) or a CPU-sized "
+            "--arch (small, onevision-small)"
         )

@@ -4,6 +4,9 @@
   vision tower runs as stock; the first ``N_i`` patch features of image ``i`` (a fixed slice of its
   partitions, no scores, no sort) are projected and fill ``N_i`` placeholders. No dropping method can
   be faster at that count: it is the limit, and a method's TTFT over the oracle's is its overhead.
+  Which tokens of the tower's output are patches, and how an image's pixel values split into partitions,
+  come from the model's :mod:`hired.families` description (LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision: its
+  SigLIP tower has no [CLS], and a prompt with several images encodes each as one crop).
 * ``reference_attention``: the vision tower runs with eager attention and returns every layer's full
   ``(heads, N, N)`` attention map, which is how the reference HiRED code obtains its [CLS] scores
   (``output_attentions=True``). Combined with ``hired.apply`` it shows what computing only the [CLS]
@@ -22,22 +25,18 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from hired.core.grid import Geometry, layout_for
+from hired.families import Family, family_of
 
 _FEATURES = "get_image_features"
 _PLACEHOLDERS = "replace_image_token"
 
 
-def _inner(model: nn.Module) -> tuple[nn.Module, bool]:
-    """The module holding ``vision_tower`` / ``multi_modal_projector`` and whether it is LLaVA-NeXT."""
-    from transformers import LlavaModel, LlavaNextModel
-
-    inner = getattr(model, "model", model)
-    if isinstance(inner, LlavaNextModel):
-        return inner, True
-    if isinstance(inner, LlavaModel):
-        return inner, False
-    raise TypeError(f"the oracle supports LLaVA-NeXT and LLaVA-1.5 models, got {type(model).__name__}")
+def _inner(model: nn.Module) -> tuple[nn.Module, Family]:
+    """The module holding ``vision_tower`` / ``multi_modal_projector`` and the model's family."""
+    try:
+        return family_of(model)
+    except TypeError as err:
+        raise TypeError(f"the oracle runs on the models hired supports: {err}") from None
 
 
 @dataclass
@@ -47,37 +46,29 @@ class OracleRecord:
     features_per_image: list[int] = field(default_factory=list)
 
 
-def _geometry(config, next_family: bool) -> Geometry:
-    vc = config.vision_config
-    pins = tuple(tuple(p) for p in config.image_grid_pinpoints) if next_family else None
-    return Geometry(crop_size=int(vc.image_size), patch_size=int(vc.patch_size), grid_pinpoints=pins)
-
-
 def _oracle_features(
     inner: nn.Module,
-    next_family: bool,
+    family: Family,
     counts: Sequence[int],
     record: OracleRecord,
     pixel_values: torch.Tensor,
     image_sizes: torch.Tensor | None = None,
     vision_feature_layer=None,
     vision_feature_select_strategy: str | None = None,
+    vision_aspect_ratio: str | None = None,
+    batch_num_images: torch.Tensor | None = None,
     **kwargs,
 ):
     """Replacement for ``get_image_features``: stock tower, the first ``counts[i]`` patches of image ``i``.
 
-    ``pixel_values`` is ``(images, P_max, C, H, W)`` (LLaVA-NeXT) or ``(images, C, H, W)``; returns the
-    tower's output with ``pooler_output`` a list of ``(counts[i], hidden)``.
+    ``pixel_values`` is ``(images, P_max, C, H, W)`` (anyres families) or ``(images, C, H, W)``; returns
+    the tower's output with ``pooler_output`` a list of ``(counts[i], hidden)``. OneVision's
+    ``batch_num_images`` decides which images were encoded as one crop, as in the stock model.
     """
     config = inner.config
-    if next_family:
-        geometry = _geometry(config, True)
-        sizes = image_sizes.tolist()
-        parts = [layout_for((int(h), int(w)), geometry).num_partitions for h, w in sizes]
-        if pixel_values.dim() == 5:
-            pixel_values = torch.cat([pv[:p] for pv, p in zip(pixel_values, parts)])
-    else:
-        parts = [1] * pixel_values.shape[0]
+    extra = {} if batch_num_images is None else {"batch_num_images": batch_num_images}
+    layouts, pixel_values = family.batch_layouts(family.geometry(config), pixel_values, image_sizes, extra)
+    parts = [layout.num_partitions for layout in layouts]
     if len(parts) != len(counts):
         raise ValueError(f"the oracle was given counts for {len(counts)} images but the batch has {len(parts)}")
     kwargs.pop("return_dict", None)
@@ -85,7 +76,8 @@ def _oracle_features(
     out = inner.vision_tower(pixel_values, return_dict=True, **kwargs)
     layer = config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
     layers = [layer] if isinstance(layer, int) else list(layer)
-    feats = torch.cat([out.hidden_states[i][:, 1:] for i in layers], dim=-1)  # (sum P, T, Dv), [CLS] dropped
+    prefix = family.prefix_tokens(config)  # the [CLS] token the stock model drops, if any
+    feats = torch.cat([out.hidden_states[i][:, prefix:] for i in layers], dim=-1)  # (sum P, T, Dv)
     slices, start = [], 0
     for p, n in zip(parts, counts):
         flat = feats[start : start + p].flatten(0, 1)  # (P * T, Dv)
@@ -117,11 +109,11 @@ def oracle(model: nn.Module, processor, counts: Sequence[int]) -> Iterator[Oracl
     counts = [int(n) for n in counts]
     if not counts or min(counts) < 1:
         raise ValueError(f"oracle counts must be positive integers, got {counts}")
-    inner, next_family = _inner(model)
+    inner, family = _inner(model)
     record = OracleRecord()
     saved_model = inner.__dict__.get(_FEATURES)
     saved_proc = processor.__dict__.get(_PLACEHOLDERS)
-    inner.__dict__[_FEATURES] = functools.partial(_oracle_features, inner, next_family, counts, record)
+    inner.__dict__[_FEATURES] = functools.partial(_oracle_features, inner, family, counts, record)
     processor.__dict__[_PLACEHOLDERS] = functools.partial(_oracle_placeholders, processor, counts)
     try:
         yield record

@@ -33,12 +33,17 @@ def header(result: dict) -> str:
     load = ""
     if m.get("load_average_start") is not None:
         load = f" Load average (1/5/15 min) at start {m['load_average_start']}, at end {m['load_average_end']}."
+    kinds = sorted({r["score_kind"] for r in result.get("rows", []) if r.get("score_kind")})
+    scores = ""
+    if kinds:
+        names = {"cls": "the [CLS] row", "received": "the attention each patch receives (the tower has no [CLS])"}
+        scores = f" Attention scores the methods read: {', '.join(names.get(k, k) for k in kinds)}."
     return (
         f"Model `{m['model']}` ({m['model_class']}), {m['dtype']} on {m['device']}: {m['device_name']}{threads}. "
         f"torch {m['torch']}, transformers {m['transformers']}, hired {m['hired']}, Python {m['python']}. "
         f"Image {m['image']}, {m['image_size'][1]}x{m['image_size'][0]} px, {m['new_tokens']} new tokens, greedy. "
         f"{m['warmup']} warm-up + {m['runs']} runs per row: median (min-max). Memory: {m['memory']}. "
-        f"{m['date']}.{load}"
+        f"{m['date']}.{load}{scores}"
     )
 
 

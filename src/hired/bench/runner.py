@@ -172,6 +172,7 @@ def _groups(settings: Settings, info) -> list[list[_Case]]:
 
 def _model_info(model):
     """The adapter's view of the tower (for ``score_layers``), or ``None`` for an unsupported model."""
+    from hired.adapters.vision import has_cls_token
     from hired.methods.base import ModelInfo
 
     inner = getattr(model, "model", model)
@@ -183,7 +184,19 @@ def _model_info(model):
     f = config.vision_feature_layer
     f = max([f] if isinstance(f, int) else list(f))
     feature_layer = (f + layers + 1 if f < 0 else f) - 1
-    return ModelInfo(num_layers=layers, num_heads=int(vc.num_attention_heads), feature_layer=feature_layer)
+    tower = getattr(inner, "vision_tower", None)
+    has_cls = has_cls_token(tower) if tower is not None else True
+    return ModelInfo(num_layers=layers, num_heads=int(vc.num_attention_heads), feature_layer=feature_layer,
+                     has_cls=has_cls)
+
+
+def _family_name(model) -> str | None:
+    from hired.families import family_of
+
+    try:
+        return family_of(model)[1].name
+    except TypeError:
+        return None
 
 
 def _image_token_id(model) -> int:
@@ -287,7 +300,8 @@ def run_benchmark(model: nn.Module, processor, image, settings: Settings | None 
                   model_name: str = "model", image_name: str = "image", command: str | None = None) -> dict:
     """Time ``model`` on ``image`` as ``settings`` say; returns a JSON-ready dict (``meta`` and ``rows``).
 
-    The model must be a stock LLaVA-NeXT / LLaVA-1.5 (no method applied); it is stock again afterwards.
+    The model must be a stock LLaVA-NeXT / LLaVA-1.5 / LLaVA-OneVision (no method applied); it is stock
+    again afterwards.
     """
     import transformers
     from tqdm.auto import tqdm
@@ -364,6 +378,8 @@ def run_benchmark(model: nn.Module, processor, image, settings: Settings | None 
             }
             if case.kept_per_image is not None:
                 row["kept_per_image"] = case.kept_per_image
+            if case.method is not None and info is not None and case.method.score_layers(info):
+                row["score_kind"] = case.method.score_kind(info)  # "cls" or "received" (towers without [CLS])
             if case.features_per_image is not None:
                 row["features_per_image"] = case.features_per_image
             if case.kind in ("method", "reference") and oracle_runs:
@@ -373,6 +389,7 @@ def run_benchmark(model: nn.Module, processor, image, settings: Settings | None 
     meta = {
         "model": model_name,
         "model_class": type(model).__name__,
+        "family": _family_name(model),
         "device": str(device),
         "device_name": device_name(device),
         "torch_threads": torch.get_num_threads() if device.type == "cpu" else None,
