@@ -26,7 +26,8 @@ class ImageSelection:
     ``grid = (rows, cols)`` of sub-images, ``(0, 0)`` for LLaVA-1.5. ``num_tokens`` is what the
     language model receives for this image (newline tokens included); ``num_tokens_stock`` is what the
     unmodified model would receive. ``position_ids``: with ``keep_positions``, the position id each of
-    the image's ``num_tokens`` tokens was given (their stock ids, in order), else ``None`` (packed).
+    the image's ``num_tokens`` tokens was given (their stock ids, in order), else ``None`` (packed); on
+    Qwen2.5-VL (M-RoPE, always the stock ids) one ``[t, h, w]`` triple per token.
     """
 
     image_size: tuple[int, int]
@@ -34,7 +35,7 @@ class ImageSelection:
     partitions: list[PartitionSelection]
     num_tokens: int
     num_tokens_stock: int
-    position_ids: list[int] | None = None
+    position_ids: list[int] | list[list[int]] | None = None
 
     @property
     def num_kept(self) -> int:

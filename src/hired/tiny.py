@@ -275,6 +275,64 @@ def tiny_llava_onevision(
     return model, processor
 
 
+QWEN_VISION_START, QWEN_VISION_END, QWEN_VIDEO = "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"
+
+
+def tiny_qwen2_5_vl(
+    seed: int = 0,
+    vision_hidden: int = 32,
+    vision_depth: int = 4,
+    vision_heads: int = 2,
+    fullatt_blocks: tuple[int, ...] = (1, 3),
+    window_size: int = 56,
+    text_hidden: int = 64,
+    text_layers: int = 2,
+    text_heads: int = 2,
+    max_pixels: int = 28 * 28 * 64,
+    attn_implementation: str = "sdpa",
+):
+    """``(model, processor)``: a random-weight ``Qwen2_5_VLForConditionalGeneration`` (patch 14, 2x2 merge,
+    window attention of ``window_size`` px in all blocks but ``fullatt_blocks``, M-RoPE decoder) and its
+    processor; images are resized to at most ``max_pixels`` (64 merged tokens by default). The image
+    placeholder is ``<image>``, wrapped in ``<|vision_start|>`` / ``<|vision_end|>`` as Qwen's prompts do.
+
+    The processor's video processor needs an importable torchvision.
+    """
+    import transformers
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": [QWEN_VIDEO, QWEN_VISION_START, QWEN_VISION_END]})
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (IMAGE_TOKEN, QWEN_VIDEO, QWEN_VISION_START, QWEN_VISION_END)}
+    head_dim = text_hidden // text_heads
+    section = [head_dim // 8, (head_dim // 2 - head_dim // 8) // 2]
+    section.append(head_dim // 2 - sum(section))
+    config = Qwen2_5_VLConfig(
+        vision_config=dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
+                           num_heads=vision_heads, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                           window_size=window_size, fullatt_block_indexes=list(fullatt_blocks),
+                           out_hidden_size=text_hidden, in_channels=3),
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
+                         num_hidden_layers=text_layers, num_attention_heads=text_heads,
+                         num_key_value_heads=text_heads, max_position_embeddings=4096,
+                         rope_parameters={"rope_type": "default", "mrope_section": section, "rope_theta": 10000.0},
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2),
+        image_token_id=ids[IMAGE_TOKEN], video_token_id=ids[QWEN_VIDEO],
+        vision_start_token_id=ids[QWEN_VISION_START], vision_end_token_id=ids[QWEN_VISION_END],
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.set_attn_implementation(attn_implementation)
+    image_cls = getattr(transformers, "Qwen2VLImageProcessorPil", None) or transformers.Qwen2VLImageProcessor
+    sizes = dict(min_pixels=56 * 56, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2)
+    processor = Qwen2_5_VLProcessor(
+        image_processor=image_cls(**sizes),
+        tokenizer=tokenizer,
+        video_processor=transformers.Qwen2VLVideoProcessor(**sizes),
+    )
+    return model, processor
+
+
 def save_tiny(path: str | Path, family: str = "llava_next", **kwargs) -> Path:
     """Write a tiny model and its processor to ``path`` (``from_pretrained`` reads it back)."""
     builders = {"llava_next": tiny_llava_next, "llava": tiny_llava, "onevision": tiny_llava_onevision}

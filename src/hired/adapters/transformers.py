@@ -47,6 +47,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from hired.adapters import qwen
 from hired.adapters.vision import ScoreHooks, encoder_layers, has_cls_token
 from hired.core.grid import Geometry, Layout
 from hired.families import Family, family_of
@@ -64,7 +65,7 @@ from hired.methods.pack import feature_inputs, keeps_newline, pack_features
 from hired.selection import ImageSelection, PartitionSelection
 
 _STATE = "_hired_state"
-_MODEL_ATTRS = ("get_image_features", "get_placeholder_mask")
+_MODEL_ATTRS = ("get_image_features", "get_placeholder_mask", "get_rope_index")
 _PROC_ATTRS = ("replace_image_token", "_process_images")
 # serialises apply / remove (on any model); calls in flight are waited for through _State.calls
 _APPLY_LOCK = threading.RLock()
@@ -172,6 +173,7 @@ class _StockIndex:
 
     index: torch.Tensor
     length: int
+    mrope: torch.Tensor | None = None  # Qwen2.5-VL: (3, n) (t, h, w) offsets of the tokens from the image's first id
 
 
 _STOCK = "_hired_stock"
@@ -247,20 +249,6 @@ def _inner_model(model: nn.Module) -> tuple[nn.Module, Family]:
     return family_of(model)
 
 
-def _hidden_layers(config, num_layers: int) -> list[int]:
-    layer = config.vision_feature_layer
-    layers = [layer] if isinstance(layer, int) else list(layer)
-    out = []
-    for f in layers:
-        idx = f + num_layers + 1 if f < 0 else f
-        if not 1 <= idx <= num_layers:
-            raise ValueError(
-                f"vision_feature_layer {f} does not name the output of one of the {num_layers} encoder layers"
-            )
-        out.append(idx)
-    return out
-
-
 def _build_state(model: nn.Module, processor, method: Method) -> tuple[nn.Module, _State]:
     """Check everything and build the adapter state. Raises before anything is modified."""
     if not isinstance(method, Method):
@@ -268,16 +256,16 @@ def _build_state(model: nn.Module, processor, method: Method) -> tuple[nn.Module
     inner, family = _inner_model(model)
     config = inner.config
     vc = config.vision_config
-    tower = inner.vision_tower
+    tower = family.tower(inner)
     has_cls = has_cls_token(tower)
     family.check_config(config, has_cls)
-    num_layers, num_heads = int(vc.num_hidden_layers), int(vc.num_attention_heads)
-    hidden_layers = _hidden_layers(config, num_layers)
-    info = ModelInfo(num_layers=num_layers, num_heads=num_heads, feature_layer=max(hidden_layers) - 1,
-                     has_cls=has_cls)
+    info, hidden_layers = family.model_info(config, has_cls)
+    num_layers = info.num_layers
     roles = dict(method.score_layers(info))
     key_roles = dict(method.key_layers(info))
     kind = method.score_kind(info)
+    if family.mrope:
+        qwen.check_method(method)
     for role, layer in [*roles.items(), *key_roles.items()]:
         if not 0 <= layer < num_layers:
             raise ValueError(f"{role} layer {layer} is out of range: the vision tower has layers 0..{num_layers - 1}")
@@ -311,15 +299,20 @@ def apply(model: nn.Module, processor, method: Method) -> nn.Module:
         old = getattr(inner, _STATE, None)
         if old is not None:
             remove(model, old.processor)
-        state.hooks = ScoreHooks(state.encoder, state.info.num_heads, state.roles, state.key_roles,
-                                 kind=state.score_kind)
+        hooks = qwen.QwenScoreHooks if state.family.mrope else ScoreHooks
+        state.hooks = hooks(state.encoder, state.info.num_heads, state.roles, state.key_roles, kind=state.score_kind)
         state.handles.append(inner.register_forward_pre_hook(
             functools.partial(_on_forward, state, _positional_names(inner)), with_kwargs=True))
-        if method.keep_positions:
-            lm = inner.language_model
-            state.handles.append(lm.register_forward_pre_hook(functools.partial(_stock_positions, state), with_kwargs=True))
-            state.handles.append(lm.register_forward_hook(_keep_shift))
-        patches = {"get_image_features": _image_features, "get_placeholder_mask": _placeholder_mask}
+        lm = inner.language_model
+        if state.family.mrope:  # kept tokens always keep their stock (t, h, w) ids
+            state.handles.append(lm.register_forward_pre_hook(functools.partial(_mrope_positions, state), with_kwargs=True))
+            patches = {"get_image_features": _qwen_image_features, "get_placeholder_mask": _placeholder_mask,
+                       "get_rope_index": qwen.rope_index}
+        else:
+            if method.keep_positions:
+                state.handles.append(lm.register_forward_pre_hook(functools.partial(_stock_positions, state), with_kwargs=True))
+                state.handles.append(lm.register_forward_hook(_keep_shift))
+            patches = {"get_image_features": _image_features, "get_placeholder_mask": _placeholder_mask}
         for name, fn in patches.items():
             state.saved[name] = inner.__dict__.get(name)
             patch = _ModelPatch(fn, inner, state)
@@ -390,7 +383,8 @@ def prepare_inputs(model: nn.Module, processor, images=None, text=None, *, query
         _ENCODING.reset(token)
     if encoded is not None:
         for key in ("pixel_values", *state.family.image_kwargs()):
-            inputs.pop(key, None)
+            if key not in state.family.position_kwargs():  # Qwen2.5-VL's positions need image_grid_thw
+                inputs.pop(key, None)
         inputs["mm_encoder_outputs"] = {"image": encoded}
     return inputs
 
@@ -434,7 +428,10 @@ def last_selection(model: nn.Module) -> list[ImageSelection]:
     positions = [None] * len(record.layouts)
     if record.positions is not None:
         ids, mask = record.positions
-        positions = [p.tolist() for p in ids[mask].cpu().split(record.lengths)]
+        if ids.dim() == 3:  # Qwen2.5-VL: (3 or 4, B, S) → one (t, h, w) triple per token
+            positions = [p.tolist() for p in ids[-3:][:, mask].T.cpu().split(record.lengths)]
+        else:
+            positions = [p.tolist() for p in ids[mask].cpu().split(record.lengths)]
     out, start = [], 0
     for layout, budgets, ids in zip(record.layouts, record.selection.budgets, positions):
         p = layout.num_partitions
@@ -442,7 +439,7 @@ def last_selection(model: nn.Module) -> list[ImageSelection]:
             PartitionSelection(
                 kept=torch.nonzero(keep[start + i]).flatten().tolist(),
                 budget=budgets[i],
-                grid=(layout.side, layout.side),
+                grid=layout.partition_shape,
                 valid=layout.valid_counts[i],
             )
             for i in range(p)
@@ -476,7 +473,8 @@ def last_scores(model: nn.Module) -> list[dict[str, torch.Tensor]]:
         return []
     sizes = [layout.num_partitions for layout in record.layouts]
     per_role = {role: s.detach().float().cpu().split(sizes) for role, s in record.scores.items()}
-    return [{role: parts[i] for role, parts in per_role.items()} for i in range(len(sizes))]
+    return [{role: parts[i][:, : layout.tokens] for role, parts in per_role.items()}
+            for i, layout in enumerate(record.layouts)]
 
 
 def score_layers(model: nn.Module) -> dict[str, int]:
@@ -527,7 +525,7 @@ def _encode_in_processor(encoding: dict, image_inputs: dict):
     key = id(image_inputs)
     if key not in encoding:
         inner = encoding["model"]
-        param = next(inner.vision_tower.parameters())
+        param = next(encoding["state"].family.tower(inner).parameters())
         pixel_values = image_inputs["pixel_values"]
         if isinstance(pixel_values, (list, tuple)):
             pixel_values = torch.stack([torch.as_tensor(pv) for pv in pixel_values])
@@ -625,6 +623,83 @@ def _select_and_pack(inner: nn.Module, state: _State, layouts: list[Layout], sco
     for features, image in zip(out, images):
         setattr(features, _STOCK, image)  # travels with the features into mm_encoder_outputs
     return out, record
+
+
+# ------------------------------------------------------------------------------------------- Qwen2.5-VL
+
+
+def _qwen_image_features(inner: nn.Module, state: _State, pixel_values: torch.Tensor,
+                         image_grid_thw: torch.Tensor | None = None, **kwargs):
+    """Replacement for Qwen2.5-VL's ``get_image_features``: run the tower (merger included) with the score
+    hooks, select merged tokens per image, hand on the kept ones in raster order.
+
+    Returns the tower's output with ``pooler_output`` a list of ``(kept_i, D)`` per image."""
+    layouts, _ = state.family.batch_layouts(state.geometry, pixel_values, image_grid_thw, {})
+    visual = inner.visual
+    kwargs.pop("return_dict", None)
+    with state.calls.running(), state.hooks.recording() as rec:
+        out = visual(pixel_values.type(visual.dtype), grid_thw=image_grid_thw, **kwargs)
+    missing = sorted(set(state.roles) - set(rec.rows)) + sorted(set(state.key_roles) - set(rec.keys))
+    if missing:
+        raise RuntimeError(f"the vision tower's forward did not reach the hooked blocks for {', '.join(missing)}")
+    merged = out.pooler_output  # (sum N, D) raster order, image after image
+    unit = visual.spatial_merge_size**2
+    order = qwen.merged_order(visual, image_grid_thw)
+    scores = {r: qwen.pool_to_merged(v, unit, order, "sum") for r, v in rec.rows.items()}  # (sum N,)
+    keys = {r: qwen.pool_to_merged(v, unit, order, "mean") for r, v in rec.keys.items()}  # (sum N, H * D)
+    starts = torch.tensor([0, *[lay.tokens for lay in layouts]]).cumsum(0).tolist()
+    groups: dict[int, list[int]] = {}
+    for i, layout in enumerate(layouts):
+        groups.setdefault(layout.tokens, []).append(i)  # images of one token count are selected together
+    method, width = state.method, max(lay.tokens for lay in layouts)
+    outs: list = [None] * len(layouts)
+    keep = torch.zeros(len(layouts), width, dtype=torch.bool)
+    budgets: list = [None] * len(layouts)
+    padded = {r: torch.zeros(len(layouts), width) for r in scores}
+    for tokens, idx in groups.items():
+        rows = lambda values: torch.stack([values[starts[i]: starts[i] + tokens] for i in idx])  # noqa: E731
+        group = [layouts[i] for i in idx]
+        feats = rows(merged)  # (G, N, D)
+        g_scores, g_keys = {r: rows(v) for r, v in scores.items()}, {r: rows(v) for r, v in keys.items()}
+        selection = method.select(group, g_scores, state.info, keys=g_keys,
+                                  **feature_inputs(method, feats, lambda f: f))
+        packed = pack_features(method, group, selection, feats, newline=False)
+        for j, (i, features, index) in enumerate(zip(idx, packed.features.split(packed.lengths),
+                                                     packed.stock_index.split(packed.lengths))):
+            cols = layouts[i].partition_shape[1]
+            setattr(features, _STOCK, _StockIndex(index, tokens, qwen.mrope_offsets(index.cpu(), cols)))
+            outs[i] = features
+            keep[i, :tokens] = selection.keep[j].cpu()
+            budgets[i] = selection.budgets[j]
+            for r in scores:
+                padded[r][i, :tokens] = g_scores[r][j].float().cpu()
+    images = tuple(getattr(f, _STOCK) for f in outs)
+    record = _Record(layouts, Selection(keep=keep, budgets=budgets), padded, [len(f) for f in outs], images)
+    _remember(state, record)
+    forward = _FORWARD.get()
+    if forward is not None and forward.state is state:
+        forward.images, forward.record = images, record
+    out.pooler_output = outs
+    out._hired_record = record
+    return out
+
+
+def _mrope_positions(state: _State, _module, args, kwargs):
+    """Forward pre-hook of Qwen2.5-VL's language model: in a prompt pass, give each kept visual token its
+    stock (t, h, w) ids (text ids and decoding are the stock ones already, from ``get_rope_index``)."""
+    if _cache_length(_cache_of(kwargs)):
+        return None
+    forward = _FORWARD.get()
+    position_ids = kwargs.get("position_ids")
+    if (forward is None or forward.state is not state or forward.images is None or forward.image_mask is None
+            or position_ids is None):
+        return None
+    if position_ids.dim() != 3:
+        raise ValueError(f"Qwen2.5-VL needs (3 or 4, batch, sequence) position_ids, got {tuple(position_ids.shape)}")
+    kwargs["position_ids"] = qwen.kept_positions(position_ids, forward.image_mask, [i.mrope for i in forward.images])
+    if forward.record is not None:
+        _remember(state, dataclasses.replace(forward.record, positions=(kwargs["position_ids"], forward.image_mask)))
+    return args, kwargs
 
 
 # ---------------------------------------------------------------------------------- query-aware methods
@@ -769,7 +844,7 @@ def _on_forward(state: _State, names: list[str], _module, args, kwargs):
             encoded = fresh
             changed = _with_argument(names, args, kwargs, "mm_encoder_outputs",
                                      {**given["mm_encoder_outputs"], "image": fresh})
-    if state.method.keep_positions:
+    if state.method.keep_positions or state.family.mrope:
         _FORWARD.set(_encoded_forward(state, encoded) if encoded is not None else _Forward(state))
     if given.get("pixel_values") is not None or encoded is not None:
         return changed

@@ -22,10 +22,11 @@ _QK_NAMES = (("q_proj", "k_proj"), ("query", "key"))
 
 
 def encoder_layers(vision_tower: nn.Module, num_layers: int) -> nn.ModuleList:
-    """The tower's list of transformer blocks (``encoder.layers`` in CLIP, ``encoder.layer`` in DINOv2)."""
+    """The tower's list of transformer blocks (``encoder.layers`` in CLIP and SigLIP, ``encoder.layer`` in
+    DINOv2, ``blocks`` in Qwen2.5-VL)."""
     for name, module in vision_tower.named_modules():
         leaf = name.rsplit(".", 1)[-1]
-        if isinstance(module, nn.ModuleList) and leaf in ("layers", "layer") and len(module) == num_layers:
+        if isinstance(module, nn.ModuleList) and leaf in ("layers", "layer", "blocks") and len(module) == num_layers:
             return module
     raise ValueError(
         f"could not find the {num_layers} encoder layers of vision tower {type(vision_tower).__name__}"

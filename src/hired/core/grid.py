@@ -104,7 +104,8 @@ class Layout:
     ``grid = (rows, cols)`` of sub-images, ``(0, 0)`` for a single-partition model. The valid canvas
     region is ``[top, bottom) x [left, right)`` in canvas patch coordinates. ``scaled = (rows, cols)`` is
     the shape the stock model interpolates that region to (LLaVA-OneVision's anyres_max), ``None`` if it
-    keeps it as it is.
+    keeps it as it is. ``shape = (rows, cols)``: a single partition that is not ``side x side`` (a
+    native-resolution tower such as Qwen2.5-VL's, whose one partition is the image's grid of merged tokens).
     """
 
     image_size: tuple[int, int]
@@ -115,11 +116,22 @@ class Layout:
     left: int = 0
     right: int = 0
     scaled: tuple[int, int] | None = None
+    shape: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.shape is not None and self.grid != (0, 0):
+            raise ValueError("a Layout with a shape has one partition (grid (0, 0))")
+
+    @property
+    def partition_shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of patches in one partition: ``shape``, or ``(side, side)``."""
+        return self.shape if self.shape is not None else (self.side, self.side)
 
     @property
     def tokens(self) -> int:
         """T: patch tokens per partition."""
-        return self.side * self.side
+        rows, cols = self.partition_shape
+        return rows * cols
 
     @property
     def num_subimages(self) -> int:

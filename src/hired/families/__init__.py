@@ -6,8 +6,9 @@ from hired.families.base import Family
 from hired.families.llava import Llava
 from hired.families.llava_next import LlavaNext
 from hired.families.onevision import Onevision
+from hired.families.qwen2_5_vl import Qwen25VL
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (LlavaNext(), Llava(), Onevision())}
+FAMILIES: dict[str, Family] = {f.name: f for f in (LlavaNext(), Llava(), Onevision(), Qwen25VL())}
 """Family name → its description."""
 
 

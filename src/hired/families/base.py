@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Sequence
 
 from hired.core.grid import Geometry, Layout, layout_for
+from hired.methods.base import ModelInfo
 
 
 class Family:
@@ -40,6 +41,33 @@ class Family:
                 f"{self.title} with vision_feature_select_strategy='default' drops the tower's first token as "
                 "[CLS], but this vision tower has no [CLS] token"
             )
+
+    mrope: ClassVar[bool] = False  # 3-D M-RoPE position ids (Qwen2.5-VL)
+
+    def tower(self, inner):
+        """The vision tower module of the inner model."""
+        return inner.vision_tower
+
+    def model_info(self, config, has_cls: bool) -> tuple[ModelInfo, list[int]]:
+        """What methods may know of the tower, and the indices into its ``hidden_states`` that form the
+        features (``vision_feature_layer``; several are concatenated)."""
+        vc = config.vision_config
+        num_layers, num_heads = int(vc.num_hidden_layers), int(vc.num_attention_heads)
+        layer = config.vision_feature_layer
+        hidden = []
+        for f in [layer] if isinstance(layer, int) else list(layer):
+            idx = f + num_layers + 1 if f < 0 else f
+            if not 1 <= idx <= num_layers:
+                raise ValueError(
+                    f"vision_feature_layer {f} does not name the output of one of the {num_layers} encoder layers"
+                )
+            hidden.append(idx)
+        info = ModelInfo(num_layers=num_layers, num_heads=num_heads, feature_layer=max(hidden) - 1, has_cls=has_cls)
+        return info, hidden
+
+    def position_kwargs(self) -> tuple[str, ...]:
+        """Image inputs the language model's positions need; two-pass inputs keep them."""
+        return ()
 
     def prefix_tokens(self, config) -> int:
         """Tokens before the patches in the tower's output that are not image features ([CLS])."""

@@ -60,9 +60,9 @@ class _EvenSplit:
 @lru_cache(maxsize=512)
 def _lattice_mask(layout: Layout, budgets: tuple[int, ...]) -> torch.Tensor:
     """Bool ``(P, T)`` on the CPU: ``budgets[p]`` lattice points inside each partition's valid rectangle."""
-    side = layout.side
-    valid = layout.valid_mask.view(-1, side, side)
-    keep = torch.zeros(layout.num_partitions, side * side, dtype=torch.bool)
+    height_p, width_p = layout.partition_shape
+    valid = layout.valid_mask.view(-1, height_p, width_p)
+    keep = torch.zeros(layout.num_partitions, layout.tokens, dtype=torch.bool)
     for p, k in enumerate(budgets):
         rows = torch.nonzero(valid[p].any(dim=1)).flatten()
         cols = torch.nonzero(valid[p].any(dim=0)).flatten()
@@ -73,7 +73,7 @@ def _lattice_mask(layout: Layout, budgets: tuple[int, ...]) -> torch.Tensor:
         if height * width != int(valid[p].sum()):
             raise RuntimeError(f"partition {p} of {layout} has a non-rectangular valid region")
         idx = lattice_indices(height, width, k)
-        keep[p, (rows[idx // width]) * side + cols[idx % width]] = True
+        keep[p, (rows[idx // width]) * width_p + cols[idx % width]] = True
     return keep
 
 
@@ -119,6 +119,8 @@ def _image_seed(seed: int, layout: Layout) -> int:
     processes, unlike ``hash``)."""
     box = (layout.top, layout.bottom, layout.left, layout.right)
     key = f"{seed}|{layout.image_size}|{layout.side}|{layout.grid}|{box}"
+    if layout.shape is not None:
+        key += f"|{layout.shape}"
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") & (2**63 - 1)
 
 

@@ -1,0 +1,301 @@
+"""The transformers adapter on a tiny random-weight Qwen2.5-VL (native-resolution ViT, 2x2 merger, M-RoPE).
+
+Expected values come from the stock model: placeholder counts from ``image_grid_thw``, M-RoPE ids from a
+stock run of the same prompt (every text token and every kept visual token must get the id it has
+there, in the prompt pass and while decoding), received attention from the attention weights the
+stock blocks compute (recorded through transformers' ``AttentionInterface``).
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+import hired
+from conftest import make_image
+from hired.methods.base import get_method, list_methods
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+PROMPT = "USER: <|vision_start|><image><|vision_end|>\nwhat is this? ASSISTANT:"
+SIZES = [(150, 230), (100, 100), (300, 120), (60, 400), (200, 200)]
+
+
+@pytest.fixture(scope="module")
+def _qwen_session():
+    pytest.importorskip("torchvision", reason="Qwen2.5-VL's processor needs torchvision (hired[onevision])")
+    from hired.tiny import tiny_qwen2_5_vl
+
+    with torch.no_grad():
+        return tiny_qwen2_5_vl(seed=0)
+
+
+@pytest.fixture
+def qwen(_qwen_session):
+    model, processor = _qwen_session
+    assert hired.applied_method(model) is None
+    yield model, processor
+    if hired.applied_method(model) is not None:
+        hired.remove(model, processor)
+    left = [a for a in ("get_image_features", "get_placeholder_mask", "get_rope_index", "_hired_state")
+            if a in model.model.__dict__]
+    assert not left, f"hired state left on the model: {left}"
+
+
+def _inputs(processor, images, texts, **kwargs):
+    args = {"text": texts, "return_tensors": "pt", "padding": True, **kwargs}
+    if images:
+        args["images"] = images
+    return processor(**args)
+
+
+def _logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def _generate(model, inputs, n=5):
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    return out[:, inputs["input_ids"].shape[1]:]
+
+
+def _runs(input_ids, token_id):
+    runs = []
+    for row in input_ids.tolist():
+        n = 0
+        for tok in row + [None]:
+            if tok == token_id:
+                n += 1
+            elif n:
+                runs.append(n)
+                n = 0
+    return runs
+
+
+class _Positions:
+    """Records the (t, h, w) position ids each language-model call receives."""
+
+    def __init__(self, model):
+        self.calls: list[torch.Tensor] = []
+        self._handle = model.model.language_model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, _module, _args, kwargs):
+        self.calls.append(kwargs["position_ids"][-3:].clone())
+
+    def close(self):
+        self._handle.remove()
+
+
+def _fixed_methods():
+    out = []
+    for name in list_methods():
+        method = get_method(name, budget=0.3)
+        if not method.adaptive and not method.query_aware:
+            out.append(method)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- counts
+
+
+@pytest.mark.parametrize("method", _fixed_methods(), ids=lambda m: m.name)
+def test_counts_every_fixed_budget_method(qwen, method):
+    model, processor = qwen
+    images = [make_image(h, w, seed=i) for i, (h, w) in enumerate(SIZES)]
+    stock = _inputs(processor, images, [PROMPT] * len(images))
+    merged = (stock["image_grid_thw"].prod(-1) // 4).tolist()
+    hired.apply(model, processor, method)
+    inputs = _inputs(processor, images, [PROMPT] * len(images))
+    _logits(model, inputs)  # the stock placeholder check: features == placeholders
+    sels = hired.last_selection(model)
+    expected = [math.floor(Fraction("0.3") * n) for n in merged]
+    assert [s.num_tokens for s in sels] == expected
+    assert _runs(inputs["input_ids"], model.config.image_token_id) == expected
+    assert [s.num_tokens_stock for s in sels] == merged
+    for sel, n in zip(sels, merged):
+        (part,) = sel.partitions
+        assert part.budget == len(part.kept) and all(0 <= k < n for k in part.kept)
+        assert part.grid[0] * part.grid[1] == n
+
+
+# ------------------------------------------------------------------------------- budget 1.0 is stock
+
+
+def test_full_budget_is_bit_identical_and_remove_restores(qwen):
+    model, processor = qwen
+    images = [make_image(h, w, seed=10 + i) for i, (h, w) in enumerate(SIZES[:3])]
+    stock_inputs = _inputs(processor, images, [PROMPT] * 3)
+    stock, stock_gen = _logits(model, stock_inputs), _generate(model, stock_inputs)
+    hired.apply(model, processor, hired.HiRED(budget=1.0))
+    inputs = _inputs(processor, images, [PROMPT] * 3)
+    assert torch.equal(inputs["input_ids"], stock_inputs["input_ids"])
+    assert torch.equal(_logits(model, inputs), stock)
+    assert torch.equal(_generate(model, inputs), stock_gen)
+    hired.remove(model, processor)
+    assert torch.equal(_logits(model, _inputs(processor, images, [PROMPT] * 3)), stock)
+
+
+# ------------------------------------------------------------------------------------------ positions
+
+
+@pytest.mark.parametrize("method", [hired.HiRED(budget=0.3), hired.Spatial(budget=0.5), hired.DivPrune(budget=0.2)],
+                         ids=lambda m: m.name)
+def test_mrope_ids_equal_the_stock_ids_in_prefill_and_decode(qwen, method):
+    """Every text token and every kept visual token gets the (t, h, w) id it has in the stock run of the
+    same prompt, in the prompt pass and in every decoding step."""
+    model, processor = qwen
+    images = [make_image(*s, seed=20 + i) for i, s in enumerate([(150, 230), (300, 120)])]
+    texts = ["USER: <|vision_start|><image><|vision_end|> and <|vision_start|><image><|vision_end|> ? ASSISTANT:"]
+    stock_inputs = _inputs(processor, images, texts)
+    rec = _Positions(model)
+    _generate(model, stock_inputs, n=4)
+    rec.close()
+    stock_calls = rec.calls
+    hired.apply(model, processor, method)
+    rec = _Positions(model)  # after apply: its hook sees the ids hired's pre-hook gives the language model
+    inputs = _inputs(processor, images, texts)
+    _generate(model, inputs, n=4)
+    rec.close()
+    calls = rec.calls
+    assert len(calls) == len(stock_calls) == 4
+
+    image_id = model.config.image_token_id
+    ids, stock_ids = inputs["input_ids"][0].tolist(), stock_inputs["input_ids"][0].tolist()
+    sels = hired.last_selection(model)
+    # where each pruned-prompt token sits in the stock prompt
+    where, s, image = [], 0, 0
+    i = 0
+    while i < len(ids):
+        if ids[i] == image_id:
+            kept = sorted(sels[image].partitions[0].kept)
+            where += [s + k for k in kept]
+            i += len(kept)
+            s += sels[image].num_tokens_stock
+            image += 1
+        else:
+            assert ids[i] == stock_ids[s]
+            where.append(s)
+            i += 1
+            s += 1
+    assert s == len(stock_ids)
+    prompt, stock_prompt = calls[0][:, 0], stock_calls[0][:, 0]  # (3, S)
+    assert torch.equal(prompt, stock_prompt[:, where])
+    for step in range(1, 4):  # decoding: the same ids as the stock run's steps
+        assert torch.equal(calls[step], stock_calls[step]), f"decode step {step}"
+    flat = [tuple(t) for sel in sels for t in sel.position_ids]
+    assert flat == [tuple(prompt[:, j].tolist()) for j, tok in enumerate(ids) if tok == image_id]
+
+
+# ------------------------------------------------------------------------------------------- batching
+
+
+def _video(seed=0, frames=4):
+    rng = np.random.RandomState(seed)
+    return rng.randint(0, 256, size=(frames, 56, 84, 3), dtype=np.uint8)
+
+
+def test_batch_matches_one_by_one(qwen):
+    model, processor = qwen
+    a, b, c, d = (make_image(*s, seed=30 + i) for i, s in enumerate([(150, 230), (100, 100), (60, 400), (300, 120)]))
+    two = "USER: <|vision_start|><image><|vision_end|> and <|vision_start|><image><|vision_end|> ? ASSISTANT:"
+    prompts = [(PROMPT, [a]), (two, [b, c]), ("USER: describe the picture . ASSISTANT:", []), (PROMPT, [d])]
+    hired.apply(model, processor, hired.HiRED(budget=0.4))
+    singles, single_sels = [], []
+    for text, imgs in prompts:
+        singles.append(_generate(model, _inputs(processor, imgs, [text]))[0])
+        single_sels += hired.last_selection(model) if imgs else []
+    batch = _inputs(processor, [im for _, imgs in prompts for im in imgs], [t for t, _ in prompts])
+    assert len(set(batch["attention_mask"].sum(1).tolist())) > 1  # left padding happened
+    gen = _generate(model, batch)
+    for i, single in enumerate(singles):
+        assert torch.equal(gen[i], single), f"prompt {i}"
+    assert hired.last_selection(model) == single_sels
+
+    # a video prompt keeps the stock video tokens; an image prompt beside it is pruned as alone
+    video_text = "USER: <|vision_start|><|video_pad|><|vision_end|> what happens ? ASSISTANT:"
+    hired.remove(model, processor)
+    stock_video = _generate(model, processor(text=[video_text], videos=[_video()], return_tensors="pt"))[0]
+    hired.apply(model, processor, hired.HiRED(budget=0.4))
+    alone = _generate(model, processor(text=[video_text], videos=[_video()], return_tensors="pt"))[0]
+    assert torch.equal(alone, stock_video)
+    mixed = processor(text=[video_text, PROMPT], videos=[_video()], images=[a], return_tensors="pt", padding=True)
+    out = _generate(model, mixed)
+    assert torch.equal(out[0], stock_video)
+    assert torch.equal(out[1], singles[0])
+
+
+def test_two_pass_inputs_match_one_pass(qwen):
+    model, processor = qwen
+    images = [make_image(*s, seed=40 + i) for i, s in enumerate([(150, 230), (200, 200)])]
+    hired.apply(model, processor, hired.DART(budget=0.25))
+    one = _inputs(processor, images, [PROMPT] * 2)
+    two = hired.prepare_inputs(model, processor, images=images, text=[PROMPT] * 2, return_tensors="pt", padding=True)
+    assert "pixel_values" not in two and "image_grid_thw" in two  # the M-RoPE ids need the grid
+    assert torch.equal(one["input_ids"], two["input_ids"])
+    assert torch.equal(_generate(model, one), _generate(model, two))
+
+
+# ------------------------------------------------------------------------------------------- the score
+
+
+def test_received_score_equals_the_stock_attention_weights(qwen):
+    """The select score is the attention each patch receives in the last block (full attention here),
+    summed over heads and over each merged token's 2x2 patches: recorded from the weights the stock
+    attention computes."""
+    from transformers import AttentionInterface
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qm
+    from transformers.vision_utils import get_vision_window_index
+
+    model, processor = qwen
+    visual = model.model.visual
+    last = visual.blocks[-1].attn
+    recorded = []
+
+    def recording_eager(module, query, key, value, attention_mask, **kwargs):
+        out, weights = qm.eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        if module is last:
+            recorded.append(weights.detach())  # (1, H, n, n) for one attention segment
+        return out, weights
+
+    AttentionInterface.register("hired_test_recording", recording_eager)
+    images = [make_image(*s, seed=50 + i) for i, s in enumerate([(150, 230), (100, 100)])]
+    hired.apply(model, processor, hired.HiRED(budget=0.3))
+    inputs = _inputs(processor, images, [PROMPT] * 2)
+    _logits(model, inputs)
+    scores = hired.last_scores(model)
+    hired.remove(model, processor)
+
+    visual.config._attn_implementation = "hired_test_recording"
+    try:
+        with torch.no_grad():
+            visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+    finally:
+        visual.config._attn_implementation = "sdpa"
+    received = torch.cat([w.float().mean(dim=2).sum(dim=1)[0] for w in recorded])  # (seq,) window order
+    window_index, _ = get_vision_window_index(inputs["image_grid_thw"], spatial_merge_size=2,
+                                              window_size=visual.window_size, patch_size=14)
+    merged = received.view(-1, 4).sum(dim=1)[torch.argsort(window_index)]
+    expected = merged.split((inputs["image_grid_thw"].prod(-1) // 4).tolist())
+    assert len(recorded) == 2  # one full-attention segment per image
+    for got, want in zip(scores, expected):
+        torch.testing.assert_close(got["select"][0], want, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ clear errors
+
+
+@pytest.mark.parametrize("method, match", [
+    (hired.CDPruner(budget=0.2), "query-aware methods do not run on Qwen2.5-VL yet"),
+    (hired.DivPrune(budget=0.2, space="vision"), "use space='projected'"),
+    (hired.HiRED(budget=0.2, score="cls"), r"no \[CLS\] token"),
+], ids=["cdpruner", "divprune-vision", "cls"])
+def test_unsupported_options_are_one_clear_error(qwen, method, match):
+    model, processor = qwen
+    with pytest.raises(ValueError, match=match):
+        hired.apply(model, processor, method)
+    assert hired.applied_method(model) is None
