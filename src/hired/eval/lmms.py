@@ -1,10 +1,23 @@
-"""``hired_llava``: an lmms-eval model (LLaVA-NeXT / LLaVA-1.5 on transformers) with a ``hired`` method applied.
+"""``hired_llava``: an lmms-eval model (LLaVA-NeXT / LLaVA-1.5 / LLaVA-OneVision on transformers) with a
+``hired`` method applied.
 
 Registered with lmms-eval through the entry-point group ``lmms_eval.models`` (``pip install "hired[eval]"``)::
 
     python -m lmms_eval --model hired_llava \\
         --model_args pretrained=llava-hf/llava-v1.6-vicuna-7b-hf,method=hired,budget=0.2,alpha=0.5 \\
         --tasks textvqa_val --batch_size 4 --log_samples --output_path results/
+
+``pretrained`` may be a LLaVA-OneVision checkpoint too (e.g. ``llava-hf/llava-onevision-qwen2-7b-ov-hf``;
+needs torchvision: ``pip install "hired[eval,onevision]"``): the model class follows the config's
+``model_type`` (``llava_next``, ``llava``, ``llava_onevision``), so the same model name serves all three::
+
+    python -m lmms_eval --model hired_llava \\
+        --model_args pretrained=llava-hf/llava-onevision-qwen2-7b-ov-hf,method=hired,budget=0.2 \\
+        --tasks textvqa_val --batch_size 4
+
+OneVision's SigLIP tower has no [CLS] token: methods with ``score="auto"`` (HiRED, cls_topk, PruMerge,
+VisionZip) rank patches by the attention they receive. A document with several images is encoded as
+OneVision does for a multi-image prompt (one crop per image). Videos are not supported.
 
 ``method`` is any name of ``hired.list_methods()`` (default ``hired``), or ``none`` / ``full`` for the
 stock model; every other key of ``--model_args`` that is not one of the model's own arguments below is
@@ -112,30 +125,26 @@ def _torch_dtype(dtype: Any, device: torch.device) -> torch.dtype:
 
 
 def _load(pretrained: str, device: torch.device, dtype: torch.dtype, revision, attn_implementation):
-    """``(model, processor)`` for a LLaVA-NeXT or LLaVA-1.5 folder or hub id, on ``device``, in eval mode."""
-    from transformers import (
-        AutoConfig,
-        AutoProcessor,
-        LlavaForConditionalGeneration,
-        LlavaNextForConditionalGeneration,
-    )
+    """``(model, processor)`` for a LLaVA-NeXT, LLaVA-1.5 or LLaVA-OneVision folder or hub id, on
+    ``device``, in eval mode; the classes come from the config's ``model_type`` through
+    :mod:`hired.families` (:func:`hired.commands.model_class_for`)."""
+    from transformers import AutoConfig
 
-    classes = {"llava_next": LlavaNextForConditionalGeneration, "llava": LlavaForConditionalGeneration}
+    from hired.commands import load_processor, model_class_for
+
     config = AutoConfig.from_pretrained(pretrained, revision=revision)
-    cls = classes.get(config.model_type)
-    if cls is None:
-        raise ValueError(f"{pretrained} is a {config.model_type!r} model; {MODEL_NAME} supports {sorted(classes)}")
+    _family, cls = model_class_for(config, f"{pretrained} ({MODEL_NAME})")
+    processor = load_processor(pretrained, _family, revision=revision)  # OneVision without torchvision: one clear error
     kwargs = {"revision": revision, "dtype": dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     model = cls.from_pretrained(pretrained, **kwargs).to(device).eval()
-    processor = AutoProcessor.from_pretrained(pretrained, revision=revision)
     processor.tokenizer.padding_side = "left"  # batched generation continues every row at the same column
     return model, processor
 
 
 class HiredLlava(lmms):
-    """LLaVA-NeXT / LLaVA-1.5 with visual tokens dropped by a ``hired`` method, for lmms-eval.
+    """LLaVA-NeXT / LLaVA-1.5 / LLaVA-OneVision with visual tokens dropped by a ``hired`` method, for lmms-eval.
 
     Args (``--model_args key=value,...``): ``pretrained`` (folder or hub id), ``method`` (registry name,
     default ``hired``; ``none``/``full`` = stock), ``device`` (default ``cuda`` when available; one GPU
@@ -187,6 +196,10 @@ class HiredLlava(lmms):
         self._model, self.processor = _load(
             self.pretrained, self._device, _torch_dtype(dtype, self._device), revision, attn_implementation
         )
+        from hired.families import family_of
+
+        self.family = family_of(self._model)[1]
+        self._nest_images = self.family.name == "onevision"  # multi-image prompts: one image list per text
         if self.method is not None:
             hired.apply(self._model, self.processor, self.method)
         self.image_token = self.processor.image_token
@@ -256,10 +269,20 @@ class HiredLlava(lmms):
         prefix = "" if has_tokens else f"{self.image_token}\n" * num_images
         return f"USER: {prefix}{context} ASSISTANT:"
 
-    def _encode(self, texts: List[str], images: list, query_text: Optional[List[str]] = None) -> dict:
+    def _encode(self, texts: List[str], images: list, query_text: Optional[List[str]] = None,
+                per_row: Optional[List[int]] = None) -> dict:
         """Processor output on the model's device; ``hired.prepare_inputs`` for adaptive methods, and for
         query-aware ones (CDPruner) when ``query_text`` (the prompts without what is scored) is given, so
-        the selection never reads the continuation being scored."""
+        the selection never reads the continuation being scored.
+
+        ``per_row``: images of each text. LLaVA-OneVision's processor gets the images as one list per
+        text, so a text with several images is a multi-image prompt (one crop per image, as the model
+        was trained), not several anyres images."""
+        if images and per_row is not None and self._nest_images:
+            if sum(per_row) != len(images):
+                raise ValueError(f"{len(images)} images for rows holding {sum(per_row)}")
+            starts = [sum(per_row[:i]) for i in range(len(per_row))]
+            images = [images[s : s + n] for s, n in zip(starts, per_row)]
         kwargs = {"text": texts, "images": images or None, "return_tensors": "pt", "padding": True}
         query_aware = self.method is not None and getattr(self.method, "query_aware", False) and query_text is not None
         if self.method is not None and (getattr(self.method, "adaptive", False) or query_aware):
@@ -334,7 +357,7 @@ class HiredLlava(lmms):
                 texts.append(self.build_prompt(context, len(imgs)))
                 images.extend(imgs)
                 per_row.append(len(imgs))
-            inputs = self._encode(texts, images)
+            inputs = self._encode(texts, images, per_row=per_row)
             until, generate_kwargs = self._generation_kwargs(gen_kwargs)
             start = time.perf_counter()
             with torch.inference_mode():
@@ -418,7 +441,7 @@ class HiredLlava(lmms):
                 fulls.append(prompt + cont)
                 images.extend(imgs)
                 per_row.append(len(imgs))
-            inputs = self._encode(fulls, images, query_text=prompts)
+            inputs = self._encode(fulls, images, query_text=prompts, per_row=per_row)
             prompt_only = self.tokenizer(prompts, add_special_tokens=True, padding=False)["input_ids"]
             full_only = self.tokenizer(fulls, add_special_tokens=True, padding=False)["input_ids"]
             start = time.perf_counter()
