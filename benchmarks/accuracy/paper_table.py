@@ -10,6 +10,14 @@ datasets download on first use).
     python benchmarks/accuracy/paper_table.py --gpus 8 --out results/accuracy
     python benchmarks/accuracy/paper_table.py --dry-run            # print the commands only
     python benchmarks/accuracy/paper_table.py --only full,hired-20 --tasks textvqa_val --limit 200
+    python benchmarks/accuracy/paper_table.py --model llava-next-7b --model onevision-7b --gpus 8   # both models
+
+``--model`` takes a local folder, a hub id or a short name of ``MODELS`` (``llava-next-7b``, the paper's
+LLaVA-NeXT; ``onevision-7b``, ``llava-hf/llava-onevision-qwen2-7b-ov-hf``, which needs
+``pip install "hired[eval,onevision]"``: its processor imports torchvision), and may be repeated: every
+model runs every selected run, and ``hired report`` puts all rows in one table, each score's retention
+taken against the full run of its own model. With one model the runs go to ``<out>/<run>``; with several,
+to ``<out>/<model>/<run>`` (``<model>``: the short name, or the folder's or hub id's last part).
 """
 
 from __future__ import annotations
@@ -21,7 +29,12 @@ import sys
 import time
 from pathlib import Path
 
-MODEL = "llava-hf/llava-v1.6-vicuna-7b-hf"
+MODELS = {
+    "llava-next-7b": "llava-hf/llava-v1.6-vicuna-7b-hf",  # the paper's model
+    "onevision-7b": "llava-hf/llava-onevision-qwen2-7b-ov-hf",  # SigLIP without [CLS]: received-attention scores
+}
+MODEL = MODELS["llava-next-7b"]
+ONEVISION_MODEL = MODELS["onevision-7b"]
 TASKS = "scienceqa_img,vqav2_val,textvqa_val,docvqa_val,chartqa,ocrbench,mme,pope"
 # run name -> hired_llava method arguments (the rows of the paper's Table 3)
 RUNS = {
@@ -38,19 +51,23 @@ RUNS = {
 }
 
 
-def lmms_eval_command(args, name: str, method_args: str) -> list[str]:
-    """The lmms-eval command line of one run (``accelerate launch`` data parallel when ``--gpus`` > 1)."""
+def lmms_eval_command(args, name: str, method_args: str, model: str | None = None,
+                      out: Path | None = None) -> list[str]:
+    """The lmms-eval command line of one run of ``model`` (default: the first ``--model``) into ``out``
+    (default ``<--out>/<name>``); ``accelerate launch`` data parallel when ``--gpus`` > 1."""
     launcher = [sys.executable, "-m", "lmms_eval"]
     if args.gpus > 1:
         launcher = ["accelerate", "launch", "--num_processes", str(args.gpus), "-m", "lmms_eval"]
-    model_args = f"pretrained={args.model},{method_args},dtype={args.dtype}"
+    model = model or models(args)[0][1]
+    out = Path(args.out) / name if out is None else out
+    model_args = f"pretrained={model},{method_args},dtype={args.dtype}"
     cmd = launcher + [
         "--model", "hired_llava",
         "--model_args", model_args,
         "--tasks", args.tasks,
         "--batch_size", str(args.batch_size),
         "--log_samples",
-        "--output_path", str(Path(args.out) / name),
+        "--output_path", str(out),
     ]  # fmt: skip
     if args.limit:
         cmd += ["--limit", str(args.limit)]
@@ -61,7 +78,9 @@ def lmms_eval_command(args, name: str, method_args: str) -> list[str]:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=MODEL, help=f"LLaVA-NeXT or LLaVA-1.5 folder or hub id (default {MODEL})")
+    p.add_argument("--model", action="append", default=None, metavar="MODEL",
+                   help=f"LLaVA-NeXT, LLaVA-1.5 or LLaVA-OneVision folder or hub id, or a short name "
+                   f"({', '.join(f'{k}: {v}' for k, v in MODELS.items())}); repeatable (default {MODEL})")
     p.add_argument("--tasks", default=TASKS, help=f"comma-separated lmms-eval tasks (default: the paper's, {TASKS})")
     p.add_argument("--out", default="results/accuracy", help="output folder (one subfolder per run)")
     p.add_argument("--gpus", type=int, default=1, help="data-parallel processes, one GPU each (default 1)")
@@ -77,7 +96,32 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.gpus < 1 or args.batch_size < 1:
         p.error("--gpus and --batch-size must be positive")
+    args.model = args.model or [MODEL]
+    try:
+        models(args)
+    except ValueError as err:
+        p.error(str(err))
     return args
+
+
+def models(args) -> list[tuple[str, str]]:
+    """``(folder name, model)`` of every ``--model``: short names become their hub ids; the folder name is
+    the short name, or the last part of the folder or hub id. ``ValueError`` for an empty or repeated one."""
+    items = [args.model] if isinstance(args.model, str) else list(args.model)
+    out, seen = [], set()
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            raise ValueError("--model is empty: give a folder, a hub id or one of " + ", ".join(MODELS))
+        model = MODELS.get(text, text)
+        name = text if text in MODELS else Path(text.rstrip("/")).name or text
+        if model in {m for _, m in out}:
+            raise ValueError(f"--model {text} is given twice")
+        if name in seen:
+            raise ValueError(f"two --model values share the folder name {name!r}; give distinct ones")
+        seen.add(name)
+        out.append((name, model))
+    return out
 
 
 def selected_runs(args) -> dict[str, str]:
@@ -101,19 +145,25 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     runs = selected_runs(args)
-    for name, method_args in runs.items():
-        cmd = lmms_eval_command(args, name, method_args)
-        done = list((out / name).rglob("*_results.json")) if (out / name).is_dir() else []
-        if done and not args.force:
-            print(f"[{name}] already done ({done[0]}); --force reruns it")
-            continue
-        print(f"[{name}] {shlex.join(cmd)}", flush=True)
-        if args.dry_run:
-            continue
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True)
-        print(f"[{name}] finished in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
-    report = [sys.executable, "-m", "hired.cli", "report", *[str(out / n) for n in runs], "--out", str(out / "table.md")]
+    chosen = models(args)
+    folders = []
+    for model_name, model in chosen:
+        for name, method_args in runs.items():
+            folder = out / name if len(chosen) == 1 else out / model_name / name
+            tag = name if len(chosen) == 1 else f"{model_name}/{name}"
+            folders.append(folder)
+            cmd = lmms_eval_command(args, name, method_args, model=model, out=folder)
+            done = list(folder.rglob("*_results.json")) if folder.is_dir() else []
+            if done and not args.force:
+                print(f"[{tag}] already done ({done[0]}); --force reruns it")
+                continue
+            print(f"[{tag}] {shlex.join(cmd)}", flush=True)
+            if args.dry_run:
+                continue
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True)
+            print(f"[{tag}] finished in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    report = [sys.executable, "-m", "hired.cli", "report", *[str(f) for f in folders], "--out", str(out / "table.md")]
     print(shlex.join(report), flush=True)
     if not args.dry_run:
         subprocess.run(report, check=True)
