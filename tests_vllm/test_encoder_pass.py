@@ -88,6 +88,18 @@ def test_no_host_round_trip_per_image(engines, next_path, entry):
         assert "tolist" in reads_many  # the counter does see the budgets' read
 
 
+@pytest.mark.parametrize("entry", [{"method": "hired", "budget": 0.3}, {"method": "cls_topk", "budget": 0.3}],
+                         ids=["hired", "cls_topk"])
+def test_no_host_round_trip_per_image_onevision(engines, onevision_path, entry):
+    """The same on LLaVA-OneVision: received-attention rows (queries in chunks), interpolated canvases."""
+    llm = engines(onevision_path, entry)
+    sizes = [*SIZES, (250, 250)]
+    one, many = _image_input(onevision_path, sizes[:1]), _image_input(onevision_path, sizes)
+    reads_one, reads_many = llm.apply_model(lambda m: (_reads_of_one_pass(m, one), _reads_of_one_pass(m, many)))[0]
+    assert reads_many == reads_one, f"1 image: {reads_one}; {len(sizes)} images: {reads_many}"
+    assert len(reads_many) <= 3, reads_many
+
+
 def test_the_counter_sees_a_read_per_image(engines, next_path):
     """The check above would catch a per-image read: one .item() per image shows up as one read each."""
     llm = engines(next_path, {"method": "hired", "budget": 0.3})
@@ -128,3 +140,16 @@ def test_stage_clock_on_stock_vllm(engines, next_path):
     finally:
         llm.apply_model(lambda m: m.hired_timing(False))
     assert stage["cls_rows"] == 0 and 0 < stage["vision"] < stage["encoder"]
+
+
+def test_stage_clock_splits_the_encoder_pass_onevision(engines, onevision_path):
+    llm = engines(onevision_path, {"method": "hired", "budget": 0.3})
+    llm.apply_model(lambda m: m.hired_timing(True))
+    try:
+        llm.generate([request(make_image(100, 150, seed=8))], greedy(1))
+        (stage,) = llm.apply_model(lambda m: m.hired_take_timings())[0]
+    finally:
+        llm.apply_model(lambda m: m.hired_timing(False))
+    assert stage["images"] == 1
+    assert 0 < stage["cls_rows"] < stage["vision"] < stage["encoder"]  # the received rows' time
+    assert 0 < stage["selection"] < stage["encoder"] and 0 < stage["projector"] < stage["encoder"]

@@ -249,9 +249,27 @@ def test_query_aware_methods_are_refused_with_the_alternatives():
         parse_method({"method": "cdpruner", "budget": 0.2})
 
 
-def test_received_scores_are_refused_with_the_alternative(next_path):
-    with pytest.raises(ValueError, match=r"score='received' .* is not in the vLLM plugin yet"):
-        make_llm(next_path, {"method": "cls_topk", "score": "received"})
+@pytest.mark.parametrize("entry", [{"method": "cls_topk", "budget": 0.3, "score": "received"},
+                                   {"method": "hired", "budget": 0.3, "score": "received"}], ids=lambda e: e["method"])
+def test_received_scores_on_a_clip_tower_keep_what_the_transformers_adapter_keeps(engines, next_path, entry):
+    """score='received' (attention each patch receives, from every query) on a CLIP tower: the plugin's
+    rows from the fused qkv rank patches as the transformers adapter's."""
+    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+
+    llm = engines(next_path, entry)
+    assert llm.apply_model(lambda m: m.hired_spec.score_kind)[0] == "received"
+    model = LlavaNextForConditionalGeneration.from_pretrained(next_path, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(next_path)
+    hired.apply(model, processor, method_of(entry))
+    for h, w in IMAGE_SIZES[:4]:
+        image = make_image(h, w, seed=13)
+        llm.generate([request(image)], greedy(1))
+        (vsel,) = hired.vllm.last_selection(llm)
+        with torch.no_grad():
+            model(**processor(images=image, text=PROMPT, return_tensors="pt"))
+        (tsel,) = hired.last_selection(model)
+        assert vsel.num_tokens == tsel.num_tokens
+        _assert_same_kept(vsel, tsel, hired.last_scores(model)[0]["select"])
 
 
 def test_oracle_feeds_the_same_count_without_selection(engines, next_path):

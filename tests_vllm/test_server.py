@@ -17,11 +17,15 @@ import pytest
 
 from hired.core.grid import Geometry, layout_for
 from hired.methods.base import get_method, num_image_tokens
-from hired.tiny import default_pinpoints
+from hired.tiny import default_pinpoints, onevision_pinpoints
 
 from conftest import make_image
 
-IMAGE_SIZE = (100, 150)  # (height, width): a 1x2 grid on the tiny model
+IMAGE_SIZE = (100, 150)  # (height, width): a 1x2 grid on the tiny LLaVA-NeXT, 2x2 on the tiny OneVision
+GEOMETRIES = {
+    "llava_next": Geometry(84, 14, default_pinpoints(84)),
+    "onevision": Geometry(84, 14, onevision_pinpoints(84), max_crops=4),
+}
 QUESTION = "what is in the image ?"
 
 
@@ -83,24 +87,26 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def test_server_answers_with_the_dropped_count(next_path, engines):
+@pytest.mark.parametrize("family", ["llava_next", "onevision"])
+def test_server_answers_with_the_dropped_count(request, engines, family):
+    path = request.getfixturevalue("next_path" if family == "llava_next" else "onevision_path")
     entry = {"method": "hired", "budget": 0.2, "alpha": 0.5}
     image = make_image(*IMAGE_SIZE, seed=4)
     # what the offline engine builds for the same chat, with all tokens and with HiRED
-    stock = engines(next_path).chat(_messages(image), _greedy(), use_tqdm=False)[0]
-    offline = engines(next_path, entry).chat(_messages(image), _greedy(), use_tqdm=False)[0]
-    image_id = engines(next_path).get_tokenizer().convert_tokens_to_ids("<image>")
-    layout = layout_for(IMAGE_SIZE, Geometry(84, 14, default_pinpoints(84)))
+    stock = engines(path).chat(_messages(image), _greedy(), use_tqdm=False)[0]
+    offline = engines(path, entry).chat(_messages(image), _greedy(), use_tqdm=False)[0]
+    image_id = engines(path).get_tokenizer().convert_tokens_to_ids("<image>")
+    layout = layout_for(IMAGE_SIZE, GEOMETRIES[family])
     count = num_image_tokens(get_method("hired", budget=0.2, alpha=0.5), layout, newline=True)
     stock_count = sum(t == image_id for t in stock.prompt_token_ids)
     expected = len(stock.prompt_token_ids) - stock_count + count
     assert len(offline.prompt_token_ids) == expected < len(stock.prompt_token_ids)
 
     port = _free_port()
-    proc = _serve(next_path, {"hired": entry}, port)
+    proc = _serve(path, {"hired": entry}, port)
     try:
         _wait_healthy(proc, port)
-        reply = _post(port, {"model": next_path, "messages": _messages(image), "max_tokens": 6, "temperature": 0})
+        reply = _post(port, {"model": path, "messages": _messages(image), "max_tokens": 6, "temperature": 0})
     finally:
         _stop(proc)
     assert reply["usage"]["prompt_tokens"] == expected
