@@ -460,3 +460,13 @@ def test_onevision_oracle_matches_the_method(onevision, image, options):
         assert orc["features_per_image"] == method["tokens_per_image"] == orc["tokens_per_image"] == [want, want]
         assert method["stock_tokens_per_image"] == family.stock_tokens(layout)
     assert result["meta"]["family"] == "onevision"
+
+
+def test_oracle_refuses_a_model_without_a_projector():
+    pytest.importorskip("torchvision", reason="the Qwen2.5-VL processor needs torchvision")
+    from hired.tiny import tiny_qwen2_5_vl
+
+    model, processor = tiny_qwen2_5_vl()
+    with pytest.raises(TypeError, match=r"LLaVA-style models .*Qwen2_5_VLForConditionalGeneration"):
+        with oracle(model, processor, [4]):
+            pass

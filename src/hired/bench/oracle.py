@@ -34,9 +34,15 @@ _PLACEHOLDERS = "replace_image_token"
 def _inner(model: nn.Module) -> tuple[nn.Module, Family]:
     """The module holding ``vision_tower`` / ``multi_modal_projector`` and the model's family."""
     try:
-        return family_of(model)
+        inner, family = family_of(model)
     except TypeError as err:
         raise TypeError(f"the oracle runs on the models hired supports: {err}") from None
+    if not all(hasattr(inner, name) for name in ("vision_tower", "multi_modal_projector", "get_image_features")):
+        raise TypeError(
+            f"the oracle (and hired bench) runs on LLaVA-style models (a vision tower, then a projector); "
+            f"{family.title} ({type(model).__name__}) is not one"
+        )
+    return inner, family
 
 
 @dataclass

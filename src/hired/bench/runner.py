@@ -171,23 +171,16 @@ def _groups(settings: Settings, info) -> list[list[_Case]]:
 
 
 def _model_info(model):
-    """The adapter's view of the tower (for ``score_layers``), or ``None`` for an unsupported model."""
+    """The adapter's view of the tower (for ``score_layers`` and ``score_kind``), from the model's
+    :mod:`hired.families` description; ``None`` for a model no family describes."""
     from hired.adapters.vision import has_cls_token
-    from hired.methods.base import ModelInfo
+    from hired.families import family_of
 
-    inner = getattr(model, "model", model)
-    config = getattr(inner, "config", None)
-    vc = getattr(config, "vision_config", None)
-    if vc is None:
+    try:
+        inner, family = family_of(model)
+    except TypeError:
         return None
-    layers = int(vc.num_hidden_layers)
-    f = config.vision_feature_layer
-    f = max([f] if isinstance(f, int) else list(f))
-    feature_layer = (f + layers + 1 if f < 0 else f) - 1
-    tower = getattr(inner, "vision_tower", None)
-    has_cls = has_cls_token(tower) if tower is not None else True
-    return ModelInfo(num_layers=layers, num_heads=int(vc.num_attention_heads), feature_layer=feature_layer,
-                     has_cls=has_cls)
+    return family.model_info(inner.config, has_cls_token(family.tower(inner)))[0]
 
 
 def _family_name(model) -> str | None:
