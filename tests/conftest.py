@@ -51,6 +51,21 @@ def image_factory():
     return make_image
 
 
+def placeholder_runs(input_ids: torch.Tensor, token_id: int) -> list[int]:
+    """Lengths of the runs of ``token_id`` in ``input_ids``, row by row, left to right (one per image
+    when images are separated by other tokens)."""
+    runs = []
+    for row in input_ids.tolist():
+        n = 0
+        for tok in row + [None]:
+            if tok == token_id:
+                n += 1
+            elif n:
+                runs.append(n)
+                n = 0
+    return runs
+
+
 def last_record(model):
     """The calling thread's last vision step on ``model`` (layouts, selection, scores): adapter internals."""
     from hired.adapters.transformers import _applied_state, _recall

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import hired
-from conftest import make_image
+from conftest import make_image, placeholder_runs
 from hired.methods.base import get_method, list_methods
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -50,20 +50,6 @@ def _inputs(processor, images, texts, **kwargs):
     if images is not None:
         args["images"] = images
     return processor(**args)
-
-
-def _runs(input_ids: torch.Tensor, token_id: int) -> list[int]:
-    """Lengths of the runs of ``token_id``, row by row (one run per image)."""
-    runs = []
-    for row in input_ids.tolist():
-        n = 0
-        for tok in row + [None]:
-            if tok == token_id:
-                n += 1
-            elif n:
-                runs.append(n)
-                n = 0
-    return runs
 
 
 def _stock_pack(model, size, aspect: str | None = None) -> list[int]:
@@ -128,7 +114,7 @@ def test_full_budget_on_interpolated_images_keeps_every_patch(onevision):
         (sel,) = hired.last_selection(model)
         before, stock = _stock_pack(model, size, "anyres_max_1000"), _stock_pack(model, size)
         assert sel.num_tokens == len(before) > sel.num_tokens_stock == len(stock)
-        assert _runs(inputs["input_ids"], model.config.image_token_id) == [len(before)]
+        assert placeholder_runs(inputs["input_ids"], model.config.image_token_id) == [len(before)]
 
 
 # ------------------------------------------------------------------------------------------ counts
@@ -153,7 +139,7 @@ def test_counts_every_fixed_budget_method(onevision, method):
     inputs = _inputs(processor, images, [PROMPT] * len(images))
     _logits(model, inputs)  # the stock placeholder check passes: features == placeholders
     sels = hired.last_selection(model)
-    runs = _runs(inputs["input_ids"], model.config.image_token_id)
+    runs = placeholder_runs(inputs["input_ids"], model.config.image_token_id)
     assert runs == [s.num_tokens for s in sels]
     keep_newline = getattr(method, "keep_newline", False)
     for size, sel in zip(sizes, sels):
@@ -177,7 +163,7 @@ def test_multi_image_prompt_counts(onevision):
     sels = hired.last_selection(model)
     assert [s.grid for s in sels] == [(0, 0), (0, 0), (1, 2)]
     assert [s.num_tokens for s in sels[:2]] == [math.floor(0.25 * T) + 1] * 2
-    assert _runs(inputs["input_ids"], model.config.image_token_id) == [s.num_tokens for s in sels]
+    assert placeholder_runs(inputs["input_ids"], model.config.image_token_id) == [s.num_tokens for s in sels]
 
 
 # ---------------------------------------------------------------------------------------- batching
@@ -262,7 +248,7 @@ def test_two_pass_inputs_match_one_pass(onevision):
     hired.apply(model, processor, hired.PruMerge())  # adaptive: only the two-pass path can size the prompt
     inputs = hired.prepare_inputs(model, processor, images=[images[:1]], text=[PROMPT], return_tensors="pt")
     _logits(model, inputs)
-    assert _runs(inputs["input_ids"], model.config.image_token_id) == [hired.last_selection(model)[0].num_tokens]
+    assert placeholder_runs(inputs["input_ids"], model.config.image_token_id) == [hired.last_selection(model)[0].num_tokens]
 
 
 # ------------------------------------------------------------------------------------------ the score
@@ -340,7 +326,7 @@ def test_crop_not_a_multiple_of_the_patch():
     _logits(model, inputs)
     sels = hired.last_selection(model)
     assert all(part.grid == (6, 6) for s in sels for part in s.partitions)
-    assert _runs(inputs["input_ids"], model.config.image_token_id) == [s.num_tokens for s in sels]
+    assert placeholder_runs(inputs["input_ids"], model.config.image_token_id) == [s.num_tokens for s in sels]
     hired.remove(model, processor)
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import hired
-from conftest import make_image
+from conftest import make_image, placeholder_runs
 from hired.methods.base import get_method, list_methods
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -64,19 +64,6 @@ def _generate(model, inputs, n=5):
     return out[:, inputs["input_ids"].shape[1]:]
 
 
-def _runs(input_ids, token_id):
-    runs = []
-    for row in input_ids.tolist():
-        n = 0
-        for tok in row + [None]:
-            if tok == token_id:
-                n += 1
-            elif n:
-                runs.append(n)
-                n = 0
-    return runs
-
-
 class _Positions:
     """Records the (t, h, w) position ids each language-model call receives."""
 
@@ -115,7 +102,7 @@ def test_counts_every_fixed_budget_method(qwen, method):
     sels = hired.last_selection(model)
     expected = [math.floor(Fraction("0.3") * n) for n in merged]
     assert [s.num_tokens for s in sels] == expected
-    assert _runs(inputs["input_ids"], model.config.image_token_id) == expected
+    assert placeholder_runs(inputs["input_ids"], model.config.image_token_id) == expected
     assert [s.num_tokens_stock for s in sels] == merged
     for sel, n in zip(sels, merged):
         (part,) = sel.partitions

@@ -21,7 +21,7 @@ from PIL import Image
 from torch import nn
 
 import hired
-from conftest import make_image
+from conftest import make_image, placeholder_runs
 from hired.tiny import tiny_llava, tiny_llava_next
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -63,20 +63,6 @@ def _one_per_prompt(processor, sizes, seed=0):
 def _logits(model, inputs):
     with torch.no_grad():
         return model(**inputs).logits
-
-
-def _placeholder_runs(input_ids: torch.Tensor, image_token_id: int) -> list[int]:
-    """Lengths of the runs of image placeholders, row by row, left to right (one run per image)."""
-    runs = []
-    for row in input_ids.tolist():
-        n = 0
-        for tok in row + [None]:
-            if tok == image_token_id:
-                n += 1
-            elif n:
-                runs.append(n)
-                n = 0
-    return runs
 
 
 def _floor_rate(rate: float, n: int) -> int:
@@ -256,7 +242,7 @@ def _check_counts(model, processor, sizes, method, seed=0):
     try:
         images = [make_image(h, w, seed=seed + i) for i, (h, w) in enumerate(sizes)]
         inputs = _inputs(processor, images, [PROMPT] * len(images))
-        runs = _placeholder_runs(inputs["input_ids"], model.config.image_token_id)
+        runs = placeholder_runs(inputs["input_ids"], model.config.image_token_id)
         assert len(runs) == len(sizes)
 
         with torch.no_grad():
@@ -358,7 +344,7 @@ def test_batch_matches_one_by_one(request, family):
         assert torch.equal(gen[i], single), f"prompt {i}"
     assert len(batch_sels) == 4
     assert batch_sels == single_sels
-    assert _placeholder_runs(batch["input_ids"], model.config.image_token_id) == [s.num_tokens for s in batch_sels]
+    assert placeholder_runs(batch["input_ids"], model.config.image_token_id) == [s.num_tokens for s in batch_sels]
 
 
 # ------------------------------------------------------------------ 4. attention kinds and dtypes
@@ -430,7 +416,7 @@ def test_bf16_generate(family):
         gen = _generate(model, inputs, n=4)
         assert gen.shape == (2, 4)
         sels = hired.last_selection(model)
-        assert _placeholder_runs(inputs["input_ids"], model.config.image_token_id) == [s.num_tokens for s in sels]
+        assert placeholder_runs(inputs["input_ids"], model.config.image_token_id) == [s.num_tokens for s in sels]
         for sel, size in zip(sels, sizes):
             _check_selection(model, sel, size, 0.2, 0.5, False)
     finally:
@@ -562,7 +548,7 @@ def test_full_feature_strategy_rejected():
 
 def _counts(model, processor, sizes):
     inputs = _one_per_prompt(processor, sizes)
-    runs = _placeholder_runs(inputs["input_ids"], model.config.image_token_id)
+    runs = placeholder_runs(inputs["input_ids"], model.config.image_token_id)
     gen = _generate(model, inputs, n=2)  # would raise on a placeholder/feature mismatch
     assert gen.shape[0] == len(sizes)
     return runs, hired.last_selection(model)

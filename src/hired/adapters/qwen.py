@@ -24,7 +24,7 @@ import functools
 import torch
 from torch import nn
 
-from hired.adapters.vision import Recording, ScoreHooks
+from hired.adapters.vision import Recording, ScoreHooks, roles_by_layer
 from hired.core.scores import received_attention
 
 
@@ -38,12 +38,7 @@ class QwenScoreHooks(ScoreHooks):
         self.num_heads = num_heads
         self.kind = kind
         self._handles: list = []
-        by_layer: dict[int, list[str]] = {}
-        for role, layer in rows.items():
-            by_layer.setdefault(layer, []).append(role)
-        key_layers: dict[int, list[str]] = {}
-        for role, layer in (keys or {}).items():
-            key_layers.setdefault(layer, []).append(role)
+        by_layer, key_layers = roles_by_layer(rows), roles_by_layer(keys or {})
         try:
             for layer in sorted(set(by_layer) | set(key_layers)):
                 attn = blocks[layer].attn

@@ -51,6 +51,14 @@ def has_cls_token(vision_tower: nn.Module) -> bool:
     )
 
 
+def roles_by_layer(roles: Mapping[str, int]) -> dict[int, list[str]]:
+    """Layer → the roles read at it, from role → layer."""
+    out: dict[int, list[str]] = {}
+    for role, layer in roles.items():
+        out.setdefault(layer, []).append(role)
+    return out
+
+
 @dataclass
 class Recording:
     """What the hooks recorded during one call: ``rows[role]`` ``(B, N)`` fp32 attention scores
@@ -83,12 +91,7 @@ class ScoreHooks:
         self.num_heads = num_heads
         self.kind = kind
         self._handles: list = []
-        by_layer: dict[int, list[str]] = {}
-        for role, layer in rows.items():
-            by_layer.setdefault(layer, []).append(role)
-        key_layers: dict[int, list[str]] = {}
-        for role, layer in (keys or {}).items():
-            key_layers.setdefault(layer, []).append(role)
+        by_layer, key_layers = roles_by_layer(rows), roles_by_layer(keys or {})
         try:
             for layer in sorted(set(by_layer) | set(key_layers)):
                 q_mod, k_mod = qk_projections(layers[layer])
