@@ -255,7 +255,6 @@ def _build_state(model: nn.Module, processor, method: Method) -> tuple[nn.Module
         raise TypeError(f"method must be a hired method config such as hired.HiRED(...), got {method!r}")
     inner, family = _inner_model(model)
     config = inner.config
-    vc = config.vision_config
     tower = family.tower(inner)
     has_cls = has_cls_token(tower)
     family.check_config(config, has_cls)
