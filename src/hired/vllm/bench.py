@@ -54,7 +54,7 @@ def add_bench_vllm_parser(sub) -> argparse.ArgumentParser:
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="local model folder or hub id that vLLM loads (LLaVA-NeXT or LLaVA-1.5)")
+    src.add_argument("--model", help="local model folder or hub id that vLLM loads (LLaVA-NeXT, LLaVA-1.5 or LLaVA-OneVision)")
     src.add_argument("--arch", help="a `hired bench` architecture with random weights, e.g. small (needs --random-weights)")
     p.add_argument("--random-weights", action="store_true", help="confirm --arch: random weights, nothing downloaded")
     p.add_argument("--method", default="hired", help="fixed-budget method name (default hired)")
