@@ -315,3 +315,34 @@ def test_oracle_feeds_the_same_count_without_selection(engines, onevision_path):
         (sel,) = hired.vllm.last_selection(llm)
         kept = sorted(p * layout.tokens + i for p, part in enumerate(sel.partitions) for i in part.kept)
         assert kept == sorted(layout.pack_order(False)[:count].tolist())
+
+
+def test_spec_refuses_other_towers_and_families_with_one_message():
+    """Checked without an engine: a tower other than CLIP / SigLIP, an unknown family, LLaVA-NeXT with the
+    'full' strategy; a SigLIP OneVision gets received scores, a CLIP one [CLS] rows."""
+    from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaOnevisionConfig, PixtralVisionConfig
+
+    from hired.vllm.config import spec_from_config
+
+    def onevision(vision, strategy):
+        cfg = LlavaOnevisionConfig(vision_config=vision, image_grid_pinpoints=[list(p) for p in PINS],
+                                   vision_feature_select_strategy=strategy, vision_feature_layer=-1)
+        cfg.hired = {"method": "hired", "budget": 0.2}
+        return cfg
+
+    with pytest.raises(ValueError, match=r"hf_overrides\['hired'\]: needs a CLIP or SigLIP vision tower .*'pixtral'"):
+        spec_from_config(onevision(PixtralVisionConfig(), "full"), "onevision")
+    clip = CLIPVisionConfig(image_size=84, patch_size=14, num_hidden_layers=2, num_attention_heads=2, hidden_size=32)
+    cfg = onevision(clip, "default")
+    with pytest.raises(ValueError, match=r"hf_overrides\['hired'\]: unknown model family 'qwen'"):
+        spec_from_config(cfg, "qwen")
+    spec = spec_from_config(cfg, "onevision")
+    assert spec.score_kind == "cls" and spec.info.has_cls and spec.newline and spec.geometry.max_crops == 9
+    with pytest.raises(ValueError, match=r"hf_overrides\['hired'\]: LLaVA-OneVision with vision_feature_select_strategy='full' "
+                                         r"and a tower with a \[CLS\] token"):
+        spec_from_config(onevision(clip, "full"), "onevision")
+    nxt = LlavaNextConfig(vision_config=clip, vision_feature_select_strategy="full",
+                          image_grid_pinpoints=[[84, 168], [168, 84]])
+    nxt.hired = {"method": "hired"}
+    with pytest.raises(ValueError, match=r"hf_overrides\['hired'\]: LLaVA-NeXT needs vision_feature_select_strategy='default'"):
+        spec_from_config(nxt, "llava_next")
