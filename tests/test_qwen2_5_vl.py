@@ -286,3 +286,12 @@ def test_unsupported_options_are_one_clear_error(qwen, method, match):
     with pytest.raises(ValueError, match=match):
         hired.apply(model, processor, method)
     assert hired.applied_method(model) is None
+
+
+def test_tools_refuse_qwen_with_one_clear_error():
+    from transformers import Qwen2_5_VLConfig
+
+    from hired.commands import model_class_for
+
+    with pytest.raises(ValueError, match="runs through the Python API"):
+        model_class_for(Qwen2_5_VLConfig(), "qwen-folder")

@@ -174,6 +174,11 @@ def model_class_for(config, source: str = "the model"):
             model_type = getattr(cls.config_class, "model_type", None)
             known[model_type] = (family, cls)
     found = known.get(getattr(config, "model_type", None))
+    if found is not None and found[0].mrope:
+        raise ValueError(
+            f"{source} is a {found[0].title} model: it runs through the Python API (hired.apply); the command "
+            "line, hired bench and the lmms-eval model do not cover it yet"
+        )
     if found is None:
         raise ValueError(
             f"{source} is a {getattr(config, 'model_type', None)!r} model; supported model types: "
