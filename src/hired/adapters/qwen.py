@@ -24,7 +24,7 @@ import functools
 import torch
 from torch import nn
 
-from hired.adapters.vision import Recording, ScoreHooks, roles_by_layer
+from hired.adapters.vision import Recording, ScoreHooks
 from hired.core.scores import received_attention
 
 
@@ -35,19 +35,13 @@ class QwenScoreHooks(ScoreHooks):
     def __init__(self, blocks: nn.ModuleList, num_heads: int, rows, keys=None, kind: str = "received"):
         if kind != "received":
             raise ValueError("Qwen2.5-VL's tower has no [CLS] token: its scores are the received attention")
-        self.num_heads = num_heads
-        self.kind = kind
-        self._handles: list = []
-        by_layer, key_layers = roles_by_layer(rows), roles_by_layer(keys or {})
-        try:
-            for layer in sorted(set(by_layer) | set(key_layers)):
-                attn = blocks[layer].attn
-                self._handles.append(attn.register_forward_pre_hook(self._on_attention(layer), with_kwargs=True))
-                self._handles.append(attn.qkv.register_forward_hook(
-                    self._on_qkv(layer, by_layer.get(layer, []), key_layers.get(layer, []))))
-        except BaseException:
-            self.remove()
-            raise
+        super().__init__(blocks, num_heads, rows, keys, kind)
+
+    def _install(self, block: nn.Module, layer: int, row_roles: list[str], key_roles: list[str]) -> None:
+        """Hook one vision block: its attention's inputs (rotary embeddings, segments) and fused ``qkv``."""
+        attn = block.attn
+        self._handles.append(attn.register_forward_pre_hook(self._on_attention(layer), with_kwargs=True))
+        self._handles.append(attn.qkv.register_forward_hook(self._on_qkv(layer, row_roles, key_roles)))
 
     def _on_attention(self, layer: int):
         def hook(_module, _args, kwargs):

@@ -94,14 +94,17 @@ class ScoreHooks:
         by_layer, key_layers = roles_by_layer(rows), roles_by_layer(keys or {})
         try:
             for layer in sorted(set(by_layer) | set(key_layers)):
-                q_mod, k_mod = qk_projections(layers[layer])
-                row_roles, key_roles = by_layer.get(layer, []), key_layers.get(layer, [])
-                if row_roles:
-                    self._handles.append(q_mod.register_forward_hook(self._on_q(layer, row_roles)))
-                self._handles.append(k_mod.register_forward_hook(self._on_k(layer, row_roles, key_roles)))
+                self._install(layers[layer], layer, by_layer.get(layer, []), key_layers.get(layer, []))
         except BaseException:
             self.remove()
             raise
+
+    def _install(self, block: nn.Module, layer: int, row_roles: list[str], key_roles: list[str]) -> None:
+        """Hook one transformer block (separate q and k projections)."""
+        q_mod, k_mod = qk_projections(block)
+        if row_roles:
+            self._handles.append(q_mod.register_forward_hook(self._on_q(layer, row_roles)))
+        self._handles.append(k_mod.register_forward_hook(self._on_k(layer, row_roles, key_roles)))
 
     def remove(self) -> None:
         """Remove every hook (idempotent)."""
