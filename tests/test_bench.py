@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import hired
+from conftest import require_torchvision
 from hired.bench import (
     ARCHS,
     MethodSpec,
@@ -363,7 +364,7 @@ def test_projecting_every_patch_to_choose_counts_as_selection(llava_next):
 @pytest.fixture(scope="module")
 def onevision():
     """A tiny LLaVA-OneVision (SigLIP without [CLS]; its processor needs torchvision, else the tests skip)."""
-    pytest.importorskip("torchvision", reason='OneVision needs torchvision: pip install "hired[onevision]"')
+    require_torchvision()
     from hired.tiny import tiny_llava_onevision
 
     model, processor = tiny_llava_onevision(seed=0)
@@ -372,7 +373,7 @@ def onevision():
 
 
 def test_onevision_arch_shapes_match_the_checkpoint():
-    pytest.importorskip("torchvision", reason='OneVision needs torchvision: pip install "hired[onevision]"')
+    require_torchvision()
     model, processor = build_arch("llava-onevision-7b", device="meta", dtype=torch.float16)
     assert type(model).__name__ == "LlavaOnevisionForConditionalGeneration"
     vc, tc, cfg = model.config.vision_config, model.config.text_config, model.config
@@ -395,7 +396,7 @@ def test_onevision_arch_shapes_match_the_checkpoint():
 
 
 def test_onevision_small_has_the_onevision_geometry():
-    pytest.importorskip("torchvision", reason='OneVision needs torchvision: pip install "hired[onevision]"')
+    require_torchvision()
     from hired.families import family_of
 
     model, processor = build_arch("onevision-small")
@@ -463,7 +464,7 @@ def test_onevision_oracle_matches_the_method(onevision, image, options):
 
 
 def test_oracle_refuses_a_model_without_a_projector():
-    pytest.importorskip("torchvision", reason="the Qwen2.5-VL processor needs torchvision")
+    require_torchvision()
     from hired.tiny import tiny_qwen2_5_vl
 
     model, processor = tiny_qwen2_5_vl()

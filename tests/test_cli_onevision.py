@@ -1,7 +1,7 @@
 """``hired generate``, ``hired show`` and ``hired bench`` on a saved tiny LLaVA-OneVision folder (offline).
 
 OneVision's processor loads a video processor that imports torchvision (``pip install "hired[onevision]"``);
-the tests that build one skip cleanly where torchvision is not importable.
+the tests that build one skip where torchvision is not importable (CI requires it: conftest.require_torchvision).
 """
 
 from __future__ import annotations
@@ -15,18 +15,11 @@ import torch
 from PIL import Image
 
 import hired
+from conftest import require_torchvision
 from hired.cli import main
 from hired.commands import CommandError, load_model, model_class_for
 from hired.families import get_family
 from hired.tiny import save_tiny
-
-
-def _has_torchvision() -> bool:
-    try:
-        import torchvision  # noqa: F401
-    except Exception:  # noqa: BLE001 (a broken install fails in other ways than ImportError)
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +34,7 @@ def one_thread():
 def ov_dir(tmp_path_factory):
     """A tiny LLaVA-OneVision (SigLIP without [CLS], 84 px crops of 14 px patches, grids up to 3x3,
     anyres_max_4) saved with ``save_pretrained``."""
-    if not _has_torchvision():
-        pytest.skip('OneVision needs torchvision: pip install "hired[onevision]"')
+    require_torchvision()
     return str(save_tiny(tmp_path_factory.mktemp("ov") / "tiny-onevision", family="onevision"))
 
 

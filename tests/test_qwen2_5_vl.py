@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import hired
-from conftest import make_image, placeholder_runs
+from conftest import make_image, placeholder_runs, require_torchvision
 from hired.methods.base import get_method, list_methods
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -27,7 +27,7 @@ SIZES = [(150, 230), (100, 100), (300, 120), (60, 400), (200, 200)]
 
 @pytest.fixture(scope="module")
 def _qwen_session():
-    pytest.importorskip("torchvision", reason="Qwen2.5-VL's processor needs torchvision (hired[onevision])")
+    require_torchvision()
     from hired.tiny import tiny_qwen2_5_vl
 
     with torch.no_grad():
