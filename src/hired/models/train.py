@@ -1,4 +1,4 @@
-"""Train hired-tiny's language side on the synthetic task, with all visual tokens.
+"""Train hired-tiny's language side on both synthetic question families, with all visual tokens.
 
     python -m hired.models.train                  # the packaged weights (src/hired/models/hired_tiny/)
     python -m hired.models.train --out DIR --checkpoints CKPT      # elsewhere, a copy at every evaluation
@@ -8,6 +8,11 @@ The DINOv2 tower is frozen, so its features are computed once per training image
 Each step then runs only the projector, LLaVA-NeXT's own ``pack_image_features`` (unpadding, newline
 tokens) and the decoder, with a loss on the answer tokens and the end-of-sequence token.
 
+The training set mixes the two families (:func:`hired.models.dense.combine`): ``--images`` scenes of
+:mod:`hired.models.task` (small shapes on photos) and ``--dense-images`` scenes of :mod:`hired.models.dense`
+(one table of digits or coloured cells in one sub-image), with ``--questions`` and ``--dense-questions``
+questions each, shuffled together; the held-out set mixes them likewise and is reported per family.
+
 A small decoder trained from scratch on the answers alone learns the answer priors and then stalls
 (it never starts reading the image within an hour of CPU time). Three things make it read:
 
@@ -15,9 +20,11 @@ A small decoder trained from scratch on the answers alone learns the answer prio
   a large common component); the statistics are folded into its first layer when the weights are written,
   so the shipped model is a stock ``LlavaNextForConditionalGeneration`` on raw features;
 - auxiliary per-patch labels (which shape and colour covers each patch, and on the full image its
-  quadrant; :func:`patch_labels`) read by linear probes from the projector's output and from the visual
-  tokens entering the last decoder layer, and a per-token "what the question is about" label
-  (:func:`relevance`) read half-way up the decoder;
+  quadrant; :func:`patch_labels`; for the dense family which table item covers it, its row, column, digit
+  or colour: :func:`hired.models.dense.patch_labels`, the joint columns of ``dense.LABELS``) read by linear
+  probes from the projector's output (all but row and column, which a single patch cannot know) and from
+  the visual tokens entering the last decoder layer, and a per-token "what the question is about" label
+  (:func:`relevance`, :func:`hired.models.dense.relevance`) read half-way up the decoder;
 - the first head of the last layer is pulled, at the position that predicts the answer, onto the tokens
   the question is about.
 
@@ -32,6 +39,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import hashlib
 import random
 import sys
 import time
@@ -40,7 +48,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hired.models import task, tiny_vlm
+from hired.models import dense, task, tiny_vlm
 from hired.models.dinov2 import cache_dir
 
 
@@ -167,12 +175,47 @@ def relevance(question: task.Question, labels: torch.Tensor) -> torch.Tensor:
     return hit.float()
 
 
+def joint_labels(processor, scene) -> torch.Tensor:
+    """``(P, T, len(dense.LABELS))`` per-patch labels of a scene of either family: the dense family's own
+    (:func:`hired.models.dense.patch_labels`), the first family's (:func:`patch_labels`) padded with zeros
+    (no table item) by :func:`hired.models.dense.pad_labels`."""
+    if isinstance(scene, dense.Scene):
+        return dense.patch_labels(scene)
+    return dense.pad_labels(patch_labels(processor, scene))
+
+
+def question_marks(split: task.Split, labels: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per question of ``split`` (either family), ``(P, T)`` float: 1 on the patches it is about
+    (:func:`relevance` on the first family's labels, :func:`hired.models.dense.relevance` on dense scenes)."""
+    coverage: dict[int, object] = {}
+    out = []
+    for q in split.questions:
+        scene = split.scenes[q.image]
+        if isinstance(scene, dense.Scene):
+            if q.image not in coverage:
+                coverage[q.image] = dense.item_coverage(scene)
+            out.append(dense.relevance(q, scene, coverage[q.image]))
+        else:
+            out.append(relevance(q, labels[q.image]))
+    return out
+
+
+def split_key(split: task.Split) -> str:
+    """A short digest of a split's scenes (what the cached tower features depend on), with the crop size."""
+    return hashlib.sha1(f"{tiny_vlm.CROP}:{split.scenes!r}".encode()).hexdigest()[:16]
+
+
+def family(kind: str) -> str:
+    """``"dense"`` for the kinds of :mod:`hired.models.dense`, else ``"first"``."""
+    return "dense" if kind in dense.KINDS else "first"
+
+
 @dataclasses.dataclass
 class Auxiliary:
     """The training-only heads, thrown away afterwards (see :func:`train`).
 
-    ``patch``: a linear probe on the projector's output, ``4 + 5 + 5`` logits per visual token (shape,
-    colour, quadrant of :func:`patch_labels`): it teaches the projector to say what each patch shows before
+    ``patch``: a linear probe on the projector's output, ``sum(dense.LABEL_CLASSES)`` logits per visual
+    token (the joint label columns of :func:`joint_labels`; row and column are not asked of it): it teaches the projector to say what each patch shows before
     the decoder has learnt to look. ``relevance``: one logit per visual token on the decoder's hidden state
     after ``layer`` layers, trained to mark the patches the question is about (:func:`relevance`): it
     teaches the first layers to read the question into the visual tokens; ``content``: the same per-patch
@@ -180,7 +223,7 @@ class Auxiliary:
     does not bury what they show, so the last ones only have to
     gather the marked tokens. The first head of the last layer is also pulled, at the position that
     predicts the answer, onto the marked tokens (this needs eager attention). ``labels``: per training
-    image, :func:`patch_labels`.
+    image, :func:`joint_labels`; ``marks``: per training question, :func:`question_marks`.
     """
 
     patch: torch.nn.Module
@@ -188,16 +231,22 @@ class Auxiliary:
     relevance: torch.nn.Module
     layer: int
     labels: list[torch.Tensor]
+    marks: list[torch.Tensor]
     pos_weight: float = 10.0
 
     def parameters(self):
         return [*self.patch.parameters(), *self.content.parameters(), *self.relevance.parameters()]
 
 
-def _label_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of ``(N, 4 + 5 + 5)`` logits against ``(N, 3)`` :func:`patch_labels` rows."""
-    parts = logits.split([1 + len(task.SHAPES), 1 + len(task.COLOURS), 5], -1)
-    return sum(F.cross_entropy(part, target[:, j], ignore_index=-100) for j, part in enumerate(parts))
+LOCAL = tuple(j for j, name in enumerate(dense.LABELS) if name not in ("row", "column"))  # what one patch shows
+
+
+def _label_loss(logits: torch.Tensor, target: torch.Tensor, columns=None) -> torch.Tensor:
+    """Summed cross-entropy of ``(N, sum(dense.LABEL_CLASSES))`` logits against ``(N, len(dense.LABELS))``
+    :func:`joint_labels` rows, over ``columns`` (default: all)."""
+    parts = logits.split(list(dense.LABEL_CLASSES), -1)
+    columns = range(len(parts)) if columns is None else columns
+    return sum(F.cross_entropy(parts[j], target[:, j], ignore_index=-100) for j in columns)
 
 
 def batch_loss(model, encoded, split, rows, index: list[int], aux: Auxiliary | None = None):
@@ -210,10 +259,10 @@ def batch_loss(model, encoded, split, rows, index: list[int], aux: Auxiliary | N
     projected = m.multi_modal_projector(torch.cat(feats))
     losses: dict[str, torch.Tensor] = {}
     if aux is not None:
-        target = torch.cat([aux.labels[q.image] for q in qs]).flatten(0, 1)  # (sum P * T, 3)
+        target = torch.cat([aux.labels[q.image] for q in qs]).flatten(0, 1)  # (sum P * T, len(dense.LABELS))
         # the probes read the normalised tokens, so they cannot ask for ever larger visual embeddings
         logits = aux.patch(F.layer_norm(projected.flatten(0, 1), projected.shape[-1:]))
-        losses["patch"] = _label_loss(logits, target)
+        losses["patch"] = _label_loss(logits, target, LOCAL)
     projected = torch.split(projected, [len(f) for f in feats])
     packed, _ = m.pack_image_features(projected, sizes, "default", image_newline=m.image_newline)
     packed = torch.cat(list(packed))
@@ -236,13 +285,14 @@ def batch_loss(model, encoded, split, rows, index: list[int], aux: Auxiliary | N
                            output_attentions=aux is not None)
     hidden = out.last_hidden_state
     if aux is not None:
-        # the labels go through LLaVA-NeXT's own packing (newline rows all -100), so they line up with the
-        # visual tokens exactly; the relevance marks are read off the packed labels (0 on newline rows)
-        packed_labels, _ = m.pack_image_features([aux.labels[q.image].float() for q in qs], sizes, "default",
-                                                 image_newline=torch.full((3,), -100.0))
-        packed_labels = [p.long() for p in packed_labels]
-        marks = torch.cat([relevance(q, p) for q, p in zip(qs, packed_labels)])
-        packed_labels = torch.cat(packed_labels)
+        # the labels and the relevance marks (last column) go through LLaVA-NeXT's own packing (newline rows
+        # all -100), so they line up with the visual tokens exactly
+        width = len(dense.LABELS) + 1
+        joint = [torch.cat([aux.labels[q.image].float(), aux.marks[i][..., None]], -1) for q, i in zip(qs, index)]
+        packed_labels, _ = m.pack_image_features(joint, sizes, "default", image_newline=torch.full((width,), -100.0))
+        packed_labels = torch.cat(list(packed_labels))
+        marks = packed_labels[:, -1].clamp(min=0)
+        packed_labels = packed_labels[:, :-1].long()
         valid = packed_labels[:, 0] != -100
         state = out.hidden_states[aux.layer][image_mask]
         logit = aux.relevance(F.layer_norm(state, state.shape[-1:])).squeeze(-1)
@@ -276,12 +326,25 @@ def train(args) -> Path:
     processor = tiny_vlm.build_processor(tokenizer)
     model = tiny_vlm.build_model(tokenizer, seed=args.seed, hidden=args.hidden, layers=args.layers, heads=args.heads,
                                  intermediate=args.intermediate)
-    train_split = task.make_split("train", args.images, seed=args.seed, questions_per_image=args.questions)
-    val_split = task.make_split("train", args.val_images, seed=args.seed + 1000, questions_per_image=4)
-    key = f"s{args.seed}-n{args.images}-q{args.questions}-c{tiny_vlm.CROP}"
+    # both families, each on its own seeds; the held-out images are training-style (training photos)
+    parts_train = [task.make_split("train", args.images, seed=args.seed, questions_per_image=args.questions)]
+    parts_val = [task.make_split("train", args.val_images, seed=args.seed + 1000, questions_per_image=4)]
+    if args.dense_images:
+        parts_train.append(dense.make_split("train", args.dense_images, seed=args.seed,
+                                            questions_per_image=args.dense_questions))
+    if args.dense_val_images:
+        parts_val.append(dense.make_split("train", args.dense_val_images, seed=args.seed + 1000,
+                                          questions_per_image=4))
+    train_split, val_split = dense.combine(*parts_train), dense.combine(*parts_val)
     cache = None if args.no_cache else cache_dir() / "features"
-    enc_train = encode_split(model, processor, train_split, cache and cache / f"train-{key}.pt")
-    enc_val = encode_split(model, processor, val_split, cache and cache / f"val-s{args.seed + 1000}-n{args.val_images}.pt")
+
+    def encoded(parts, name):  # one cache file per family part, keyed by its scenes
+        out = []
+        for part in parts:
+            out += encode_split(model, processor, part, cache and cache / f"{name}-{split_key(part)}.pt")
+        return out
+
+    enc_train, enc_val = encoded(parts_train, "train"), encoded(parts_val, "val")
     # DINOv2's channels differ in scale and share a large common part: the projector trains on standardised
     # features (the statistics are folded into its first layer when the weights are written)
     mean, std = feature_statistics(enc_train)
@@ -296,11 +359,12 @@ def train(args) -> Path:
     if args.aux_weight > 0:
         hidden = model.config.text_config.hidden_size
         layer = args.relevance_layer or max(1, model.config.text_config.num_hidden_layers // 2)
-        n_labels = 1 + len(task.SHAPES) + 1 + len(task.COLOURS) + 5
+        n_labels = sum(dense.LABEL_CLASSES)
+        labels = [joint_labels(processor, scene) for scene in tqdm(train_split.scenes, desc="patch labels",
+                                                                   unit="image")]
         aux = Auxiliary(patch=torch.nn.Linear(hidden, n_labels), content=torch.nn.Linear(hidden, n_labels),
-                        relevance=torch.nn.Linear(hidden, 1), layer=layer,
-                        labels=[patch_labels(processor, scene)
-                                for scene in tqdm(train_split.scenes, desc="patch labels", unit="image")])
+                        relevance=torch.nn.Linear(hidden, 1), layer=layer, labels=labels,
+                        marks=question_marks(train_split, labels))
         params = params + aux.parameters()
         model.set_attn_implementation("eager")  # the attention loss reads the attention maps
     print(f"trainable parameters: {sum(p.numel() for p in params):,}; train questions {len(rows_train)}, "
@@ -329,9 +393,10 @@ def train(args) -> Path:
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v.item():.3f}" for k, v in extra.items()})
         if step % args.eval_every == 0 or step == args.steps:
-            acc, kinds = evaluate(model, enc_val, val_split, rows_val)
+            acc, kinds, families = evaluate(model, enc_val, val_split, rows_val)
             per_kind = ", ".join(f"{k} {v:.2f}" for k, v in kinds.items())
-            print(f"step {step}: loss {loss.item():.4f}, val accuracy {acc:.3f} ({per_kind}), "
+            per_family = ", ".join(f"{k} {v:.3f}" for k, v in families.items())
+            print(f"step {step}: loss {loss.item():.4f}, val accuracy {acc:.3f} ({per_family}; {per_kind}), "
                   f"{time.time() - start:.0f} s", flush=True)
             if args.checkpoints:
                 save(model, processor, Path(args.checkpoints) / f"step-{step}", mean, std)
@@ -359,24 +424,32 @@ def save(model, processor, folder, mean, std) -> Path:
 
 
 @torch.no_grad()
-def evaluate(model, encoded, split, rows, batch: int = 32) -> tuple[float, dict[str, float]]:
-    """Full-answer accuracy under teacher forcing (equals greedy exact match), overall and per kind."""
+def evaluate(model, encoded, split, rows, batch: int = 32) -> tuple[float, dict[str, float], dict[str, float]]:
+    """Full-answer accuracy under teacher forcing (equals greedy exact match): overall, per kind and per
+    family (:func:`family`)."""
     model.eval()
     ok = []
     for s in range(0, len(rows), batch):
         ok += batch_loss(model, encoded, split, rows, list(range(s, min(s + batch, len(rows)))))[1].tolist()
     kinds: dict[str, list[bool]] = {}
+    families: dict[str, list[bool]] = {}
     for q, right in zip(split.questions, ok):
         kinds.setdefault(q.kind, []).append(right)
-    return sum(ok) / len(ok), {k: sum(v) / len(v) for k, v in sorted(kinds.items())}
+        families.setdefault(family(q.kind), []).append(right)
+    mean = {k: sum(v) / len(v) for k, v in sorted(kinds.items())}
+    return sum(ok) / len(ok), mean, {k: sum(v) / len(v) for k, v in sorted(families.items())}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hired.models.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(tiny_vlm.WEIGHTS_DIR), help="output folder (default: the packaged weights)")
-    p.add_argument("--images", type=int, default=800, help="training images")
-    p.add_argument("--questions", type=int, default=8, help="questions per training image")
-    p.add_argument("--val-images", type=int, default=60)
+    p.add_argument("--images", type=int, default=800, help="training images of the first family (hired.models.task)")
+    p.add_argument("--questions", type=int, default=8, help="questions per training image of the first family")
+    p.add_argument("--val-images", type=int, default=60, help="held-out images of the first family")
+    p.add_argument("--dense-images", type=int, default=800,
+                   help="training images of the dense family (hired.models.dense; 0 = first family only)")
+    p.add_argument("--dense-questions", type=int, default=8, help="questions per dense training image")
+    p.add_argument("--dense-val-images", type=int, default=60, help="held-out images of the dense family")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
