@@ -1,4 +1,5 @@
-"""`hired eval --offline --quick` on the packaged hired-tiny: every method, exact token counts, outputs."""
+"""`hired eval --offline --quick` on the packaged hired-tiny: every method, both question families reported
+separately and together, exact token counts, outputs, merging old and new JSON."""
 
 import json
 import math
@@ -9,7 +10,7 @@ import hired
 from hired.cli import main
 from hired.core.grid import Geometry, layout_for
 from hired.eval import offline
-from hired.models import task, tiny_vlm
+from hired.models import dense, task, tiny_vlm
 
 
 @pytest.fixture(scope="module")
@@ -30,46 +31,82 @@ def test_every_method_and_budget_has_a_row(quick):
             assert (name, budget) in rows
     for budget in offline.QUICK["budgets"]:
         assert ("hired (reference mapping)", budget) in rows
-    assert payload["questions"] == 4 * offline.QUICK["images"]
+    assert payload["task"] == "both"  # the default
+    assert payload["questions"] == 2 * 4 * offline.QUICK["images"]
+    for r in payload["results"]:
+        assert {k: v["questions"] for k, v in r["families"].items()} == {"dense": 16, "first": 16}
 
 
 def test_the_packaged_model_reads_the_image(quick):
-    """With all tokens, hired-tiny answers far above the answer priors (chance is about 0.33 over the four
-    kinds); at budget 1.0 every method keeps every patch (only the newline tokens go), so all answer alike."""
+    """With all tokens, hired-tiny answers far above the answer priors (chance is about 0.33 over the first
+    family's four kinds, about 0.17 over the dense family's two: ten digits, four colours); at budget 1.0
+    every method keeps every patch (only the newline tokens go), so all answer alike."""
     payload, _ = quick
     results = payload["results"]
     full = next(r for r in results if r["label"] == "all tokens")
-    assert full["accuracy"] >= 0.7
+    assert full["families"]["first"]["accuracy"] >= 0.7
+    assert full["families"]["dense"]["accuracy"] >= 0.3
     at_one = {r["label"]: r["accuracy"] for r in results if r["budget"] == 1.0}
     assert len(at_one) == len(hired.list_methods()) + 1 and len(set(at_one.values())) == 1, at_one
 
 
 def test_accuracy_retention_and_token_counts(quick):
     payload, _ = quick
-    results = payload["results"]
-    full = next(r for r in results if r["label"] == "all tokens")
-    split = task.make_split("test", offline.QUICK["images"], seed=0)
+    results = [offline.Result(**r) for r in payload["results"]]
     geometry = Geometry(tiny_vlm.CROP, tiny_vlm.PATCH, tuple(map(tuple, tiny_vlm.pinpoints())))
-    layouts = [layout_for(split.scenes[q.image].size, geometry) for q in split.questions]
-    for r in results:
-        assert 0 <= r["accuracy"] <= 1
-        assert set(r["by_kind"]) == set(task.KINDS)
-        assert r["retention"] == pytest.approx(r["accuracy"] / full["accuracy"])
-        if r["budget"] is not None:  # a fixed budget keeps floor(budget * P * T) patches, no newlines
-            expected = sum(math.floor(r["budget"] * lay.num_partitions * lay.tokens) for lay in layouts) / len(layouts)
-            assert r["visual_tokens"] == pytest.approx(expected), r["label"]
-        elif r["label"] != "all tokens":  # adaptive: fewer than all
-            assert r["visual_tokens"] < full["visual_tokens"]
+    views = offline.by_family(results, payload["task"])
+    assert list(views) == ["first", "dense", "both"]
+    kinds = {"first": set(task.KINDS), "dense": set(dense.KINDS), "both": set(task.KINDS) | set(dense.KINDS)}
+    for name, rows in views.items():
+        split = offline.make_split(name, offline.QUICK["images"], seed=0)
+        layouts = [layout_for(split.scenes[q.image].size, geometry) for q in split.questions]
+        full = next(r for r in rows if r.label == "all tokens")
+        for r in rows:
+            assert 0 <= r.accuracy <= 1
+            assert set(r.by_kind) == kinds[name]
+            assert r.retention == pytest.approx(r.accuracy / full.accuracy)
+            assert len(r.correct) == len(split.questions) and r.correct.count("1") / len(r.correct) == pytest.approx(
+                r.accuracy)
+            if r.budget is not None:  # a fixed budget keeps floor(budget * P * T) patches, no newlines
+                expected = sum(math.floor(r.budget * lay.num_partitions * lay.tokens) for lay in layouts) / len(layouts)
+                assert r.visual_tokens == pytest.approx(expected), (name, r.label)
+            elif r.label != "all tokens":  # adaptive: fewer than all
+                assert r.visual_tokens < full.visual_tokens
+    hired_row = next(r for r in views["dense"] if r.label == "hired" and r.budget == 0.1)
+    diff, se, n = offline.paired(hired_row, views["dense"][0])
+    assert n == 16 and diff == pytest.approx(hired_row.accuracy - views["dense"][0].accuracy) and se >= 0
+    assert offline.paired(hired_row, hired_row) == (0.0, 0.0, 16)
+    # together = the question-weighted mean of the two families
+    for r, a, b in zip(views["both"], views["first"], views["dense"]):
+        assert r.accuracy == pytest.approx((a.accuracy + b.accuracy) / 2)
 
 
 def test_markdown_and_plot(quick, capsys):
     payload, folder = quick
-    assert (folder / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("r.png", "r-first.png", "r-dense.png"):
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = [offline.Result(**r) for r in payload["results"]]
     table = offline.markdown(results, offline.QUICK["budgets"])
     assert table.count("\n| ") >= len(hired.list_methods()) + 2
     for name in hired.list_methods():
         assert f"| {name} |" in table
+    assert "| method | cell | colour | count | digit | presence | quadrant |" in table
+    text = offline.report(results, offline.QUICK["budgets"], "both", offline.family_counts(results))
+    assert text.count("All tokens: accuracy") == 3
+    assert "### Family 'first'" in text and "### Family 'dense'" in text and "### Both families together, 32" in text
+    assert "| method | cell | digit |" in text
+
+
+def test_one_family_runs_alone(tmp_path):
+    assert main(["eval", "--offline", "--task", "dense", "--images", "2", "--methods", "hired", "--budgets", "0.2",
+                 "--no-progress", "--json", str(tmp_path / "d.json")]) == 0
+    payload = json.loads((tmp_path / "d.json").read_text())
+    assert payload["task"] == "dense" and payload["questions"] == 8
+    assert [r["label"] for r in payload["results"]] == ["all tokens", "hired", "hired (reference mapping)"]
+    assert all(set(r["by_kind"]) == set(dense.KINDS) for r in payload["results"])
+    assert offline.make_split("first", 2).questions == task.make_split("test", 2).questions
+    with pytest.raises(ValueError, match="task must be one of"):
+        offline.make_split("all", 2)
 
 
 @pytest.mark.parametrize("argv,message", [(["--budgets", "1.5"], "budget must be in (0, 1]"),
@@ -132,6 +169,9 @@ def test_variant_on_the_command_line_is_typed(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["eval", "--offline", "--quick", "--methods", "spatial", "--variant", "keep_positions=maybe"])
     assert exit_.value.code == 2 and "keep_positions must be True or False, got 'maybe'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "--offline", "--task", "shapes"])
+    assert exit_.value.code == 2 and "invalid choice: 'shapes'" in capsys.readouterr().err
 
 
 def test_merge_labels_option_runs_and_refuses_mismatched_runs(tmp_path, capsys):
@@ -166,3 +206,45 @@ def test_merge_labels_option_runs_and_refuses_mismatched_runs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| hired (keep_positions=True) | 0.850 (0.94) | — |" in out
     assert len(json.loads((tmp_path / "m.json").read_text())["results"]) == 7
+
+
+def test_merge_of_runs_of_both_families_keeps_each_family(tmp_path, capsys):
+    """JSON of ``--task both`` runs merges into one table per family and one together; runs of different
+    tasks are refused, and JSON written before the dense family existed (no ``task``) counts as ``first``."""
+    from hired.eval.offline import by_family, combine
+
+    def row(label, budget, first, dense_):
+        return {"label": label, "budget": budget, "accuracy": (first + dense_) / 2,
+                "by_kind": {"colour": first, "digit": dense_}, "visual_tokens": 60.0,
+                "retention": (first + dense_) / 1.75,
+                "families": {"first": {"accuracy": first, "visual_tokens": 50.0, "questions": 4},
+                             "dense": {"accuracy": dense_, "visual_tokens": 70.0, "questions": 4}}}
+
+    def run(options, rows, task="both"):
+        return {"model": "m", "task": task, "questions": 8, "seed": 0, "budgets": [0.2], "options": options,
+                "date": "2026-12-02T00:00:00+00:00", "results": [row("all tokens", None, 1.0, 0.75), *rows]}
+
+    packed = run({}, [row("hired", 0.2, 0.5, 0.25)])
+    kept = run({"hired": {"keep_positions": True}}, [row("hired", 0.2, 0.75, 0.5)])
+    results, _ = combine([packed, kept])
+    views = by_family(results, "both")
+    dense_rows = {r.label: (r.accuracy, r.retention, r.visual_tokens, set(r.by_kind)) for r in views["dense"]}
+    assert dense_rows["hired (keep_positions=True)"] == (0.5, pytest.approx(0.5 / 0.75), 70.0, {"digit"})
+    assert {r.label: r.accuracy for r in views["first"]}["hired"] == 0.5
+    assert {r.label: r.accuracy for r in views["both"]}["hired"] == 0.375
+    old = {k: v for k, v in run({}, []).items() if k != "task"}
+    with pytest.raises(ValueError, match="differ in task: 'both' and 'first'"):
+        combine([packed, old])
+    assert list(by_family(combine([old])[0], "first")) == ["first"]
+    with pytest.raises(ValueError, match="no per-question results"):
+        offline.paired(*views["dense"][:2])
+    for i, payload in enumerate((packed, kept)):
+        (tmp_path / f"{i}.json").write_text(json.dumps(payload))
+    assert main(["eval", "--merge", str(tmp_path / "0.json"), str(tmp_path / "1.json"), "--json", str(tmp_path / "m.json"),
+                 "--plot", str(tmp_path / "m.png")]) == 0
+    out = capsys.readouterr().out
+    assert "task both" in out and out.count("All tokens: accuracy") == 3
+    assert "| hired (keep_positions=True) | 0.500 (0.67) |" in out
+    merged = json.loads((tmp_path / "m.json").read_text())
+    assert merged["task"] == "both" and merged["results"][1]["families"]["dense"]["accuracy"] in (0.25, 0.5)
+    assert (tmp_path / "m-dense.png").is_file() and (tmp_path / "m-first.png").is_file()

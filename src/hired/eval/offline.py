@@ -1,15 +1,20 @@
 """``hired eval --offline``: accuracy of every method at every budget on hired-tiny, offline.
 
 hired-tiny (:mod:`hired.models.tiny_vlm`) is a LLaVA-NeXT with the real DINOv2-S/14 tower, trained with
-all visual tokens on the synthetic high-resolution question task (:mod:`hired.models.task`). Dropping is
-applied at inference only, as in the paper. For each registered method and budget, the test split's
+all visual tokens on two synthetic high-resolution question families: small shapes on photos
+(:mod:`hired.models.task`, "first") and one dense table of digits or coloured cells in one sub-image of an
+otherwise plain image (:mod:`hired.models.dense`, "dense"). Dropping is applied at inference only, as in
+the paper. ``--task`` picks the test questions: ``first``, ``dense`` or ``both`` (the default: every
+family's figures separately and together from one run, since a method can win on one family and lose on
+the other). For each registered method and budget, the test split's
 questions are answered greedily in batches: each image is encoded once per method by the model's own
 ``get_image_features`` (patched by ``hired.apply``), and its questions go through ``model.generate`` with
 those features as ``mm_encoder_outputs``, as ``hired.prepare_inputs`` does; an answer is right when it
 equals the expected one exactly.
 
-    hired eval --offline                      # 1000 questions, budgets 0.05 0.1 0.2 0.4 1.0
-    hired eval --offline --quick              # a small subset (CI)
+    hired eval --offline                      # 1000 questions per family, budgets 0.05 0.1 0.2 0.4 1.0
+    hired eval --offline --task dense         # the dense family only
+    hired eval --offline --quick              # a small subset of both families (CI)
     hired eval --offline --json out.json --plot out.png
     hired eval --offline --methods hired,spatial --budgets 0.1,0.2 --option hired:keep_newline=true
     hired eval --offline --variant keep_positions=true --variant hired:score=received
@@ -27,6 +32,30 @@ from pathlib import Path
 
 BUDGETS = (0.05, 0.1, 0.2, 0.4, 1.0)
 QUICK = {"images": 4, "budgets": (0.1, 1.0)}
+TASKS = ("first", "dense", "both")
+FAMILIES = {"first": "shapes on photos (hired.models.task)",
+            "dense": "dense tables of digits or cells (hired.models.dense)"}
+
+
+def family(kind: str) -> str:
+    """The question family of a question kind: ``"dense"`` (digit, cell) or ``"first"``."""
+    from hired.models import dense
+
+    return "dense" if kind in dense.KINDS else "first"
+
+
+def make_split(name: str, images: int, seed: int = 0):
+    """The test split of ``--task name``: ``images`` images of each family it names."""
+    from hired.models import dense, task
+
+    if name not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {name!r}")
+    parts = []
+    if name in ("first", "both"):
+        parts.append(task.make_split("test", images, seed=seed))
+    if name in ("dense", "both"):
+        parts.append(dense.make_split("test", images, seed=seed))
+    return parts[0] if len(parts) == 1 else dense.combine(*parts)
 
 
 @dataclasses.dataclass
@@ -51,6 +80,51 @@ class Result:
     visual_tokens: float | None = None  # mean <image> tokens per question
     seconds: float = 0.0
     retention: float | None = None
+    # per question family (``"first"``, ``"dense"``): {"accuracy", "visual_tokens", "questions"}
+    families: dict[str, dict] = dataclasses.field(default_factory=dict)
+    # per question of the split, in its order: "1" right, "0" wrong (for paired differences: :func:`paired`)
+    correct: str = ""
+
+
+def paired(a: Result, b: Result) -> tuple[float, float, int]:
+    """``(difference, standard error, n)`` of ``a.accuracy - b.accuracy`` on the same questions, paired:
+    the standard error of the mean of the per-question differences ``sqrt(var(d) / n)``."""
+    if not a.correct or len(a.correct) != len(b.correct):
+        raise ValueError(f"{a.label!r} and {b.label!r} have no per-question results on the same questions")
+    d = [int(x) - int(y) for x, y in zip(a.correct, b.correct)]
+    n = len(d)
+    mean = sum(d) / n
+    var = sum((v - mean) ** 2 for v in d) / (n - 1) if n > 1 else 0.0
+    return mean, (var / n) ** 0.5, n
+
+
+def by_family(results: list[Result], task: str = "both") -> dict[str, list[Result]]:
+    """The rows of one family each (``accuracy``, tokens, per-kind and retention of its questions only),
+    and under ``"both"`` the rows as they are (every question). A run of one family (``task`` ``"first"`` or
+    ``"dense"``, or rows without per-family figures, as in JSON written before the dense family existed)
+    gives ``{task: results}``."""
+    if task != "both" or not any(r.families for r in results):
+        return {task: results}
+    out: dict[str, list[Result]] = {}
+    for name in FAMILIES:
+        rows = []
+        for r in results:
+            figures = r.families.get(name)
+            if figures is None:
+                continue
+            # a "both" split holds the first family's questions, then the dense family's (dense.combine)
+            start = 0 if name == "first" else r.families.get("first", {}).get("questions", 0)
+            correct = r.correct[start : start + figures["questions"]] if r.correct else ""
+            rows.append(Result(r.label, r.budget, figures["accuracy"],
+                               {k: v for k, v in r.by_kind.items() if family(k) == name}, figures["visual_tokens"],
+                               r.seconds, None, {name: figures}, correct))
+        full = next((r.accuracy for r in rows if r.label == "all tokens"), None)
+        for r in rows:
+            if full and r.accuracy is not None:
+                r.retention = r.accuracy / full
+        out[name] = rows
+    out["both"] = results
+    return out
 
 
 def configs(budgets=BUDGETS, methods: list[str] | None = None, options: dict[str, dict] | None = None,
@@ -151,8 +225,10 @@ def evaluate(model, processor, split, cfgs: list[Config], batch_size: int = 16, 
     import hired
 
     by_image: dict[int, list] = defaultdict(list)
-    for q in split.questions:
+    position = {}
+    for at, q in enumerate(split.questions):
         by_image[q.image].append(q)
+        position[id(q)] = at
     order = sorted(by_image)
     per_batch = max(1, batch_size // max(len(v) for v in by_image.values()))
     images = {i: split.image(i) for i in order}
@@ -167,6 +243,8 @@ def evaluate(model, processor, split, cfgs: list[Config], batch_size: int = 16, 
             hired.apply(model, processor, cfg.method)
         bar.set_postfix_str(f"{cfg.label} {'' if cfg.budget is None else cfg.budget}")
         right, tokens, kinds = 0, 0, defaultdict(list)
+        families: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # right, tokens, questions
+        correct = ["0"] * len(split.questions)
         start = time.perf_counter()
         for s in range(0, len(order), per_batch):
             ids = order[s : s + per_batch]
@@ -179,11 +257,19 @@ def evaluate(model, processor, split, cfgs: list[Config], batch_size: int = 16, 
                     right += ok
                     kinds[q.kind].append(ok)
                     tokens += count
+                    figures = families[family(q.kind)]
+                    figures[0] += ok
+                    figures[1] += count
+                    figures[2] += 1
+                    correct[position[id(q)]] = "1" if ok else "0"
             bar.update(sum(len(by_image[i]) for i in ids))
         result.seconds = time.perf_counter() - start
         result.accuracy = right / len(split.questions)
         result.by_kind = {k: sum(v) / len(v) for k, v in sorted(kinds.items())}
         result.visual_tokens = tokens / len(split.questions)
+        result.correct = "".join(correct)
+        result.families = {name: {"accuracy": r / n, "visual_tokens": t / n, "questions": n}
+                           for name, (r, t, n) in sorted(families.items())}
     bar.close()
     if hired.applied_method(model) is not None:
         hired.remove(model, processor)
@@ -230,7 +316,7 @@ def markdown(results: list[Result], budgets=BUDGETS) -> str:
     return "\n".join(lines)
 
 
-def plot(results: list[Result], path: str | Path, budgets=BUDGETS) -> Path:
+def plot(results: list[Result], path: str | Path, budgets=BUDGETS, title: str | None = None) -> Path:
     """Accuracy against budget, one line per method, all tokens as a dashed line; rows run with
     ``keep_positions=True`` get a second panel, in the same colour as their packed row."""
     from hired.viz import _matplotlib
@@ -274,7 +360,7 @@ def plot(results: list[Result], path: str | Path, budgets=BUDGETS) -> Path:
                 handles.append(h)
                 names.append(n)
     fig.legend(handles, names, loc="center right", fontsize=7)
-    fig.suptitle("hired-tiny (DINOv2-S/14), synthetic high-resolution questions", fontsize=11)
+    fig.suptitle(title or "hired-tiny (DINOv2-S/14), synthetic high-resolution questions", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1 - 2.9 / (6.5 * len(panels) + 3.0), 1))
     path = Path(path)
     fig.savefig(path)
@@ -288,6 +374,8 @@ def combine(payloads: list[dict]) -> tuple[list[Result], list[float]]:
     rows are sorted by label. Returns the results and the union of the budgets."""
     first = payloads[0]
     for payload in payloads[1:]:
+        if task_of(payload) != task_of(first):
+            raise ValueError(f"the runs differ in task: {task_of(first)!r} and {task_of(payload)!r}")
         for key in ("questions", "seed", "model"):
             if payload.get(key) != first.get(key):
                 raise ValueError(f"the runs differ in {key}: {first.get(key)!r} and {payload.get(key)!r}")
@@ -317,6 +405,46 @@ def combine(payloads: list[dict]) -> tuple[list[Result], list[float]]:
     return [full, *ordered], budgets
 
 
+def task_of(payload: dict) -> str:
+    """The ``--task`` of a run's JSON (runs written before the dense family existed: ``"first"``)."""
+    return payload.get("task", "first")
+
+
+def report(results: list[Result], budgets, task: str, questions: dict[str, int] | None = None) -> str:
+    """The Markdown of a run: one section per family and one of both together (``task`` ``"both"``), else
+    the table of the one family."""
+    views = by_family(results, task)
+    if len(views) == 1:
+        return markdown(results, budgets)
+    parts = []
+    for name, rows in views.items():
+        head = "Both families together" if name == "both" else f"Family {name!r}: {FAMILIES[name]}"
+        n = (questions or {}).get(name)
+        parts += [f"### {head}" + (f", {n} questions" if n else ""), "", markdown(rows, budgets), ""]
+    return "\n".join(parts).rstrip()
+
+
+def plots(results: list[Result], path: str | Path, budgets, task: str) -> list[Path]:
+    """The figure of a run at ``path``; with ``task`` ``"both"`` that of both families together there and one
+    per family beside it (``NAME-first.png``, ``NAME-dense.png``)."""
+    path = Path(path)
+    out = []
+    for name, rows in by_family(results, task).items():
+        where = path if name in ("both", task) else path.with_name(f"{path.stem}-{name}{path.suffix}")
+        title = "hired-tiny (DINOv2-S/14): " + ("both question families" if name == "both" else FAMILIES[name])
+        out.append(plot(rows, where, budgets, title))
+    return out
+
+
+def family_counts(results: list[Result]) -> dict[str, int]:
+    """Questions per family (from the all-tokens row) and in all."""
+    full = next((r for r in results if r.label == "all tokens"), None)
+    counts = {k: v["questions"] for k, v in (full.families if full else {}).items()}
+    if counts:
+        counts["both"] = sum(counts.values())
+    return counts
+
+
 def cmd_merge(args) -> int:
     """``hired eval --merge A.json B.json ...``: one table (and JSON, plot) from several runs."""
     from hired.commands import CommandError
@@ -327,17 +455,19 @@ def cmd_merge(args) -> int:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CommandError(f"--merge: {err}") from None
     dates = sorted(p.get("date", "") for p in payloads)
-    print(f"hired-tiny, {payloads[0]['questions']} test questions (seed {payloads[0]['seed']}), "
+    task = task_of(payloads[0])
+    print(f"hired-tiny, task {task}, {payloads[0]['questions']} test questions (seed {payloads[0]['seed']}), "
           f"{len(payloads)} runs merged ({', '.join(args.merge)}), {dates[0]} to {dates[-1]}")
     print()
-    print(markdown(results, budgets))
+    print(report(results, budgets, task, family_counts(results)))
     if args.json:
-        merged = {**payloads[0], "budgets": budgets, "options": {}, "variants": [], "merged_from": list(args.merge),
+        merged = {**payloads[0], "task": task, "budgets": budgets, "options": {}, "variants": [], "merged_from": list(args.merge),
                   "date": dates[-1], "results": [dataclasses.asdict(r) for r in results]}
         Path(args.json).write_text(json.dumps(merged, indent=1) + "\n")
         print(f"\nwrote {args.json}")
     if args.plot:
-        print(f"wrote {plot(results, args.plot, budgets)}")
+        for path in plots(results, args.plot, budgets, task):
+            print(f"wrote {path}")
     return 0
 
 
@@ -355,7 +485,6 @@ def cmd_eval(args) -> int:
 
     import hired
     from hired.commands import CommandError, assign_options, split_option
-    from hired.models import task
     from hired.models.tiny_vlm import load_hired_tiny
 
     if args.merge:
@@ -387,21 +516,22 @@ def cmd_eval(args) -> int:
         cfgs = configs(budgets, methods, options, variants)
     except ValueError as err:
         raise CommandError(str(err)) from None
-    split = task.make_split("test", images, seed=args.seed)
+    split = make_split(args.task, images, seed=args.seed)
     model, processor = load_hired_tiny(args.model)
     started = datetime.now(timezone.utc)
     results = evaluate(model, processor, split, cfgs, batch_size=args.batch_size, progress=not args.no_progress)
-    print(f"hired-tiny, {len(split.questions)} test questions (seed {args.seed}), {machine()}, "
+    print(f"hired-tiny, task {args.task}, {len(split.questions)} test questions (seed {args.seed}), {machine()}, "
           f"{torch.get_num_threads()} torch threads, {started:%Y-%m-%d %H:%M} UTC")
     for name, opts in options.items():
         print(f"options of {name}: " + ", ".join(f"{k}={v!r}" for k, v in sorted(opts.items())))
     for variant in variants:
         print("also with " + "; ".join(f"{n}: " + ", ".join(f"{k}={v!r}" for k, v in o.items()) for n, o in variant.items()))
     print()
-    print(markdown(results, budgets))
+    print(report(results, budgets, args.task, family_counts(results)))
     if args.json:
         payload = {
             "model": str(args.model or "hired-tiny (packaged)"),
+            "task": args.task,
             "questions": len(split.questions),
             "seed": args.seed,
             "budgets": list(budgets),
@@ -415,7 +545,8 @@ def cmd_eval(args) -> int:
         Path(args.json).write_text(json.dumps(payload, indent=1) + "\n")
         print(f"\nwrote {args.json}")
     if args.plot:
-        print(f"wrote {plot(results, args.plot, budgets)}")
+        for path in plots(results, args.plot, budgets, args.task):
+            print(f"wrote {path}")
     return 0
 
 
@@ -424,9 +555,13 @@ def add_eval_parser(sub) -> None:
 
     p = sub.add_parser("eval", help="accuracy of every method vs budget on hired-tiny (--offline)")
     p.add_argument("--offline", action="store_true", help="the offline benchmark on hired-tiny (required)")
-    p.add_argument("--quick", action="store_true", help=f"{QUICK['images'] * 4} questions, budgets "
+    p.add_argument("--task", choices=TASKS, default="both",
+                   help="test questions: the first family (shapes on photos), the dense family (tables of digits "
+                        "or cells) or both, reported separately and together (default: both)")
+    p.add_argument("--quick", action="store_true", help=f"{QUICK['images'] * 4} questions per family, budgets "
                    f"{' '.join(map(str, QUICK['budgets']))} (CI)")
-    p.add_argument("--images", type=int, default=None, help="test images, 4 questions each (default 250)")
+    p.add_argument("--images", type=int, default=None,
+                   help="test images per family, 4 questions each (default 250)")
     add_list_argument(p, "--budgets", float, default=None,
                       help="budgets, separated by commas or spaces (default 0.05,0.1,0.2,0.4,1.0)")
     p.add_argument("--methods", default=None, help="comma-separated method names (default: all registered)")
