@@ -97,6 +97,36 @@ def pool_to_merged(values: torch.Tensor, unit: int, order: torch.Tensor, reduce:
     return pooled[order.to(pooled.device)]
 
 
+def select_merged(method, info, layouts: list, merged: torch.Tensor, scores: dict, keys: dict) -> list[tuple]:
+    """Select the merged tokens of a batch of images, one method call per token count (images of one count
+    are selected together). Shared by the transformers adapter and the vLLM plugin.
+
+    ``merged`` ``(sum N, D)``, ``scores[role]`` ``(sum N,)`` and ``keys[role]`` ``(sum N, H * D)``: image
+    after image, each in raster order. Returns one ``(features, index, keep, budget)`` per image: the kept
+    tokens' features ``(k, D)`` and raster indices ``(k,)`` in the order handed on (raster), the ``(N,)``
+    bool mask of kept tokens and the image's budget list (one partition), all on the features' device."""
+    from hired.methods.pack import feature_inputs, pack_features
+
+    starts = [0]
+    for layout in layouts:
+        starts.append(starts[-1] + layout.tokens)
+    groups: dict[int, list[int]] = {}
+    for i, layout in enumerate(layouts):
+        groups.setdefault(layout.tokens, []).append(i)
+    out: list = [None] * len(layouts)
+    for tokens, idx in groups.items():
+        rows = lambda values: torch.stack([values[starts[i]: starts[i] + tokens] for i in idx])  # noqa: E731
+        group = [layouts[i] for i in idx]
+        feats = rows(merged)  # (G, N, D)
+        g_scores, g_keys = {r: rows(v) for r, v in scores.items()}, {r: rows(v) for r, v in keys.items()}
+        selection = method.select(group, g_scores, info, keys=g_keys, **feature_inputs(method, feats, lambda f: f))
+        packed = pack_features(method, group, selection, feats, newline=False)
+        for j, (i, features, index) in enumerate(zip(idx, packed.features.split(packed.lengths),
+                                                     packed.stock_index.split(packed.lengths))):
+            out[i] = (features, index, selection.keep[j], selection.budgets[j])
+    return out
+
+
 def mrope_offsets(index: torch.Tensor, width: int) -> torch.Tensor:
     """Long ``(3, n)``: the (t, h, w) M-RoPE offsets of merged tokens ``index`` of an image ``width`` tokens
     wide (one temporal step), as transformers' ``get_vision_position_ids`` lays them out."""
@@ -198,7 +228,7 @@ def kept_positions(position_ids: torch.Tensor, image_mask: torch.Tensor, offsets
 
 
 def check_method(method) -> None:
-    """What Qwen2.5-VL cannot run yet, as one clear error."""
+    """What Qwen2.5-VL cannot run yet, as one clear error (the transformers adapter and the vLLM plugin)."""
     name = type(method).__name__
     if getattr(method, "query_aware", False):
         raise ValueError(f"{name} reads the prompt; query-aware methods do not run on Qwen2.5-VL yet")

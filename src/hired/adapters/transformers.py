@@ -646,32 +646,22 @@ def _qwen_image_features(inner: nn.Module, state: _State, pixel_values: torch.Te
     order = qwen.merged_order(visual, image_grid_thw)
     scores = {r: qwen.pool_to_merged(v, unit, order, "sum") for r, v in rec.rows.items()}  # (sum N,)
     keys = {r: qwen.pool_to_merged(v, unit, order, "mean") for r, v in rec.keys.items()}  # (sum N, H * D)
-    starts = torch.tensor([0, *[lay.tokens for lay in layouts]]).cumsum(0).tolist()
-    groups: dict[int, list[int]] = {}
-    for i, layout in enumerate(layouts):
-        groups.setdefault(layout.tokens, []).append(i)  # images of one token count are selected together
     method, width = state.method, max(lay.tokens for lay in layouts)
     outs: list = [None] * len(layouts)
     keep = torch.zeros(len(layouts), width, dtype=torch.bool)
     budgets: list = [None] * len(layouts)
     padded = {r: torch.zeros(len(layouts), width) for r in scores}
-    for tokens, idx in groups.items():
-        rows = lambda values: torch.stack([values[starts[i]: starts[i] + tokens] for i in idx])  # noqa: E731
-        group = [layouts[i] for i in idx]
-        feats = rows(merged)  # (G, N, D)
-        g_scores, g_keys = {r: rows(v) for r, v in scores.items()}, {r: rows(v) for r, v in keys.items()}
-        selection = method.select(group, g_scores, state.info, keys=g_keys,
-                                  **feature_inputs(method, feats, lambda f: f))
-        packed = pack_features(method, group, selection, feats, newline=False)
-        for j, (i, features, index) in enumerate(zip(idx, packed.features.split(packed.lengths),
-                                                     packed.stock_index.split(packed.lengths))):
-            cols = layouts[i].partition_shape[1]
-            setattr(features, _STOCK, _StockIndex(index, tokens, qwen.mrope_offsets(index.cpu(), cols)))
-            outs[i] = features
-            keep[i, :tokens] = selection.keep[j].cpu()
-            budgets[i] = selection.budgets[j]
-            for r in scores:
-                padded[r][i, :tokens] = g_scores[r][j].float().cpu()
+    start = 0
+    for i, (layout, (features, index, kept, budget)) in enumerate(
+            zip(layouts, qwen.select_merged(method, state.info, layouts, merged, scores, keys))):
+        tokens, cols = layout.tokens, layout.partition_shape[1]
+        setattr(features, _STOCK, _StockIndex(index, tokens, qwen.mrope_offsets(index.cpu(), cols)))
+        outs[i] = features
+        keep[i, :tokens] = kept.cpu()
+        budgets[i] = budget
+        for r in scores:
+            padded[r][i, :tokens] = scores[r][start: start + tokens].float().cpu()
+        start += tokens
     images = tuple(getattr(f, _STOCK) for f in outs)
     record = _Record(layouts, Selection(keep=keep, budgets=budgets), padded, [len(f) for f in outs], images)
     _remember(state, record)

@@ -1,8 +1,8 @@
 """HiRED inside vLLM, as an out-of-tree plugin (``pip install "hired[vllm]"``).
 
 vLLM loads :func:`register` from the ``vllm.general_plugins`` entry point in every process. It replaces
-the ``LlavaNextForConditionalGeneration``, ``LlavaForConditionalGeneration`` and
-``LlavaOnevisionForConditionalGeneration`` architectures with thin subclasses of vLLM's own classes that
+the ``LlavaNextForConditionalGeneration``, ``LlavaForConditionalGeneration``,
+``LlavaOnevisionForConditionalGeneration`` and ``Qwen2_5_VLForConditionalGeneration`` architectures with thin subclasses of vLLM's own classes that
 behave exactly as stock unless the model is given ``hf_overrides={"hired": {"method": "hired", "budget": 0.2, "alpha": 0.5}}``::
 
     from vllm import LLM
@@ -17,6 +17,7 @@ ARCHITECTURES = {
     "LlavaNextForConditionalGeneration": "HiredLlavaNextForConditionalGeneration",
     "LlavaForConditionalGeneration": "HiredLlavaForConditionalGeneration",
     "LlavaOnevisionForConditionalGeneration": "HiredLlavaOnevisionForConditionalGeneration",
+    "Qwen2_5_VLForConditionalGeneration": "HiredQwen2_5_VLForConditionalGeneration",
 }
 
 
@@ -24,10 +25,10 @@ def register() -> None:
     """The ``vllm.general_plugins`` entry point: register the HiRED-capable classes (idempotent)."""
     from vllm import ModelRegistry
 
-    from hired.vllm import models
+    from hired.vllm import models, qwen
 
     for arch, name in ARCHITECTURES.items():
-        ModelRegistry.register_model(arch, getattr(models, name))
+        ModelRegistry.register_model(arch, getattr(qwen if name.startswith("HiredQwen") else models, name))
 
 
 def last_selection(llm) -> list:

@@ -26,7 +26,8 @@ _RESERVED = ("method", "oracle")
 class Spec:
     """A method applied to one vLLM model.
 
-    ``family`` describes the model family (:mod:`hired.families`: LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision);
+    ``family`` describes the model family (:mod:`hired.families`: LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision,
+    Qwen2.5-VL);
     ``score_kind`` is the attention score the hooks compute (``"cls"``: the [CLS] row, ``"received"``: the
     attention each token receives). ``roles`` maps each score role of the method to its 0-based vision
     layer and ``key_roles`` each key role (merging methods). ``oracle`` (benchmarks only) feeds the same
@@ -59,6 +60,15 @@ class Spec:
         """Placeholders (= features) for one image: the core's count, newline tokens included."""
         return num_image_tokens(self.method, self.layout(height, width), self.newline)
 
+    def grid_layout(self, grid_thw) -> Layout:
+        """Qwen2.5-VL: the layout of one image of ``grid_thw = (1, h, w)`` patches (its merged tokens)."""
+        return _grid_layout(self.family.name, tuple(int(v) for v in grid_thw), self.geometry)
+
+    def grid_tokens(self, grid_thw) -> int:
+        """Qwen2.5-VL: placeholders (= features) for one image of ``grid_thw``: ``floor(r * N)`` of its N
+        merged tokens (the method's count)."""
+        return num_image_tokens(self.method, self.grid_layout(grid_thw), False)
+
     def stock_tokens(self, layout: Layout) -> int:
         """Tokens the unmodified model gives an image of ``layout`` (the family's count)."""
         return self.family.stock_tokens(layout)
@@ -69,6 +79,11 @@ def _layout(family: str, height: int, width: int, geometry: Geometry) -> Layout:
     """One :class:`Layout` per family, image size and geometry, so that what a layout caches (valid mask,
     pack orders) is built once per size rather than once per image (layouts are immutable)."""
     return get_family(family).layout((height, width), geometry)
+
+
+@lru_cache(maxsize=1024)
+def _grid_layout(family: str, grid_thw: tuple[int, int, int], geometry: Geometry) -> Layout:
+    return get_family(family).grid_layout(geometry, grid_thw)
 
 
 def fixed_budget_methods() -> list[str]:
@@ -82,8 +97,10 @@ def _error(message: str) -> ValueError:
     return ValueError(f"hf_overrides[{KEY!r}]: {message}")
 
 
-def parse_method(entry: Any) -> tuple[Method, bool]:
-    """``(method, oracle)`` from the override's value, e.g. ``{"method": "hired", "budget": 0.2}``."""
+def parse_method(entry: Any, mrope: bool = False) -> tuple[Method, bool]:
+    """``(method, oracle)`` from the override's value, e.g. ``{"method": "hired", "budget": 0.2}``.
+    ``mrope``: the model gives every kept token its own (t, h, w) id anyway (Qwen2.5-VL), so
+    ``keep_positions`` is accepted (and changes nothing)."""
     if not isinstance(entry, Mapping):
         raise _error(f"expected a dict such as {{'method': 'hired', 'budget': 0.2}}, got {entry!r}")
     options = {str(k): v for k, v in entry.items() if k not in _RESERVED}
@@ -109,7 +126,7 @@ def parse_method(entry: Any) -> tuple[Method, bool]:
             f"method {method.name!r} reads the prompt to choose the image's tokens, but vLLM's encoder never "
             f"sees the prompt; use one of {', '.join(fixed_budget_methods())}, or the transformers adapter"
         )
-    if method.keep_positions:
+    if method.keep_positions and not mrope:
         raise _error(
             "keep_positions is not available in vLLM: vLLM gives LLaVA's language model (1-D RoPE) consecutive "
             "positions, and its only interface for custom positions of pruned multimodal tokens "
@@ -143,11 +160,13 @@ def spec_from_config(config, family: str) -> Spec | None:
     entry = getattr(config, KEY, None)
     if entry is None:
         return None
-    method, oracle = parse_method(entry)
     try:
         fam = get_family(family)
     except ValueError as err:
         raise _error(str(err)) from None
+    method, oracle = parse_method(entry, mrope=getattr(fam, "mrope", False))
+    if fam.mrope:
+        return _mrope_spec(config, fam, method, oracle)
     vc = config.vision_config
     tower = getattr(vc, "model_type", None)
     if tower not in _TOWERS:
@@ -179,3 +198,26 @@ def spec_from_config(config, family: str) -> Spec | None:
                 "(up to the one feeding the projector); pick one of those with the method's layer option"
             )
     return Spec(method, fam, geometry, info, roles, key_roles, oracle, kind)
+
+
+def _mrope_spec(config, fam: Family, method: Method, oracle: bool) -> Spec:
+    """The :class:`Spec` of a Qwen2.5-VL config: its own ViT (no [CLS], received-attention scores from
+    the rotary q/k of every block vLLM builds, 0..depth-1), one partition of merged tokens per image."""
+    from hired.adapters.qwen import check_method
+
+    try:
+        check_method(method)
+        fam.check_config(config, False)
+        geometry = fam.geometry(config)
+        info, _ = fam.model_info(config, False)
+        kind = method.score_kind(info)
+    except ValueError as err:
+        raise _error(str(err)) from None
+    roles = dict(method.score_layers(info))
+    key_roles = dict(method.key_layers(info))
+    for role, layer in {**roles, **key_roles}.items():
+        if not 0 <= layer < info.num_layers:
+            raise _error(
+                f"{role} layer {layer} is out of range: the vision tower has the blocks 0..{info.num_layers - 1}"
+            )
+    return Spec(method, fam, geometry, info, roles, key_roles, oracle, kind if roles else "received")
