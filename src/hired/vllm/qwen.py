@@ -19,24 +19,19 @@ the transformers adapter, :func:`hired.adapters.qwen.check_method`):
   the transformers adapter runs (:func:`hired.adapters.qwen.select_merged`), kept tokens in raster order.
 * **M-RoPE ids: exact.** vLLM computes a request's 3-D positions from the prompt and ``image_grid_thw``
   before the encoder runs (``get_mrope_input_positions``), when the kept tokens are not known yet. The
-  plugin overrides it: every text token gets its stock id (each image counted at its stock size, so the
-  text after an image starts at the image's first id + max(h, w)), and the image's placeholders get the
-  ids of its first ``floor(r * N)`` stock tokens for the moment (the t id, the image's first id, is right
-  for every token of an image). The kept tokens' real ids then come through vLLM's interface for pruned
-  multimodal tokens, the one EVS video pruning uses (``SupportsMultiModalPruning.recompute_mrope_positions``):
-  each image's features carry four extra channels with the kept tokens' (row, column) in the merged grid
-  (each as two base-256 digits, exact in bf16 and fp16), and the model runner, after the encoder and
-  before the language model, hands every request's features and positions to
-  :meth:`HiredQwen2_5_VLForConditionalGeneration.recompute_mrope_positions`, which sets each kept token to
-  (t0, t0 + row, t0 + column), strips the channels, and returns the stock ``mrope_position_delta`` (decoding
-  continues with the stock ids). Chunked prefill and cached prefixes work, as the slots are found from the
-  request's ``num_computed_tokens``. vLLM 0.32's runner calls that interface only when
-  ``multimodal_config.is_multimodal_pruning_enabled()`` (``video_pruning_rate > 0``); with ``hired`` the
-  plugin switches that check on for its model's config (the one setting it changes; video pruning itself
-  stays off, and ``video_pruning_rate`` together with ``hired`` is refused at start-up). The runner then
-  re-copies the batch's positions every step, as it does with EVS. One corner is not stock: a prompt that
-  ends on an image (no text after it; chat templates always add some) decodes from the largest kept id + 1
-  instead of the stock image's last id + 1.
+  plugin overrides it: every text and video token gets its stock id (each image counted at its stock
+  size, so the text after an image starts at the image's first id + max(h, w)), an image's placeholders
+  the ids of its first ``floor(r * N)`` stock tokens for the moment (their t id, the image's first id, is
+  right for every token of an image), and the delta is the stock sequence's (decoding continues with the
+  stock ids). Each image's features carry four extra channels with the kept tokens' (row, column) in the
+  merged grid (each as two base-256 digits, exact in bf16 and fp16). In every step the runner hands the
+  step's features to ``embed_input_ids`` and then the step's positions to ``forward``: the first takes
+  the channels off and keeps the kept tokens' slots and (row, column), the second gives those slots
+  (t0, t0 + row, t0 + column) on a copy of the positions. Chunked prefill works (a step's slots are the
+  step's multimodal slots). vLLM's own interface for pruned multimodal tokens
+  (``SupportsMultiModalPruning.recompute_mrope_positions``, what EVS video pruning uses) is not used: vLLM
+  0.32's runner calls it only with ``video_pruning_rate > 0``, and the CPU runner never (it leaves
+  ``is_multimodal_pruning_enabled`` off). ``video_pruning_rate`` together with ``hired`` is refused.
 * **Budget 1.0** keeps every token in raster order with its stock id: the same outputs as stock vLLM.
 
 Videos, image embeddings given as input (``image_embeds``) and text-only prompts take vLLM's own path;
