@@ -463,11 +463,53 @@ def test_onevision_oracle_matches_the_method(onevision, image, options):
     assert result["meta"]["family"] == "onevision"
 
 
-def test_oracle_refuses_a_model_without_a_projector():
+def test_oracle_feeds_qwen2_5_vl_the_given_counts():
+    """Qwen2.5-VL (merger inside the tower, M-RoPE): the oracle feeds the first N merged tokens of each
+    image, the prompt holds N placeholders, and generate runs with valid ids; stock again afterwards."""
     require_torchvision()
+    import numpy as np
+    from PIL import Image
+
+    from hired.commands import build_prompt
     from hired.tiny import tiny_qwen2_5_vl
 
     model, processor = tiny_qwen2_5_vl()
-    with pytest.raises(TypeError, match=r"LLaVA-style models .*Qwen2_5_VLForConditionalGeneration"):
-        with oracle(model, processor, [4]):
-            pass
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 230, 3), dtype=np.uint8))
+    prompt = build_prompt(processor, "what is this?")
+    assert "<|vision_start|><image><|vision_end|>" in prompt
+    image_id = model.config.image_token_id
+    stock = processor(images=[image], text=[prompt], return_tensors="pt")
+    with oracle(model, processor, [5]) as record:
+        inputs = processor(images=[image], text=[prompt], return_tensors="pt")
+        assert int((inputs["input_ids"] == image_id).sum()) == 5
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert record.features_per_image == [5]
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+    after = processor(images=[image], text=[prompt], return_tensors="pt")
+    assert torch.equal(after["input_ids"], stock["input_ids"])
+    assert int((stock["input_ids"] == image_id).sum()) > 5
+
+
+def test_qwen_archs_match_the_checkpoint_and_run_the_bench():
+    """qwen2.5-vl-7b has Qwen2.5-VL-7B-Instruct's shapes (8.29B parameters); qwen2.5-vl-small runs the
+    benchmark end to end: the method keeps floor(0.2 N) merged tokens, the oracle feeds as many."""
+    require_torchvision()
+    from hired.bench.runner import MethodSpec, Settings, run_benchmark
+
+    big, _ = build_arch("qwen2.5-vl-7b", device="meta", dtype=torch.bfloat16)
+    vc, tc = big.config.vision_config, big.config.text_config
+    assert (vc.depth, vc.hidden_size, vc.num_heads, vc.fullatt_block_indexes) == (32, 1280, 16, [7, 15, 23, 31])
+    assert (tc.num_hidden_layers, tc.hidden_size, tc.num_key_value_heads, tc.vocab_size) == (28, 3584, 4, 152064)
+    assert abs(sum(p.numel() for p in big.parameters()) - 8.292e9) < 0.001e9
+    model, processor = build_arch("qwen2.5-vl-small")
+    settings = Settings(methods=(MethodSpec("hired"),), budgets=(0.2,), batch_sizes=(1,), runs=1, warmup=0,
+                        new_tokens=2, progress=False)
+    result = run_benchmark(model, processor, demo_image((600, 600)), settings)
+    rows = {row["label"]: row for row in result["rows"]}
+    assert rows["full"]["tokens_per_image"] == [441]  # 588 x 588 px: 21 x 21 merged tokens
+    assert rows["hired"]["tokens_per_image"] == [88] and rows["oracle(hired)"]["tokens_per_image"] == [88]
+    assert rows["oracle(hired)"]["features_per_image"] == [88]
+    assert rows["hired"]["score_kind"] == "received"
+    assert all(row["summary"]["ttft"]["median"] > 0 for row in result["rows"])
+    assert hired.applied_method(model) is None

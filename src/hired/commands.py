@@ -177,7 +177,8 @@ def model_class_for(config, source: str = "the model"):
     if found is not None and found[0].mrope:
         raise ValueError(
             f"{source} is a {found[0].title} model: it runs through the Python API (hired.apply); the command "
-            "line, hired bench and the lmms-eval model do not cover it yet"
+            "line's --model and the lmms-eval model do not cover it yet (hired bench --arch qwen2.5-vl-small / "
+            "qwen2.5-vl-7b --random-weights times its shapes)"
         )
     if found is None:
         raise ValueError(
@@ -228,14 +229,19 @@ def load_model(model_id: str, device: str = "cpu", dtype: str = "auto"):
 
 
 def build_prompt(processor, question: str) -> str:
-    """The question with one ``<image>``: the processor's chat template if it has one."""
+    """The question with one image: the processor's chat template if it has one, else ``USER: <image>
+    ... ASSISTANT:`` with the family's placeholder (Qwen2.5-VL wraps it in its vision start / end tokens)."""
+    from hired.families import family_of_processor
+
     token = processor.image_token
     if token in question:
         return question
     if getattr(processor, "chat_template", None):
         conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         return processor.apply_chat_template(conversation, add_generation_prompt=True)
-    return f"USER: {token}\n{question} ASSISTANT:"
+    family = family_of_processor(processor)
+    placeholder = family.image_placeholder(processor) if family is not None else token
+    return f"USER: {placeholder}\n{question} ASSISTANT:"
 
 
 def answer(model, processor, image, prompt: str, max_new_tokens: int) -> tuple[str, int, float]:

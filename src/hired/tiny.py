@@ -275,7 +275,9 @@ def tiny_llava_onevision(
     return model, processor
 
 
-QWEN_VISION_START, QWEN_VISION_END, QWEN_VIDEO = "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"
+from hired.families.qwen2_5_vl import VISION_END as QWEN_VISION_END, VISION_START as QWEN_VISION_START  # noqa: E402
+
+QWEN_VIDEO = "<|video_pad|>"
 
 
 def tiny_qwen2_5_vl(
@@ -298,39 +300,61 @@ def tiny_qwen2_5_vl(
 
     The processor's video processor needs an importable torchvision.
     """
-    import transformers
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
-    tokenizer = tiny_tokenizer()
-    tokenizer.add_special_tokens({"additional_special_tokens": [QWEN_VIDEO, QWEN_VISION_START, QWEN_VISION_END]})
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (IMAGE_TOKEN, QWEN_VIDEO, QWEN_VISION_START, QWEN_VISION_END)}
-    head_dim = text_hidden // text_heads
-    section = [head_dim // 8, (head_dim // 2 - head_dim // 8) // 2]
-    section.append(head_dim // 2 - sum(section))
-    config = Qwen2_5_VLConfig(
-        vision_config=dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
-                           num_heads=vision_heads, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-                           window_size=window_size, fullatt_block_indexes=list(fullatt_blocks),
-                           out_hidden_size=text_hidden, in_channels=3),
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
-                         num_hidden_layers=text_layers, num_attention_heads=text_heads,
-                         num_key_value_heads=text_heads, max_position_embeddings=4096,
-                         rope_parameters={"rope_type": "default", "mrope_section": section, "rope_theta": 10000.0},
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2),
-        image_token_id=ids[IMAGE_TOKEN], video_token_id=ids[QWEN_VIDEO],
-        vision_start_token_id=ids[QWEN_VISION_START], vision_end_token_id=ids[QWEN_VISION_END],
-    )
+    tokenizer = qwen_tokenizer()
+    vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
+                  num_heads=vision_heads, window_size=window_size, fullatt_block_indexes=list(fullatt_blocks))
+    text = dict(vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
+                num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_heads,
+                max_position_embeddings=4096, rope_theta=10000.0)
+    config = qwen2_5_vl_config(tokenizer, vision, text)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     model.set_attn_implementation(attn_implementation)
+    return model, qwen2_5_vl_processor(tokenizer, max_pixels=max_pixels)
+
+
+def qwen_tokenizer():
+    """:func:`tiny_tokenizer` with Qwen's video placeholder and vision start / end tokens."""
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": [QWEN_VIDEO, QWEN_VISION_START, QWEN_VISION_END]})
+    return tokenizer
+
+
+def qwen2_5_vl_config(tokenizer, vision: dict, text: dict):
+    """A ``Qwen2_5_VLConfig`` for ``tokenizer`` (:func:`qwen_tokenizer`): patch 14, 2x2 merge, 2 temporal
+    patches; ``vision`` and ``text`` give the sizes (``text["rope_theta"]``; the M-RoPE sections split the
+    head's rotary half as Qwen2.5-VL does, 1/4 time, 3/8 height, 3/8 width)."""
+    from transformers import Qwen2_5_VLConfig
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (IMAGE_TOKEN, QWEN_VIDEO, QWEN_VISION_START, QWEN_VISION_END)}
+    text = dict(text)
+    head_dim = text["hidden_size"] // text["num_attention_heads"]
+    section = [head_dim // 8, (head_dim // 2 - head_dim // 8) // 2]
+    section.append(head_dim // 2 - sum(section))
+    rope = {"rope_type": "default", "mrope_section": section, "rope_theta": text.pop("rope_theta")}
+    return Qwen2_5_VLConfig(
+        vision_config=dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+                           out_hidden_size=text["hidden_size"], **vision),
+        text_config=dict(rope_parameters=rope, pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2,
+                         **text),
+        image_token_id=ids[IMAGE_TOKEN], video_token_id=ids[QWEN_VIDEO],
+        vision_start_token_id=ids[QWEN_VISION_START], vision_end_token_id=ids[QWEN_VISION_END],
+    )
+
+
+def qwen2_5_vl_processor(tokenizer, max_pixels: int, min_pixels: int = 56 * 56):
+    """A ``Qwen2_5_VLProcessor`` (patch 14, 2x2 merge) resizing images to ``min_pixels``-``max_pixels``."""
+    import transformers
+
     image_cls = getattr(transformers, "Qwen2VLImageProcessorPil", None) or transformers.Qwen2VLImageProcessor
-    sizes = dict(min_pixels=56 * 56, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2)
-    processor = Qwen2_5_VLProcessor(
+    sizes = dict(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2)
+    return transformers.Qwen2_5_VLProcessor(
         image_processor=image_cls(**sizes),
         tokenizer=tokenizer,
         video_processor=transformers.Qwen2VLVideoProcessor(**sizes),
     )
-    return model, processor
 
 
 def save_tiny(path: str | Path, family: str = "llava_next", **kwargs) -> Path:

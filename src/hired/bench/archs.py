@@ -68,6 +68,11 @@ class Arch:
     max_position_embeddings: int = 4096
     text_kv_heads: int | None = None  # None: as many as text_heads
     vision_aspect_ratio: str | None = None  # OneVision: "anyres_max_N"
+    # Qwen2.5-VL: window attention of window_size px in every block but fullatt_blocks; images resized to
+    # at most max_pixels (the processor's default for the 7B model: 16384 merged tokens of 28x28 px)
+    window_size: int = 112
+    fullatt_blocks: tuple[int, ...] = ()
+    max_pixels: int = 12845056
 
 
 ARCHS: dict[str, Arch] = {
@@ -167,6 +172,48 @@ ARCHS: dict[str, Arch] = {
             vision_aspect_ratio="anyres_max_9",
             max_position_embeddings=32768,
         ),
+        Arch(
+            name="qwen2.5-vl-7b",
+            family="qwen2_5_vl",
+            summary="Qwen2.5-VL-7B-Instruct shapes: native-resolution ViT/14 (32x1280, window attention, 2x2 "
+            "merger) + Qwen2.5-7B (28x3584), M-RoPE",
+            crop_size=28,
+            patch_size=14,
+            vision_hidden=1280,
+            vision_intermediate=3420,
+            vision_layers=32,
+            vision_heads=16,
+            text_hidden=3584,
+            text_intermediate=18944,
+            text_layers=28,
+            text_heads=28,
+            text_kv_heads=4,
+            vocab_size=152064,
+            vision_feature_layer=-1,
+            max_position_embeddings=128000,
+            fullatt_blocks=(7, 15, 23, 31),
+        ),
+        Arch(
+            name="qwen2.5-vl-small",
+            family="qwen2_5_vl",
+            summary="CPU-sized Qwen2.5-VL: 14 px patches, 2x2 merger, 112 px windows (ViT 8x128, full attention "
+            "in blocks 3 and 7), Qwen2 8x512, M-RoPE",
+            crop_size=28,
+            patch_size=14,
+            vision_hidden=128,
+            vision_intermediate=512,
+            vision_layers=8,
+            vision_heads=2,
+            text_hidden=512,
+            text_intermediate=1376,
+            text_layers=8,
+            text_heads=8,
+            text_kv_heads=2,
+            vocab_size=32064,  # small's: the output layer stays a minor cost of a decode step
+            vision_feature_layer=-1,
+            max_position_embeddings=32768,
+            fullatt_blocks=(3, 7),
+        ),
     )
 }
 
@@ -174,6 +221,21 @@ ARCHS: dict[str, Arch] = {
 def list_archs() -> dict[str, str]:
     """Architecture names with a one-line description each."""
     return {name: arch.summary for name, arch in ARCHS.items()}
+
+
+def _qwen_config(arch: Arch, tokenizer):
+    """Qwen2.5-VL-*-Instruct's config at ``arch``'s sizes (SiLU MLPs, RMSNorm, rope theta 1e6)."""
+    from hired.tiny import qwen2_5_vl_config
+
+    vision = dict(depth=arch.vision_layers, hidden_size=arch.vision_hidden, intermediate_size=arch.vision_intermediate,
+                  num_heads=arch.vision_heads, window_size=arch.window_size,
+                  fullatt_block_indexes=list(arch.fullatt_blocks))
+    text = dict(vocab_size=arch.vocab_size, hidden_size=arch.text_hidden, intermediate_size=arch.text_intermediate,
+                num_hidden_layers=arch.text_layers, num_attention_heads=arch.text_heads,
+                num_key_value_heads=arch.text_kv_heads or arch.text_heads,
+                max_position_embeddings=arch.max_position_embeddings, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                tie_word_embeddings=False)
+    return qwen2_5_vl_config(tokenizer, vision, text)
 
 
 def _config(arch: Arch, image_token_id: int, pad_token_id: int, video_token_id: int | None = None):
@@ -267,6 +329,11 @@ def _processor(arch: Arch, tokenizer):
 
     if arch.family == "onevision":
         return _onevision_processor(arch, tokenizer)
+    if arch.family == "qwen2_5_vl":
+        from hired.tiny import qwen2_5_vl_processor
+
+        _need_torchvision(arch, "Qwen2.5-VL")
+        return qwen2_5_vl_processor(tokenizer, max_pixels=arch.max_pixels)
     size = {"shortest_edge": arch.crop_size}
     crop = {"height": arch.crop_size, "width": arch.crop_size}
     common = dict(
@@ -283,16 +350,20 @@ def _processor(arch: Arch, tokenizer):
     return transformers.LlavaProcessor(image_processor=cls(size=size, crop_size=crop), **common)
 
 
-def _onevision_processor(arch: Arch, tokenizer):
-    """The OneVision processor (its video processor needs torchvision: a clear error without it)."""
-    import transformers
-
+def _need_torchvision(arch: Arch, title: str) -> None:
     from hired.commands import ONEVISION_EXTRA
 
     try:
         import torchvision  # noqa: F401
     except ImportError as err:
-        raise ImportError(f"{arch.name}: LLaVA-OneVision's processor needs torchvision: {ONEVISION_EXTRA}") from err
+        raise ImportError(f"{arch.name}: {title}'s processor needs torchvision: {ONEVISION_EXTRA}") from err
+
+
+def _onevision_processor(arch: Arch, tokenizer):
+    """The OneVision processor (its video processor needs torchvision: a clear error without it)."""
+    import transformers
+
+    _need_torchvision(arch, "LLaVA-OneVision")
     cls = getattr(transformers, "LlavaOnevisionImageProcessorPil", None) or transformers.LlavaOnevisionImageProcessor
     size = {"height": arch.crop_size, "width": arch.crop_size}
     return transformers.LlavaOnevisionProcessor(
@@ -319,7 +390,7 @@ def build_arch(
     Nothing is downloaded. The processor emits the stock placeholder count; ``hired.apply`` changes it.
     """
     from hired.families import get_family
-    from hired.tiny import IMAGE_TOKEN, VIDEO_TOKEN, tiny_tokenizer
+    from hired.tiny import IMAGE_TOKEN, VIDEO_TOKEN, qwen_tokenizer, tiny_tokenizer
 
     arch = ARCHS.get(name)
     if arch is None:
@@ -328,7 +399,7 @@ def build_arch(
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"unknown dtype {dtype!r}")
         dtype = getattr(torch, dtype)
-    tokenizer = tiny_tokenizer()
+    tokenizer = qwen_tokenizer() if arch.family == "qwen2_5_vl" else tiny_tokenizer()
     video_token_id = None
     if arch.family == "onevision":
         tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN]})
@@ -336,8 +407,11 @@ def build_arch(
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     if len(tokenizer) > arch.vocab_size:
         raise ValueError(f"the local tokenizer has {len(tokenizer)} ids, more than {name}'s vocabulary")
-    processor = _processor(arch, tokenizer)  # first: OneVision without torchvision fails before any weight exists
-    config = _config(arch, image_token_id, tokenizer.pad_token_id, video_token_id)
+    processor = _processor(arch, tokenizer)  # first: a processor without torchvision fails before any weight exists
+    if arch.family == "qwen2_5_vl":
+        config = _qwen_config(arch, tokenizer)
+    else:
+        config = _config(arch, image_token_id, tokenizer.pad_token_id, video_token_id)
     cls = next(c for c, attr in get_family(arch.family).model_classes().items() if attr is not None)
     if torch.device(device).type != "meta":
         _check_memory(name, cls, config, torch.device(device), dtype)

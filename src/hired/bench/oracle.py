@@ -6,7 +6,9 @@
   be faster at that count: it is the limit, and a method's TTFT over the oracle's is its overhead.
   Which tokens of the tower's output are patches, and how an image's pixel values split into partitions,
   come from the model's :mod:`hired.families` description (LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision: its
-  SigLIP tower has no [CLS], and a prompt with several images encodes each as one crop).
+  SigLIP tower has no [CLS], and a prompt with several images encodes each as one crop). Qwen2.5-VL: the
+  stock tower and merger, the first ``N_i`` merged tokens; its M-RoPE ids come from the stock
+  ``get_rope_index`` with each image counted as one row of ``N_i`` tokens (the stock work, valid ids).
 * ``reference_attention``: the vision tower runs with eager attention and returns every layer's full
   ``(heads, N, N)`` attention map, which is how the reference HiRED code obtains its [CLS] scores
   (``output_attentions=True``). Combined with ``hired.apply`` it shows what computing only the [CLS]
@@ -37,11 +39,6 @@ def _inner(model: nn.Module) -> tuple[nn.Module, Family]:
         inner, family = family_of(model)
     except TypeError as err:
         raise TypeError(f"the oracle runs on the models hired supports: {err}") from None
-    if not all(hasattr(inner, name) for name in ("vision_tower", "multi_modal_projector", "get_image_features")):
-        raise TypeError(
-            f"the oracle (and hired bench) runs on LLaVA-style models (a vision tower, then a projector); "
-            f"{family.title} ({type(model).__name__}) is not one"
-        )
     return inner, family
 
 
@@ -97,6 +94,40 @@ def _oracle_features(
     return out
 
 
+def _qwen_oracle_features(inner: nn.Module, counts: Sequence[int], record: OracleRecord, pixel_values: torch.Tensor,
+                          image_grid_thw: torch.Tensor | None = None, **kwargs):
+    """Qwen2.5-VL's ``get_image_features`` for the oracle: the stock tower and merger, then the first
+    ``counts[i]`` merged tokens of image ``i`` (raster order)."""
+    out = type(inner).get_image_features(inner, pixel_values, image_grid_thw, **kwargs)
+    per_image = list(out.pooler_output)
+    if len(per_image) != len(counts):
+        raise ValueError(f"the oracle was given counts for {len(counts)} images but the batch has {len(per_image)}")
+    for feats, n in zip(per_image, counts):
+        if n > feats.shape[0]:
+            raise ValueError(f"the oracle cannot feed {n} tokens from an image of {feats.shape[0]} merged tokens")
+    out.pooler_output = tuple(feats[:n] for feats, n in zip(per_image, counts))
+    record.features_per_image = [int(n) for n in counts]
+    return out
+
+
+def _qwen_oracle_rope_index(inner: nn.Module, counts: Sequence[int], *args, **kwargs):
+    """``get_rope_index`` for the oracle: the stock computation, each image counted as a ``1 x counts[i]``
+    row of merged tokens (``image_grid_thw`` ``(1, m, m * counts[i])``), so that ids exist for exactly the
+    tokens fed; the work is the stock one."""
+    import inspect
+
+    original = functools.partial(type(inner).get_rope_index, inner)
+    bound = inspect.signature(original).bind(*args, **kwargs)
+    grid = bound.arguments.get("image_grid_thw")
+    if grid is not None:
+        merge = int(inner.config.vision_config.spatial_merge_size)
+        rows = [[1, merge, merge * int(n)] for n in counts]
+        if len(rows) != grid.shape[0]:
+            raise ValueError(f"the oracle was given counts for {len(rows)} images but the batch has {grid.shape[0]}")
+        bound.arguments["image_grid_thw"] = torch.tensor(rows, dtype=grid.dtype, device=grid.device)
+    return original(*bound.args, **bound.kwargs)
+
+
 def _oracle_placeholders(processor, counts: Sequence[int], image_inputs: dict, image_idx: int, **kwargs) -> str:
     return processor.image_token * int(counts[image_idx])
 
@@ -117,26 +148,31 @@ def oracle(model: nn.Module, processor, counts: Sequence[int]) -> Iterator[Oracl
         raise ValueError(f"oracle counts must be positive integers, got {counts}")
     inner, family = _inner(model)
     record = OracleRecord()
-    saved_model = inner.__dict__.get(_FEATURES)
-    saved_proc = processor.__dict__.get(_PLACEHOLDERS)
-    inner.__dict__[_FEATURES] = functools.partial(_oracle_features, inner, family, counts, record)
-    processor.__dict__[_PLACEHOLDERS] = functools.partial(_oracle_placeholders, processor, counts)
+    if family.mrope:
+        patches = {(inner, _FEATURES): functools.partial(_qwen_oracle_features, inner, counts, record),
+                   (inner, "get_rope_index"): functools.partial(_qwen_oracle_rope_index, inner, counts)}
+    else:
+        patches = {(inner, _FEATURES): functools.partial(_oracle_features, inner, family, counts, record)}
+    patches[(processor, _PLACEHOLDERS)] = functools.partial(_oracle_placeholders, processor, counts)
+    saved = {key: key[0].__dict__.get(key[1]) for key in patches}
+    for (obj, name), fn in patches.items():
+        obj.__dict__[name] = fn
     try:
         yield record
     finally:
-        for obj, name, saved in ((inner, _FEATURES, saved_model), (processor, _PLACEHOLDERS, saved_proc)):
-            if saved is None:
+        for (obj, name), previous in saved.items():
+            if previous is None:
                 obj.__dict__.pop(name, None)
             else:
-                obj.__dict__[name] = saved
+                obj.__dict__[name] = previous
 
 
 @contextmanager
 def reference_attention(model: nn.Module) -> Iterator[None]:
     """Within the block the vision tower runs eager attention and returns all its ``(B, heads, N, N)``
     attention maps (``output_attentions=True``), as the reference code does to read [CLS] attention."""
-    inner, _ = _inner(model)
-    tower = inner.vision_tower
+    inner, family = _inner(model)
+    tower = family.tower(inner)
     previous = tower.config._attn_implementation
 
     def force_maps(_module, args, kwargs):

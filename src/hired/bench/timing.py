@@ -15,7 +15,10 @@ method's scoring (including projecting every patch, for methods that compare pro
 budget and top-k, and the gather of the kept features (for the stock model only the choice of the
 feature layer). Marks come from
 forward hooks on ``vision_tower``, ``multi_modal_projector`` and ``language_model`` (first call of the
-run) and from a streamer that sees the first generated token.
+run; the modules :meth:`hired.families.Family.stages` names) and from a streamer that sees the first
+generated token. Qwen2.5-VL's tower ends in its own merger: there the projector takes no time of its own
+and ``selection`` runs from the tower's end to the language model's start (the method's selection, the
+placement of the kept features and the M-RoPE ids; for the stock model the placement and the ids).
 
 On CUDA every mark is a CUDA event recorded on the current stream (no extra synchronisation inside the
 run; one ``synchronize`` at its end), on CPU it is ``time.perf_counter()``.
@@ -103,21 +106,29 @@ class _FirstToken:
 
 
 class Probes:
-    """Forward hooks that mark the stages of one run on a LLaVA model (``model.model`` holds the parts)."""
+    """Forward hooks that mark the stages of one run (the modules its family names: tower, projector, language model)."""
 
     def __init__(self, model: nn.Module, clock: Clock):
-        inner = getattr(model, "model", model)
+        from hired.families import family_of
+
+        try:
+            inner, family = family_of(model)
+        except TypeError as err:
+            raise TypeError(f"hired bench times the models hired supports: {err}") from None
+        vision, projector, language = family.stages(inner)
         self.clock = clock
         self.marks: dict[str, object] = {}
         self._handles = []
-        for name, start, end in (
-            ("vision_tower", "vision_start", "vision_end"),
-            ("multi_modal_projector", "projector_start", "projector_end"),
-            ("language_model", "llm_start", "llm_end"),
-        ):
-            module = getattr(inner, name, None)
-            if not isinstance(module, nn.Module):
-                raise TypeError(f"{type(model).__name__} has no {name}; hired bench times LLaVA-style models")
+        self.self_projecting = projector is None
+        # a tower that projects itself (Qwen2.5-VL's merger): the projector marks fall where the language
+        # model starts, so "selection" is everything between the tower and the language model
+        stages = [(vision, "vision_start", "vision_end"), (language, "llm_start", "llm_end")]
+        if projector is not None:
+            stages.insert(1, (projector, "projector_start", "projector_end"))
+        else:
+            self._handles.append(language.register_forward_pre_hook(self._setter("projector_start")))
+            self._handles.append(language.register_forward_pre_hook(self._setter("projector_end")))
+        for module, start, end in stages:
             self._handles.append(module.register_forward_pre_hook(self._setter(start)))
             self._handles.append(module.register_forward_hook(self._setter(end)))
         self.streamer = _FirstToken(self)
@@ -155,7 +166,7 @@ class Probes:
         if s(m["inputs"], m["vision_start"]) < 0:
             # two-pass inputs (hired.prepare_inputs): the images were encoded while the inputs were built;
             # preprocess is the rest of that step, prefill all of generate up to the first token
-            encode = s(m["vision_start"], m["projector_end"])
+            encode = s(m["vision_start"], m["vision_end" if self.self_projecting else "projector_end"])
             out["preprocess"] = s(m["start"], m["inputs"]) - encode
             out["setup"] = 0.0
             out["prefill"] = s(m["inputs"], m["first_token"])

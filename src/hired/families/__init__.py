@@ -30,4 +30,15 @@ def family_of(model):
     raise TypeError(f"hired does not support {type(model).__name__}; supported model classes: {', '.join(sorted(classes))}")
 
 
-__all__ = ["FAMILIES", "Family", "family_of", "get_family"]
+def family_of_processor(processor) -> Family | None:
+    """The family whose processor class is ``processor``'s (its most specific one), or ``None``."""
+    by_class = {}
+    for family in FAMILIES.values():
+        try:
+            by_class.setdefault(family.processor_class(), family)
+        except ImportError:
+            continue
+    return next((by_class[c] for c in type(processor).__mro__ if c in by_class), None)
+
+
+__all__ = ["FAMILIES", "Family", "family_of", "family_of_processor", "get_family"]

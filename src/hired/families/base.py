@@ -48,6 +48,15 @@ class Family:
         """The vision tower module of the inner model."""
         return inner.vision_tower
 
+    def stages(self, inner) -> tuple:
+        """``(vision tower, projector or None, language model)`` modules of the inner model, whose forward
+        calls mark the stages of a run (``hired bench``). ``None``: the tower projects itself."""
+        return inner.vision_tower, inner.multi_modal_projector, inner.language_model
+
+    def image_placeholder(self, processor) -> str:
+        """What a hand-written prompt puts for one image (the processor expands it into the features)."""
+        return processor.image_token
+
     def model_info(self, config, has_cls: bool) -> tuple[ModelInfo, list[int]]:
         """What methods may know of the tower, and the indices into its ``hidden_states`` that form the
         features (``vision_feature_layer``; several are concatenated)."""

@@ -18,6 +18,8 @@ from hired.core.grid import Geometry, Layout
 from hired.families.base import Family
 from hired.methods.base import ModelInfo
 
+VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"  # the same strings in every Qwen2/2.5-VL tokenizer
+
 
 class Qwen25VL(Family):
     name = "qwen2_5_vl"
@@ -39,6 +41,14 @@ class Qwen25VL(Family):
 
     def tower(self, inner):
         return inner.visual
+
+    def stages(self, inner) -> tuple:
+        """The ViT with its merger inside (the merger is the projector: there is no stage between them)."""
+        return inner.visual, None, inner.language_model
+
+    def image_placeholder(self, processor) -> str:
+        """Qwen's prompts wrap each image's placeholder in ``<|vision_start|>`` / ``<|vision_end|>``."""
+        return f"{VISION_START}{processor.image_token}{VISION_END}"
 
     def geometry(self, config) -> Geometry:
         """``crop_size``: a merged token's side in pixels (patch x merge, 28); ``patch_size``: the ViT's patch."""
