@@ -75,6 +75,11 @@ class Arch:
     max_pixels: int = 12845056
 
 
+# the CPU-sized architectures' widths and depths (small, onevision-small, qwen2.5-vl-small): a language model
+# that dominates the cost, as in the 7B models
+_SMALL_SIZES = dict(vision_hidden=128, vision_intermediate=512, vision_layers=8, vision_heads=2,
+                    text_hidden=512, text_intermediate=1376, text_layers=8, text_heads=8)
+
 ARCHS: dict[str, Arch] = {
     a.name: a
     for a in (
@@ -117,14 +122,7 @@ ARCHS: dict[str, Arch] = {
             summary="CPU-sized LLaVA-NeXT: 336 px crops, 14 px patches (tower 8x128), LLM 8x512 dominating cost",
             crop_size=336,
             patch_size=14,
-            vision_hidden=128,
-            vision_intermediate=512,
-            vision_layers=8,
-            vision_heads=2,
-            text_hidden=512,
-            text_intermediate=1376,
-            text_layers=8,
-            text_heads=8,
+            **_SMALL_SIZES,
             vocab_size=32064,
             grid_pinpoints=_PINPOINTS_336,
         ),
@@ -157,14 +155,7 @@ ARCHS: dict[str, Arch] = {
             "Qwen2 8x512, anyres_max_9 up to 6x6",
             crop_size=384,
             patch_size=14,
-            vision_hidden=128,
-            vision_intermediate=512,
-            vision_layers=8,
-            vision_heads=2,
-            text_hidden=512,
-            text_intermediate=1376,
-            text_layers=8,
-            text_heads=8,
+            **_SMALL_SIZES,
             text_kv_heads=2,
             vocab_size=32064,  # small's: the output layer stays a minor cost of a decode step, as in the 7B model
             vision_feature_layer=-1,
@@ -200,14 +191,7 @@ ARCHS: dict[str, Arch] = {
             "in blocks 3 and 7), Qwen2 8x512, M-RoPE",
             crop_size=28,
             patch_size=14,
-            vision_hidden=128,
-            vision_intermediate=512,
-            vision_layers=8,
-            vision_heads=2,
-            text_hidden=512,
-            text_intermediate=1376,
-            text_layers=8,
-            text_heads=8,
+            **_SMALL_SIZES,
             text_kv_heads=2,
             vocab_size=32064,  # small's: the output layer stays a minor cost of a decode step
             vision_feature_layer=-1,
