@@ -312,7 +312,11 @@ def test_bad_configs_are_refused(onevision):
 
 def test_crop_not_a_multiple_of_the_patch():
     """SigLIP's 384 px crops of 14 px patches give 27 x 27 patches (6 px dropped): the same here, 90 / 14."""
+    from conftest import require_torchvision
+
     from hired.tiny import tiny_llava_onevision
+
+    require_torchvision()
 
     model, processor = tiny_llava_onevision(seed=1, crop_size=90)
     images = [make_image(*s, seed=50 + i) for i, s in enumerate([(100, 220), (300, 300)])]
