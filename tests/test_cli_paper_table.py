@@ -101,3 +101,27 @@ def test_bad_model_arguments_are_one_clear_error(script, argv, message, capsys):
         script.main(["--dry-run", *argv])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_qwen_runs_what_its_family_serves_and_says_why_it_skips_the_rest(script, tmp_path, capsys):
+    assert script.MODELS["qwen2.5-vl-7b"] == "Qwen/Qwen2.5-VL-7B-Instruct"
+    local = tmp_path / "my-qwen"
+    local.mkdir()
+    (local / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+    out = tmp_path / "acc"
+    assert script.main(["--dry-run", "--model", "qwen2.5-vl-7b", "--model", str(local), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    cmds = _commands(printed)
+    skipped = {line[1:].split("] ")[0]: line for line in printed if "] skipped: " in line}
+    for model in ("qwen2.5-vl-7b", "my-qwen"):
+        # adaptive counts are refused by the family, with hired's own reason
+        assert f"{model}/prumerge" in skipped and f"{model}/prumerge_plus" in skipped
+        assert "only fixed-budget methods run yet" in skipped[f"{model}/prumerge"]
+        for run in ("full", "hired-20", "hired-40", "spatial-40", "divprune-20", "dart-20"):
+            assert f"{model}/{run}" in cmds
+    assert _arg(cmds["qwen2.5-vl-7b/hired-20"], "--model_args").startswith("pretrained=Qwen/Qwen2.5-VL-7B-Instruct,")
+    report = shlex.split(printed[-1])
+    assert str(out / "qwen2.5-vl-7b" / "prumerge") not in report and str(out / "my-qwen" / "full") in report
+    # a LLaVA-NeXT model runs them all
+    assert script.refused("llava_next", script.RUNS["prumerge"]) is None
+    assert script.refused(None, script.RUNS["prumerge"]) is None

@@ -280,18 +280,10 @@ def test_received_score_equals_the_stock_attention_weights(qwen):
     (hired.CDPruner(budget=0.2), "query-aware methods do not run on Qwen2.5-VL yet"),
     (hired.DivPrune(budget=0.2, space="vision"), "use space='projected'"),
     (hired.HiRED(budget=0.2, score="cls"), r"no \[CLS\] token"),
-], ids=["cdpruner", "divprune-vision", "cls"])
+    (hired.PruMerge(), r"PruMerge without a budget .* only fixed-budget methods run yet: give it a budget"),
+], ids=["cdpruner", "divprune-vision", "cls", "prumerge-adaptive"])
 def test_unsupported_options_are_one_clear_error(qwen, method, match):
     model, processor = qwen
     with pytest.raises(ValueError, match=match):
         hired.apply(model, processor, method)
     assert hired.applied_method(model) is None
-
-
-def test_tools_refuse_qwen_with_one_clear_error():
-    from transformers import Qwen2_5_VLConfig
-
-    from hired.commands import model_class_for
-
-    with pytest.raises(ValueError, match="runs through the Python API"):
-        model_class_for(Qwen2_5_VLConfig(), "qwen-folder")

@@ -11,11 +11,15 @@ datasets download on first use).
     python benchmarks/accuracy/paper_table.py --dry-run            # print the commands only
     python benchmarks/accuracy/paper_table.py --only full,hired-20 --tasks textvqa_val --limit 200
     python benchmarks/accuracy/paper_table.py --model llava-next-7b --model onevision-7b --gpus 8   # both models
+    python benchmarks/accuracy/paper_table.py --model qwen2.5-vl-7b --gpus 8
 
 ``--model`` takes a local folder, a hub id or a short name of ``MODELS`` (``llava-next-7b``, the paper's
 LLaVA-NeXT; ``onevision-7b``, ``llava-hf/llava-onevision-qwen2-7b-ov-hf``, which needs
-``pip install "hired[eval,onevision]"``: its processor imports torchvision), and may be repeated: every
-model runs every selected run, and ``hired report`` puts all rows in one table, each score's retention
+``pip install "hired[eval,onevision]"``: its processor imports torchvision; ``qwen2.5-vl-7b``,
+``Qwen/Qwen2.5-VL-7B-Instruct``, ``pip install "hired[eval,qwen]"``), and may be repeated: every
+model runs every selected run it can (a run the model's family refuses, such as PruMerge's adaptive count
+on Qwen2.5-VL, is skipped with the reason; the family is known for the short names and read from a local
+folder's ``config.json``), and ``hired report`` puts all rows in one table, each score's retention
 taken against the full run of its own model. With one model the runs go to ``<out>/<run>``; with several,
 to ``<out>/<model>/<run>`` (``<model>``: the short name, or the folder's or hub id's last part).
 """
@@ -32,7 +36,10 @@ from pathlib import Path
 MODELS = {
     "llava-next-7b": "llava-hf/llava-v1.6-vicuna-7b-hf",  # the paper's model
     "onevision-7b": "llava-hf/llava-onevision-qwen2-7b-ov-hf",  # SigLIP without [CLS]: received-attention scores
+    "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",  # native-resolution ViT, M-RoPE: one grid of merged tokens
 }
+FAMILIES = {"llava-hf/llava-v1.6-vicuna-7b-hf": "llava_next", "llava-hf/llava-onevision-qwen2-7b-ov-hf": "onevision",
+            "Qwen/Qwen2.5-VL-7B-Instruct": "qwen2_5_vl"}  # model → hired family, for the short names' models
 MODEL = MODELS["llava-next-7b"]
 ONEVISION_MODEL = MODELS["onevision-7b"]
 TASKS = "scienceqa_img,vqav2_val,textvqa_val,docvqa_val,chartqa,ocrbench,mme,pope"
@@ -79,7 +86,7 @@ def lmms_eval_command(args, name: str, method_args: str, model: str | None = Non
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", action="append", default=None, metavar="MODEL",
-                   help=f"LLaVA-NeXT, LLaVA-1.5 or LLaVA-OneVision folder or hub id, or a short name "
+                   help=f"LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision or Qwen2.5-VL folder or hub id, or a short name "
                    f"({', '.join(f'{k}: {v}' for k, v in MODELS.items())}); repeatable (default {MODEL})")
     p.add_argument("--tasks", default=TASKS, help=f"comma-separated lmms-eval tasks (default: the paper's, {TASKS})")
     p.add_argument("--out", default="results/accuracy", help="output folder (one subfolder per run)")
@@ -141,6 +148,45 @@ def selected_runs(args) -> dict[str, str]:
     return runs
 
 
+def model_family(model: str) -> str | None:
+    """The hired family name of ``model``: known for the short names' models, read from a local folder's
+    ``config.json`` (its ``model_type``); ``None`` when unknown (a hub id not listed: every run is tried)."""
+    if model in FAMILIES:
+        return FAMILIES[model]
+    config = Path(model) / "config.json"
+    if not config.is_file():
+        return None
+    import json
+    import types
+
+    from hired.commands import model_class_for
+
+    try:
+        family, _ = model_class_for(types.SimpleNamespace(**json.loads(config.read_text())), model)
+    except ValueError:
+        return None  # lmms-eval will say what is wrong with it
+    return family.name
+
+
+def refused(family: str | None, method_args: str) -> str | None:
+    """Why ``family`` cannot run a run's ``method=...,key=value`` arguments (hired's own checks), or ``None``."""
+    if family is None:
+        return None
+    from hired.commands import parse_method_options
+    from hired.families import get_family
+    from hired.methods.base import get_method
+
+    options = dict(item.split("=", 1) for item in method_args.split(",") if "=" in item)
+    name = options.pop("method")
+    if name in ("full", "none"):
+        return None
+    try:
+        get_family(family).check_method(get_method(name, **parse_method_options(name, options)))
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
@@ -148,9 +194,14 @@ def main(argv=None) -> int:
     chosen = models(args)
     folders = []
     for model_name, model in chosen:
+        family = model_family(model)
         for name, method_args in runs.items():
             folder = out / name if len(chosen) == 1 else out / model_name / name
             tag = name if len(chosen) == 1 else f"{model_name}/{name}"
+            why = refused(family, method_args)
+            if why is not None:
+                print(f"[{tag}] skipped: {why}")
+                continue
             folders.append(folder)
             cmd = lmms_eval_command(args, name, method_args, model=model, out=folder)
             done = list(folder.rglob("*_results.json")) if folder.is_dir() else []

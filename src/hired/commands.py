@@ -163,7 +163,8 @@ def model_class_for(config, source: str = "the model"):
     """``(family, transformers model class)`` for a loaded ``config``, found through :mod:`hired.families`
     (the class of a family whose config's ``model_type`` is ``config.model_type`` and that holds the
     inner model: ``LlavaNextForConditionalGeneration``, ``LlavaForConditionalGeneration``,
-    ``LlavaOnevisionForConditionalGeneration``). ``ValueError`` naming the supported types otherwise."""
+    ``LlavaOnevisionForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``). ``ValueError``
+    naming the supported types otherwise."""
     from hired.families import FAMILIES
 
     known = {}
@@ -174,12 +175,6 @@ def model_class_for(config, source: str = "the model"):
             model_type = getattr(cls.config_class, "model_type", None)
             known[model_type] = (family, cls)
     found = known.get(getattr(config, "model_type", None))
-    if found is not None and found[0].mrope:
-        raise ValueError(
-            f"{source} is a {found[0].title} model: it runs through the Python API (hired.apply); the command "
-            "line's --model and the lmms-eval model do not cover it yet (hired bench --arch qwen2.5-vl-small / "
-            "qwen2.5-vl-7b --random-weights times its shapes)"
-        )
     if found is None:
         raise ValueError(
             f"{source} is a {getattr(config, 'model_type', None)!r} model; supported model types: "
@@ -189,25 +184,29 @@ def model_class_for(config, source: str = "the model"):
 
 
 ONEVISION_EXTRA = 'pip install "hired[onevision]"'
+QWEN_EXTRA = 'pip install "hired[qwen]"'
+TORCHVISION_EXTRAS = {"onevision": ONEVISION_EXTRA, "qwen2_5_vl": QWEN_EXTRA}  # processors that import torchvision
 
 
 def load_processor(source: str, family, **kwargs):
-    """``AutoProcessor.from_pretrained(source)``; for LLaVA-OneVision, whose processor loads a video
-    processor built on torchvision, a missing torchvision is one clear ``ImportError`` saying what to install."""
+    """``AutoProcessor.from_pretrained(source)``; for LLaVA-OneVision and Qwen2.5-VL, whose processors load
+    a video processor built on torchvision, a missing torchvision is one clear ``ImportError`` saying what
+    to install."""
     from transformers import AutoProcessor
 
-    if family.name == "onevision":
+    extra = TORCHVISION_EXTRAS.get(family.name)
+    if extra is not None:
         try:
             import torchvision  # noqa: F401
         except ImportError as err:
             raise ImportError(
-                f"LLaVA-OneVision's processor needs torchvision (its video processor imports it): {ONEVISION_EXTRA}"
+                f"{family.title}'s processor needs torchvision (its video processor imports it): {extra}"
             ) from err
     return AutoProcessor.from_pretrained(source, **kwargs)
 
 
 def load_model(model_id: str, device: str = "cpu", dtype: str = "auto"):
-    """``(model, processor)`` for a LLaVA-NeXT, LLaVA-1.5 or LLaVA-OneVision folder or hub id (see
+    """``(model, processor)`` for a LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision or Qwen2.5-VL folder or hub id (see
     :func:`resolve_model`); the classes come from the config's ``model_type`` (:func:`model_class_for`)."""
     source, kwargs = resolve_model(model_id)  # before importing the model classes: a bad path fails fast
     from transformers import AutoConfig

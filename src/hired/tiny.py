@@ -359,7 +359,8 @@ def qwen2_5_vl_processor(tokenizer, max_pixels: int, min_pixels: int = 56 * 56):
 
 def save_tiny(path: str | Path, family: str = "llava_next", **kwargs) -> Path:
     """Write a tiny model and its processor to ``path`` (``from_pretrained`` reads it back)."""
-    builders = {"llava_next": tiny_llava_next, "llava": tiny_llava, "onevision": tiny_llava_onevision}
+    builders = {"llava_next": tiny_llava_next, "llava": tiny_llava, "onevision": tiny_llava_onevision,
+                "qwen2_5_vl": tiny_qwen2_5_vl}
     build = builders.get(family)
     if build is None:
         raise ValueError(f"family must be one of {', '.join(map(repr, builders))}, got {family!r}")

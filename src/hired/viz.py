@@ -347,6 +347,13 @@ def plot_selection(
     if labels is not None and len(labels) != n:
         raise ValueError(f"got {len(labels)} labels for {n} selections")
 
+    for sel in selections:
+        rows_, cols_ = sel.partitions[0].grid
+        if rows_ != cols_:
+            raise ValueError(
+                f"plot_selection draws square partitions (LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision); this selection's "
+                f"image is one {rows_}x{cols_} grid of merged tokens (Qwen2.5-VL), which it does not draw yet"
+            )
     layouts = [_layout(s) for s in selections]
     shapes = {(lay.grid, lay.side, lay.top, lay.bottom, lay.left, lay.right) for lay in layouts}
     if len(shapes) > 1:
@@ -711,6 +718,14 @@ def cmd_show(args) -> int:
     out = Path(args.out)
     _check_out(out)
     model, processor = load_model(args.model, args.device, args.dtype)
+    from hired.families import family_of
+
+    family = family_of(model)[1]
+    if family.mrope:
+        raise CommandError(
+            f"hired show draws LLaVA partitions; {family.title} images are one grid of merged tokens, which it "
+            "does not draw yet (hired generate and hired bench run this model)"
+        )
     runs = [run_method(model, processor, image, method, args.prompt) for method in methods]
     labels = [method_label(m) for m in methods]
     fig = plot_selection(

@@ -237,3 +237,8 @@ def check_method(method) -> None:
             f"{name}(space='vision'): Qwen2.5-VL's tower ends in its patch merger, whose output is the "
             "language model's input; use space='projected'"
         )
+    if getattr(method, "adaptive", False):
+        raise ValueError(
+            f"{name} without a budget keeps a content-dependent number of tokens; on Qwen2.5-VL only "
+            f"fixed-budget methods run yet: give it a budget (e.g. {name}(budget=0.2))"
+        )

@@ -263,8 +263,7 @@ def _build_state(model: nn.Module, processor, method: Method) -> tuple[nn.Module
     roles = dict(method.score_layers(info))
     key_roles = dict(method.key_layers(info))
     kind = method.score_kind(info)
-    if family.mrope:
-        qwen.check_method(method)
+    family.check_method(method)
     for role, layer in [*roles.items(), *key_roles.items()]:
         if not 0 <= layer < num_layers:
             raise ValueError(f"{role} layer {layer} is out of range: the vision tower has layers 0..{num_layers - 1}")

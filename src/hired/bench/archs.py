@@ -335,12 +335,12 @@ def _processor(arch: Arch, tokenizer):
 
 
 def _need_torchvision(arch: Arch, title: str) -> None:
-    from hired.commands import ONEVISION_EXTRA
+    from hired.commands import TORCHVISION_EXTRAS
 
     try:
         import torchvision  # noqa: F401
     except ImportError as err:
-        raise ImportError(f"{arch.name}: {title}'s processor needs torchvision: {ONEVISION_EXTRA}") from err
+        raise ImportError(f"{arch.name}: {title}'s processor needs torchvision: {TORCHVISION_EXTRAS[arch.family]}") from err
 
 
 def _onevision_processor(arch: Arch, tokenizer):

@@ -1,5 +1,5 @@
-"""``hired_llava``: an lmms-eval model (LLaVA-NeXT / LLaVA-1.5 / LLaVA-OneVision on transformers) with a
-``hired`` method applied.
+"""``hired_llava``: an lmms-eval model (LLaVA-NeXT / LLaVA-1.5 / LLaVA-OneVision / Qwen2.5-VL on
+transformers) with a ``hired`` method applied.
 
 Registered with lmms-eval through the entry-point group ``lmms_eval.models`` (``pip install "hired[eval]"``)::
 
@@ -253,7 +253,8 @@ class HiredLlava(lmms):
     def build_prompt(self, context: str, num_images: int) -> str:
         """``context`` as a user turn with one ``<image>`` per image (unless it already has them).
 
-        Uses the processor's chat template when it has one, else ``USER: <image>\\n... ASSISTANT:``.
+        Uses the processor's chat template when it has one, else ``USER: <image>\\n... ASSISTANT:`` with the
+        family's placeholder (Qwen2.5-VL wraps it in ``<|vision_start|>`` / ``<|vision_end|>``).
         """
         has_tokens = self.image_token in context
         if has_tokens and context.count(self.image_token) != num_images:
@@ -266,7 +267,7 @@ class HiredLlava(lmms):
             return self.processor.apply_chat_template(
                 [{"role": "user", "content": content}], add_generation_prompt=True
             )
-        prefix = "" if has_tokens else f"{self.image_token}\n" * num_images
+        prefix = "" if has_tokens else f"{self.family.image_placeholder(self.processor)}\n" * num_images
         return f"USER: {prefix}{context} ASSISTANT:"
 
     def _encode(self, texts: List[str], images: list, query_text: Optional[List[str]] = None,

@@ -53,6 +53,10 @@ class Family:
         calls mark the stages of a run (``hired bench``). ``None``: the tower projects itself."""
         return inner.vision_tower, inner.multi_modal_projector, inner.language_model
 
+    def check_method(self, method) -> None:
+        """Raise ``ValueError`` naming the problem if this family cannot run ``method`` (a method config)
+        on any model; the transformers adapter and the vLLM plugin call it when a method is applied."""
+
     def image_placeholder(self, processor) -> str:
         """What a hand-written prompt puts for one image (the processor expands it into the features)."""
         return processor.image_token

@@ -46,6 +46,12 @@ class Qwen25VL(Family):
         """The ViT with its merger inside (the merger is the projector: there is no stage between them)."""
         return inner.visual, None, inner.language_model
 
+    def check_method(self, method) -> None:
+        """Query-aware methods, ``space='vision'`` and adaptive counts are not served yet."""
+        from hired.adapters.qwen import check_method
+
+        check_method(method)
+
     def image_placeholder(self, processor) -> str:
         """Qwen's prompts wrap each image's placeholder in ``<|vision_start|>`` / ``<|vision_end|>``."""
         return f"{VISION_START}{processor.image_token}{VISION_END}"

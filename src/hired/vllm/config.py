@@ -203,10 +203,8 @@ def spec_from_config(config, family: str) -> Spec | None:
 def _mrope_spec(config, fam: Family, method: Method, oracle: bool) -> Spec:
     """The :class:`Spec` of a Qwen2.5-VL config: its own ViT (no [CLS], received-attention scores from
     the rotary q/k of every block vLLM builds, 0..depth-1), one partition of merged tokens per image."""
-    from hired.adapters.qwen import check_method
-
     try:
-        check_method(method)
+        fam.check_method(method)
         fam.check_config(config, False)
         geometry = fam.geometry(config)
         info, _ = fam.model_info(config, False)

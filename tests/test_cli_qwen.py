@@ -1,0 +1,122 @@
+"""``hired generate`` and ``hired bench`` on a saved tiny Qwen2.5-VL folder (offline); ``hired show`` refuses it.
+
+Qwen2.5-VL's processor loads a video processor that imports torchvision (``pip install "hired[qwen]"``);
+the tests that build one skip where torchvision is not importable (CI requires it: conftest.require_torchvision).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import require_torchvision
+from hired.cli import main
+from hired.commands import CommandError, load_model, model_class_for
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory):
+    """A tiny Qwen2.5-VL (patch 14, 2x2 merge, at most 64 merged tokens per image) saved with ``save_pretrained``."""
+    require_torchvision()
+    from hired.tiny import save_tiny
+
+    return str(save_tiny(tmp_path_factory.mktemp("qwen") / "tiny-qwen", family="qwen2_5_vl"))
+
+
+def _merged_tokens(folder: str, image: Image.Image) -> int:
+    """The stock placeholder count of one image: ``t * h * w / merge**2`` of the processor's ``image_grid_thw``."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(folder)
+    t, h, w = processor.image_processor(images=image, return_tensors="pt")["image_grid_thw"][0].tolist()
+    return t * h * w // 4
+
+
+def test_config_picks_the_qwen_classes(qwen_dir):
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+
+    family, cls = model_class_for(AutoConfig.from_pretrained(qwen_dir))
+    assert (family.name, cls) == ("qwen2_5_vl", Qwen2_5_VLForConditionalGeneration)
+    model, processor = load_model(qwen_dir)
+    assert type(model) is Qwen2_5_VLForConditionalGeneration and not model.training
+    assert isinstance(processor, Qwen2_5_VLProcessor)
+
+
+def test_qwen_without_torchvision_is_one_clear_error(tmp_path, monkeypatch):
+    """The processor is loaded first, so a missing torchvision fails before the weights are read."""
+    from transformers import Qwen2_5_VLConfig
+
+    folder = tmp_path / "qwen-config-only"
+    Qwen2_5_VLConfig().save_pretrained(folder)  # a config without weights: loading them would fail otherwise
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision → ImportError
+    with pytest.raises(CommandError, match=r'Qwen2.5-VL.s processor needs torchvision.*pip install "hired\[qwen\]"'):
+        load_model(str(folder))
+
+
+@pytest.mark.parametrize("size", [(120, 260), (300, 300)])
+def test_generate_prints_the_qwen_counts(qwen_dir, tmp_path, size, capsys, one_thread):
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (size[1], size[0]), (200, 40, 90)).save(image)
+    rc = main(["generate", "--model", qwen_dir, "--image", str(image), "--prompt", "What is this?",
+               "--budget", "0.25", "--max-new-tokens", "2", "--compare"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "[all tokens]" in out and "[hired]" in out
+    stock = _merged_tokens(qwen_dir, Image.open(image))
+    kept = math.floor(0.25 * stock)
+    assert f"visual tokens: {stock}," in out  # the stock run's placeholders
+    assert f"visual tokens: {stock} -> {kept} (" in out
+    assert f"kept per partition (full image first; kept/valid): {kept}/{stock}" in out
+
+
+def test_show_refuses_qwen_before_running_it(qwen_dir, tmp_path, capsys):
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (200, 120), (10, 200, 90)).save(image)
+    out = tmp_path / "show.png"
+    with pytest.raises(CommandError, match="hired show draws LLaVA partitions; Qwen2.5-VL images are one grid"):
+        main(["show", "--model", qwen_dir, "--image", str(image), "--out", str(out)])
+    assert not out.exists()
+    assert "hired: error: hired show draws LLaVA partitions" in capsys.readouterr().err
+
+
+def test_plot_selection_refuses_a_merged_token_grid(qwen_dir):
+    pytest.importorskip("matplotlib")
+    import hired
+    from hired import viz
+
+    model, processor = load_model(qwen_dir)
+    image = Image.new("RGB", (260, 120), (10, 200, 90))
+    run = viz.run_method(model, processor, image, hired.HiRED(budget=0.3))
+    with pytest.raises(ValueError, match=r"draws square partitions.*one \d+x\d+ grid of merged tokens"):
+        viz.plot_selection(image, run.selection)
+
+
+def test_bench_runs_a_qwen_folder(qwen_dir, tmp_path, one_thread):
+    report = tmp_path / "bench.json"
+    assert main(["bench", "--model", qwen_dir, "--methods", "hired", "--budgets", "0.25", "--batch-sizes", "1",
+                 "--runs", "1", "--warmup", "0", "--new-tokens", "2", "--json", str(report)]) == 0
+    rows = {r["label"]: r for r in json.loads(report.read_text())["rows"]}
+    n = rows["full"]["stock_tokens_per_image"]
+    assert n == _merged_tokens(qwen_dir, _bench_image())
+    assert rows["full"]["tokens_per_image"] == [n]
+    assert rows["hired"]["tokens_per_image"] == rows["oracle(hired)"]["tokens_per_image"] == [math.floor(0.25 * n)]
+
+
+def _bench_image():
+    from hired.commands import demo_image
+
+    return demo_image((600, 600))
