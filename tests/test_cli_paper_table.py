@@ -117,7 +117,7 @@ def test_qwen_runs_what_its_family_serves_and_says_why_it_skips_the_rest(script,
         # adaptive counts are refused by the family, with hired's own reason
         assert f"{model}/prumerge" in skipped and f"{model}/prumerge_plus" in skipped
         assert "only fixed-budget methods run yet" in skipped[f"{model}/prumerge"]
-        for run in ("full", "hired-20", "hired-40", "spatial-40", "divprune-20", "dart-20"):
+        for run in ("full", "hired-20", "hired-40", "spatial-40", "divprune-20", "dart-20", "cdpruner-20"):
             assert f"{model}/{run}" in cmds
     assert _arg(cmds["qwen2.5-vl-7b/hired-20"], "--model_args").startswith("pretrained=Qwen/Qwen2.5-VL-7B-Instruct,")
     report = shlex.split(printed[-1])

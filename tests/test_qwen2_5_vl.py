@@ -82,7 +82,7 @@ def _fixed_methods():
     out = []
     for name in list_methods():
         method = get_method(name, budget=0.3)
-        if not method.adaptive and not method.query_aware:
+        if not method.adaptive:
             out.append(method)
     return out
 
@@ -130,8 +130,8 @@ def test_full_budget_is_bit_identical_and_remove_restores(qwen):
 # ------------------------------------------------------------------------------------------ positions
 
 
-@pytest.mark.parametrize("method", [hired.HiRED(budget=0.3), hired.Spatial(budget=0.5), hired.DivPrune(budget=0.2)],
-                         ids=lambda m: m.name)
+@pytest.mark.parametrize("method", [hired.HiRED(budget=0.3), hired.Spatial(budget=0.5), hired.DivPrune(budget=0.2),
+                                    hired.CDPruner(budget=0.3)], ids=lambda m: m.name)
 def test_mrope_ids_equal_the_stock_ids_in_prefill_and_decode(qwen, method):
     """Every text token and every kept visual token gets the (t, h, w) id it has in the stock run of the
     same prompt, in the prompt pass and in every decoding step."""
@@ -277,13 +277,94 @@ def test_received_score_equals_the_stock_attention_weights(qwen):
 
 
 @pytest.mark.parametrize("method, match", [
-    (hired.CDPruner(budget=0.2), "query-aware methods do not run on Qwen2.5-VL yet"),
     (hired.DivPrune(budget=0.2, space="vision"), "use space='projected'"),
     (hired.HiRED(budget=0.2, score="cls"), r"no \[CLS\] token"),
     (hired.PruMerge(), r"PruMerge without a budget .* only fixed-budget methods run yet: give it a budget"),
-], ids=["cdpruner", "divprune-vision", "cls", "prumerge-adaptive"])
+], ids=["divprune-vision", "cls", "prumerge-adaptive"])
 def test_unsupported_options_are_one_clear_error(qwen, method, match):
     model, processor = qwen
     with pytest.raises(ValueError, match=match):
         hired.apply(model, processor, method)
     assert hired.applied_method(model) is None
+
+
+# ------------------------------------------------------------------------------------- query-aware
+
+
+QUESTIONS = ["USER: <|vision_start|><image><|vision_end|>\nwhat is this? ASSISTANT:",
+             "USER: <|vision_start|><image><|vision_end|>\nhow many cats are on the red sofa in the picture? ASSISTANT:",
+             "USER: describe <|vision_start|><image><|vision_end|> in detail . ASSISTANT:"]
+
+
+def _cdpruner_oracle(model, processor, image, text, budget):
+    """The merged tokens CDPruner keeps, computed without the adapter: the stock tower's merged features,
+    the prompt's text-token embeddings from the input embedding layer, CDPruner's own ``select``."""
+    from hired.families import get_family
+    from hired.methods.base import Prompts
+
+    inputs = processor(images=[image], text=[text], return_tensors="pt")
+    with torch.no_grad():
+        merged = model.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+        embeds = model.model.get_input_embeddings()(inputs["input_ids"])
+    family = get_family("qwen2_5_vl")
+    layout = family.grid_layout(family.geometry(model.config), inputs["image_grid_thw"][0].tolist())
+    prompts = Prompts(embeds=embeds, mask=inputs["input_ids"] != model.config.image_token_id, owner=torch.tensor([0]))
+    method = hired.CDPruner(budget=budget)
+    sel = method.select([layout], {}, None, features=merged[None], prompts=prompts)
+    return sorted(sel.keep[0].nonzero().flatten().tolist())
+
+
+def test_cdpruner_keeps_what_its_own_select_gives_for_the_prompt(qwen):
+    """CDPruner reads each image's own prompt (the text tokens of the prompt it sits in): the kept tokens
+    equal CDPruner's selection on the stock merged features and that prompt's embeddings, and change
+    with the question."""
+    model, processor = qwen
+    image = make_image(150, 230, seed=50)
+    # the stock prompts' placeholder counts: the oracle's processor runs before hired patches it
+    oracle = [_cdpruner_oracle(model, processor, image, text, 0.3) for text in QUESTIONS]
+    hired.apply(model, processor, hired.CDPruner(budget=0.3))
+    got = []
+    for text in QUESTIONS:
+        _logits(model, _inputs(processor, [image], [text]))
+        (sel,) = hired.last_selection(model)
+        got.append(sorted(sel.partitions[0].kept))
+    assert got == oracle
+    assert len({tuple(k) for k in got}) > 1  # the question changes the choice
+
+
+def test_cdpruner_batched_two_pass_and_reselected_equal_one_by_one(qwen):
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    model, processor = qwen
+    images = [make_image(*s, seed=60 + i) for i, s in enumerate([(150, 230), (200, 200), (150, 230)])]
+    hired.apply(model, processor, hired.CDPruner(budget=0.3))
+    singles, kept = [], []
+    for image, text in zip(images, QUESTIONS):
+        singles.append(_generate(model, _inputs(processor, [image], [text]))[0])
+        kept.append(hired.last_selection(model)[0].partitions[0].kept)
+    batch = _inputs(processor, images, QUESTIONS)
+    out = _generate(model, batch)
+    assert [s.partitions[0].kept for s in hired.last_selection(model)] == kept
+    assert all(torch.equal(out[i], singles[i]) for i in range(3))
+    # two passes: each image selected for the prompt that holds it
+    two = hired.prepare_inputs(model, processor, images=images, text=QUESTIONS, return_tensors="pt", padding=True)
+    assert torch.equal(_generate(model, two), out)
+    # encoded once without any prompt, then answered: every image selected again for its question
+    pixels = processor.image_processor(images=[images[0]], return_tensors="pt")
+    with torch.no_grad():
+        encoded = model.model.get_image_features(pixel_values=pixels["pixel_values"],
+                                                 image_grid_thw=pixels["image_grid_thw"])
+    n = len(encoded.pooler_output[0])
+    expected = []
+    for text in (QUESTIONS[0], QUESTIONS[2]):
+        expected.append(_generate(model, _inputs(processor, [images[0]], [text]))[0])
+    texts = [QUESTIONS[0].replace("<image>", "<image>" * n), QUESTIONS[2].replace("<image>", "<image>" * n)]
+    tokens = processor.tokenizer(texts, return_tensors="pt", padding=True)
+    mm = BaseModelOutputWithPooling(pooler_output=[encoded.pooler_output[0]] * 2)
+    types = (tokens["input_ids"] == model.config.image_token_id).long()
+    with torch.no_grad():
+        got = model.generate(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
+                             mm_token_type_ids=types, image_grid_thw=pixels["image_grid_thw"].repeat(2, 1),
+                             mm_encoder_outputs={"image": mm}, max_new_tokens=5, min_new_tokens=5,
+                             do_sample=False)[:, -5:]
+    assert all(torch.equal(got[i], expected[i]) for i in range(2))

@@ -19,6 +19,7 @@ What differs from the LLaVA families, and how it is met without copying transfor
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
@@ -97,14 +98,17 @@ def pool_to_merged(values: torch.Tensor, unit: int, order: torch.Tensor, reduce:
     return pooled[order.to(pooled.device)]
 
 
-def select_merged(method, info, layouts: list, merged: torch.Tensor, scores: dict, keys: dict) -> list[tuple]:
+def select_merged(method, info, layouts: list, merged: torch.Tensor, scores: dict, keys: dict,
+                  prompts=None) -> list[tuple]:
     """Select the merged tokens of a batch of images, one method call per token count (images of one count
     are selected together). Shared by the transformers adapter and the vLLM plugin.
 
     ``merged`` ``(sum N, D)``, ``scores[role]`` ``(sum N,)`` and ``keys[role]`` ``(sum N, H * D)``: image
     after image, each in raster order. Returns one ``(features, index, keep, budget)`` per image: the kept
     tokens' features ``(k, D)`` and raster indices ``(k,)`` in the order handed on (raster), the ``(N,)``
-    bool mask of kept tokens and the image's budget list (one partition), all on the features' device."""
+    bool mask of kept tokens and the image's budget list (one partition), all on the features' device.
+    ``prompts`` (``hired.methods.base.Prompts``, one owner per image): the images' prompts, for a
+    query-aware method (``None``: encoded without them)."""
     from hired.methods.pack import feature_inputs, pack_features
 
     starts = [0]
@@ -119,7 +123,11 @@ def select_merged(method, info, layouts: list, merged: torch.Tensor, scores: dic
         group = [layouts[i] for i in idx]
         feats = rows(merged)  # (G, N, D)
         g_scores, g_keys = {r: rows(v) for r, v in scores.items()}, {r: rows(v) for r, v in keys.items()}
-        selection = method.select(group, g_scores, info, keys=g_keys, **feature_inputs(method, feats, lambda f: f))
+        extra = feature_inputs(method, feats, lambda f: f)
+        if getattr(method, "query_aware", False):
+            extra["prompts"] = None if prompts is None else dataclasses.replace(
+                prompts, owner=prompts.owner[torch.tensor(idx, device=prompts.owner.device)])
+        selection = method.select(group, g_scores, info, keys=g_keys, **extra)
         packed = pack_features(method, group, selection, feats, newline=False)
         for j, (i, features, index) in enumerate(zip(idx, packed.features.split(packed.lengths),
                                                      packed.stock_index.split(packed.lengths))):
@@ -230,8 +238,6 @@ def kept_positions(position_ids: torch.Tensor, image_mask: torch.Tensor, offsets
 def check_method(method) -> None:
     """What Qwen2.5-VL cannot run yet, as one clear error (the transformers adapter and the vLLM plugin)."""
     name = type(method).__name__
-    if getattr(method, "query_aware", False):
-        raise ValueError(f"{name} reads the prompt; query-aware methods do not run on Qwen2.5-VL yet")
     if method.feature_space() == "vision":
         raise ValueError(
             f"{name}(space='vision'): Qwen2.5-VL's tower ends in its patch merger, whose output is the "

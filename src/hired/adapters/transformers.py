@@ -629,7 +629,9 @@ def _select_and_pack(inner: nn.Module, state: _State, layouts: list[Layout], sco
 def _qwen_image_features(inner: nn.Module, state: _State, pixel_values: torch.Tensor,
                          image_grid_thw: torch.Tensor | None = None, **kwargs):
     """Replacement for Qwen2.5-VL's ``get_image_features``: run the tower (merger included) with the score
-    hooks, select merged tokens per image, hand on the kept ones in raster order.
+    hooks, select merged tokens per image, hand on the kept ones in raster order. A query-aware method
+    reads the prompt of the forward this step runs in (or ``hired.prepare_inputs``'); encoded without one,
+    each image is selected again when its features reach the model with its prompt (:func:`_reselect`).
 
     Returns the tower's output with ``pooler_output`` a list of ``(kept_i, D)`` per image."""
     layouts, _ = state.family.batch_layouts(state.geometry, pixel_values, image_grid_thw, {})
@@ -645,14 +647,37 @@ def _qwen_image_features(inner: nn.Module, state: _State, pixel_values: torch.Te
     order = qwen.merged_order(visual, image_grid_thw)
     scores = {r: qwen.pool_to_merged(v, unit, order, "sum") for r, v in rec.rows.items()}  # (sum N,)
     keys = {r: qwen.pool_to_merged(v, unit, order, "mean") for r, v in rec.keys.items()}  # (sum N, H * D)
-    method, width = state.method, max(lay.tokens for lay in layouts)
+    prompts = _take_prompt(inner, state, layouts, pixel_values) if state.method.query_aware else None
+    outs, record = _qwen_select(state, layouts, merged, scores, keys, prompts)
+    _remember(state, record)
+    forward = _FORWARD.get()
+    if forward is not None and forward.state is state:
+        forward.images, forward.record = record.images, record
+    if state.method.query_aware and prompts is None:  # encoded without its prompt: select again with one
+        start = 0
+        for features, layout in zip(outs, layouts):
+            part = slice(start, start + layout.tokens)
+            setattr(features, _PENDING, _Pending(state, layout, {r: v[part] for r, v in scores.items()},
+                                                 {r: v[part] for r, v in keys.items()}, merged[part].detach()))
+            start += layout.tokens
+    out.pooler_output = outs
+    out._hired_record = record
+    return out
+
+
+def _qwen_select(state: _State, layouts: list[Layout], merged: torch.Tensor, scores: dict, keys: dict,
+                 prompts: Prompts | None) -> tuple[list[torch.Tensor], _Record]:
+    """Select the merged tokens of a batch of images (``merged`` ``(sum N, D)``, ``scores[role]`` ``(sum N,)``,
+    ``keys[role]`` ``(sum N, H * D)``, image after image): one ``(kept_i, D)`` tensor per image, carrying
+    its stock indices and M-RoPE offsets, and the step's record."""
+    width = max(lay.tokens for lay in layouts)
     outs: list = [None] * len(layouts)
     keep = torch.zeros(len(layouts), width, dtype=torch.bool)
     budgets: list = [None] * len(layouts)
     padded = {r: torch.zeros(len(layouts), width) for r in scores}
     start = 0
-    for i, (layout, (features, index, kept, budget)) in enumerate(
-            zip(layouts, qwen.select_merged(method, state.info, layouts, merged, scores, keys))):
+    selected = qwen.select_merged(state.method, state.info, layouts, merged, scores, keys, prompts)
+    for i, (layout, (features, index, kept, budget)) in enumerate(zip(layouts, selected)):
         tokens, cols = layout.tokens, layout.partition_shape[1]
         setattr(features, _STOCK, _StockIndex(index, tokens, qwen.mrope_offsets(index.cpu(), cols)))
         outs[i] = features
@@ -662,14 +687,7 @@ def _qwen_image_features(inner: nn.Module, state: _State, pixel_values: torch.Te
             padded[r][i, :tokens] = scores[r][start: start + tokens].float().cpu()
         start += tokens
     images = tuple(getattr(f, _STOCK) for f in outs)
-    record = _Record(layouts, Selection(keep=keep, budgets=budgets), padded, [len(f) for f in outs], images)
-    _remember(state, record)
-    forward = _FORWARD.get()
-    if forward is not None and forward.state is state:
-        forward.images, forward.record = images, record
-    out.pooler_output = outs
-    out._hired_record = record
-    return out
+    return outs, _Record(layouts, Selection(keep=keep, budgets=budgets), padded, [len(f) for f in outs], images)
 
 
 def _mrope_positions(state: _State, _module, args, kwargs):
@@ -773,7 +791,10 @@ def _reselect(inner: nn.Module, state: _State, encoded, given: dict):
     feats = torch.cat([p.features for p in picked])
     sub = Prompts(embeds=prompts.embeds, mask=prompts.mask, owner=prompts.owner[torch.tensor(idx, device=prompts.owner.device)])
     with state.calls.running():
-        fresh, record = _select_and_pack(inner, state, layouts, scores, keys, feats, sub)
+        if state.family.mrope:  # merged tokens: (N,) scores, (N, D) features per image
+            fresh, record = _qwen_select(state, layouts, feats, scores, keys, sub)
+        else:
+            fresh, record = _select_and_pack(inner, state, layouts, scores, keys, feats, sub)
     for i, features in zip(idx, fresh):
         if len(features) != len(outs[i]):
             raise RuntimeError(f"{type(state.method).__name__} selected {len(features)} tokens again for an image "

@@ -47,7 +47,7 @@ class Qwen25VL(Family):
         return inner.visual, None, inner.language_model
 
     def check_method(self, method) -> None:
-        """Query-aware methods, ``space='vision'`` and adaptive counts are not served yet."""
+        """``space='vision'`` and adaptive counts are not served yet."""
         from hired.adapters.qwen import check_method
 
         check_method(method)

@@ -1,8 +1,8 @@
 """HiRED-capable Qwen2.5-VL for vLLM: a thin subclass of vLLM's own ``Qwen2_5_VLForConditionalGeneration``.
 
 Without ``hired`` in ``hf_overrides`` every override below calls the parent, so the model runs exactly as
-stock vLLM. With it (any fixed-budget method; query-aware ones and ``space='vision'`` are refused, as in
-the transformers adapter, :func:`hired.adapters.qwen.check_method`):
+stock vLLM. With it (any fixed-budget method; query-aware ones are refused, as for every family, and
+``space='vision'`` as in the transformers adapter, :meth:`hired.families.qwen2_5_vl.Qwen25VL.check_method`):
 
 * **Counts.** An image's placeholders are ``floor(r * N)`` of its N merged tokens, from the image size
   alone: vLLM's own ``smart_resize`` gives ``image_grid_thw`` (:meth:`HiredQwen2_5_VLProcessingInfo.get_num_image_tokens`),
