@@ -1,4 +1,5 @@
-"""``hired generate`` and ``hired bench`` on a saved tiny Qwen2.5-VL folder (offline); ``hired show`` refuses it.
+"""``hired generate`` and ``hired bench`` on saved tiny Qwen2.5-VL and Qwen3-VL folders (offline); ``hired
+show`` refuses them.
 
 Qwen2.5-VL's processor loads a video processor that imports torchvision (``pip install "hired[qwen]"``);
 the tests that build one skip where torchvision is not importable (CI requires it: conftest.require_torchvision).
@@ -29,13 +30,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def qwen_dir(tmp_path_factory):
-    """A tiny Qwen2.5-VL (patch 14, 2x2 merge, at most 64 merged tokens per image) saved with ``save_pretrained``."""
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def qwen_dir(request, tmp_path_factory):
+    """A tiny Qwen2.5-VL (patch 14) or Qwen3-VL (patch 16, DeepStack), 2x2 merge, at most 64 merged tokens
+    per image, saved with ``save_pretrained``."""
     require_torchvision()
     from hired.tiny import save_tiny
 
-    return str(save_tiny(tmp_path_factory.mktemp("qwen") / "tiny-qwen", family="qwen2_5_vl"))
+    return str(save_tiny(tmp_path_factory.mktemp("qwen") / f"tiny-{request.param}", family=request.param))
 
 
 def _merged_tokens(folder: str, image: Image.Image) -> int:
@@ -48,13 +50,17 @@ def _merged_tokens(folder: str, image: Image.Image) -> int:
 
 
 def test_config_picks_the_qwen_classes(qwen_dir):
-    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    import transformers
+    from transformers import AutoConfig
 
-    family, cls = model_class_for(AutoConfig.from_pretrained(qwen_dir))
-    assert (family.name, cls) == ("qwen2_5_vl", Qwen2_5_VLForConditionalGeneration)
+    config = AutoConfig.from_pretrained(qwen_dir)
+    name, prefix = {"qwen2_5_vl": ("qwen2_5_vl", "Qwen2_5_VL"), "qwen3_vl": ("qwen3_vl", "Qwen3VL")}[config.model_type]
+    expected = getattr(transformers, f"{prefix}ForConditionalGeneration")
+    family, cls = model_class_for(config)
+    assert (family.name, cls) == (name, expected)
     model, processor = load_model(qwen_dir)
-    assert type(model) is Qwen2_5_VLForConditionalGeneration and not model.training
-    assert isinstance(processor, Qwen2_5_VLProcessor)
+    assert type(model) is expected and not model.training
+    assert isinstance(processor, getattr(transformers, f"{prefix}Processor"))
 
 
 def test_qwen_without_torchvision_is_one_clear_error(tmp_path, monkeypatch):
@@ -87,7 +93,7 @@ def test_show_refuses_qwen_before_running_it(qwen_dir, tmp_path, capsys):
     image = tmp_path / "photo.png"
     Image.new("RGB", (200, 120), (10, 200, 90)).save(image)
     out = tmp_path / "show.png"
-    with pytest.raises(CommandError, match="hired show draws LLaVA partitions; Qwen2.5-VL images are one grid"):
+    with pytest.raises(CommandError, match=r"hired show draws LLaVA partitions; Qwen(2\.5|3)-VL images are one grid"):
         main(["show", "--model", qwen_dir, "--image", str(image), "--out", str(out)])
     assert not out.exists()
     assert "hired: error: hired show draws LLaVA partitions" in capsys.readouterr().err

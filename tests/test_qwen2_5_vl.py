@@ -1,4 +1,5 @@
-"""The transformers adapter on a tiny random-weight Qwen2.5-VL (native-resolution ViT, 2x2 merger, M-RoPE).
+"""The transformers adapter on tiny random-weight Qwen2.5-VL and Qwen3-VL models (native-resolution ViT,
+2x2 merger, M-RoPE; Qwen3-VL adds DeepStack features to the first decoder layers).
 
 Expected values come from the stock model: placeholder counts from ``image_grid_thw``, M-RoPE ids from a
 stock run of the same prompt (every text token and every kept visual token must get the id it has
@@ -8,6 +9,7 @@ stock blocks compute (recorded through transformers' ``AttentionInterface``).
 
 from __future__ import annotations
 
+import copy
 import math
 from fractions import Fraction
 
@@ -25,13 +27,15 @@ PROMPT = "USER: <|vision_start|><image><|vision_end|>\nwhat is this? ASSISTANT:"
 SIZES = [(150, 230), (100, 100), (300, 120), (60, 400), (200, 200)]
 
 
-@pytest.fixture(scope="module")
-def _qwen_session():
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def _qwen_session(request):
+    """A tiny Qwen2.5-VL (window attention) and a tiny Qwen3-VL (DeepStack): every test runs on both."""
     require_torchvision()
-    from hired.tiny import tiny_qwen2_5_vl
+    from hired.tiny import tiny_qwen2_5_vl, tiny_qwen3_vl
 
+    build = {"qwen2_5_vl": tiny_qwen2_5_vl, "qwen3_vl": tiny_qwen3_vl}[request.param]
     with torch.no_grad():
-        return tiny_qwen2_5_vl(seed=0)
+        return build(seed=0)
 
 
 @pytest.fixture
@@ -263,10 +267,12 @@ def test_received_score_equals_the_stock_attention_weights(qwen):
             visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
     finally:
         visual.config._attn_implementation = "sdpa"
-    received = torch.cat([w.float().mean(dim=2).sum(dim=1)[0] for w in recorded])  # (seq,) window order
-    window_index, _ = get_vision_window_index(inputs["image_grid_thw"], spatial_merge_size=2,
-                                              window_size=visual.window_size, patch_size=14)
-    merged = received.view(-1, 4).sum(dim=1)[torch.argsort(window_index)]
+    received = torch.cat([w.float().mean(dim=2).sum(dim=1)[0] for w in recorded])  # (seq,) the tower's order
+    merged = received.view(-1, 4).sum(dim=1)
+    if hasattr(visual, "window_size"):  # Qwen2.5-VL keeps its tokens in window order; Qwen3-VL in raster order
+        window_index, _ = get_vision_window_index(inputs["image_grid_thw"], spatial_merge_size=2,
+                                                  window_size=visual.window_size, patch_size=14)
+        merged = merged[torch.argsort(window_index)]
     expected = merged.split((inputs["image_grid_thw"].prod(-1) // 4).tolist())
     assert len(recorded) == 2  # one full-attention segment per image
     for got, want in zip(scores, expected):
@@ -361,6 +367,10 @@ def test_cdpruner_batched_two_pass_and_reselected_equal_one_by_one(qwen):
     texts = [QUESTIONS[0].replace("<image>", "<image>" * n), QUESTIONS[2].replace("<image>", "<image>" * n)]
     tokens = processor.tokenizer(texts, return_tensors="pt", padding=True)
     mm = BaseModelOutputWithPooling(pooler_output=[encoded.pooler_output[0]] * 2)
+    if getattr(encoded, "deepstack_features", None) is not None:  # Qwen3-VL: each DeepStack level, per image
+        mm = copy.copy(encoded)
+        mm.pooler_output = [encoded.pooler_output[0]] * 2
+        mm.deepstack_features = [(level[0], level[0]) for level in encoded.deepstack_features]
     types = (tokens["input_ids"] == model.config.image_token_id).long()
     with torch.no_grad():
         got = model.generate(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
@@ -368,3 +378,42 @@ def test_cdpruner_batched_two_pass_and_reselected_equal_one_by_one(qwen):
                              mm_encoder_outputs={"image": mm}, max_new_tokens=5, min_new_tokens=5,
                              do_sample=False)[:, -5:]
     assert all(torch.equal(got[i], expected[i]) for i in range(2))
+
+
+# -------------------------------------------------------------------------------- Qwen3-VL DeepStack
+
+
+@pytest.mark.parametrize("method", [hired.HiRED(budget=0.3), hired.DivPrune(budget=0.25)], ids=lambda m: m.name)
+def test_deepstack_features_follow_the_kept_tokens(qwen, method):
+    """Qwen3-VL adds, at every visual token entering its first decoder layers, that token's features of each
+    DeepStack level: with dropping, each kept token gets exactly the stock run's features of that token."""
+    model, processor = qwen
+    if not hasattr(model.model.visual, "deepstack_merger_list"):
+        pytest.skip("Qwen2.5-VL has no DeepStack")
+    seen = []
+
+    def spy(_module, _args, kwargs):
+        if kwargs.get("deepstack_visual_embeds") is not None:
+            seen.append(([d.clone() for d in kwargs["deepstack_visual_embeds"]], kwargs["visual_pos_masks"].clone()))
+
+    handle = model.model.language_model.register_forward_pre_hook(spy, with_kwargs=True)
+    try:
+        images = [make_image(*s, seed=70 + i) for i, s in enumerate([(150, 230), (200, 200)])]
+        texts = ["USER: <|vision_start|><image><|vision_end|> and <|vision_start|><image><|vision_end|> ? ASSISTANT:"]
+        _logits(model, _inputs(processor, images, texts))
+        (stock, _), = seen
+        hired.apply(model, processor, method)
+        inputs = _inputs(processor, images, texts)
+        _logits(model, inputs)
+        sels = hired.last_selection(model)
+    finally:
+        handle.remove()
+    got, mask = seen[1]
+    assert int(mask.sum()) == sum(s.num_tokens for s in sels) < sum(s.num_tokens_stock for s in sels)
+    rows, start = [], 0
+    for sel in sels:
+        rows += [start + k for k in sorted(sel.partitions[0].kept)]
+        start += sel.num_tokens_stock
+    assert len(got) == len(stock) == len(model.config.vision_config.deepstack_visual_indexes)
+    for level, stock_level in zip(got, stock):
+        assert torch.equal(level, stock_level[rows])

@@ -1,4 +1,4 @@
-"""``hired_llava`` on a tiny saved Qwen2.5-VL (native-resolution ViT, 2x2 merger, M-RoPE), offline: the
+"""``hired_llava`` on tiny saved Qwen2.5-VL and Qwen3-VL models (native-resolution ViT, 2x2 merger, M-RoPE), offline: the
 documents of the OneVision tests (0, 1 and 2 images) in process, batched and one by one, with the
 visual-token counts from the processor's ``image_grid_thw``; and end to end through lmms-eval."""
 
@@ -17,11 +17,11 @@ from test_lmms_onevision import DOCS, _model, _requests
 BUDGET = 0.3
 
 
-@pytest.fixture(scope="session")
-def qwen_folder(tmp_path_factory) -> Path:
+@pytest.fixture(scope="session", params=["qwen2_5_vl", "qwen3_vl"])
+def qwen_folder(request, tmp_path_factory) -> Path:
     from hired.tiny import save_tiny
 
-    return save_tiny(tmp_path_factory.mktemp("models") / "tiny-qwen", "qwen2_5_vl")
+    return save_tiny(tmp_path_factory.mktemp("models") / f"tiny-{request.param}", request.param)
 
 
 def _expected(folder, images, budget: float | None) -> tuple[int, int]:
@@ -43,8 +43,8 @@ def test_loads_qwen_and_scores_by_received_attention(qwen_folder):
     from hired.adapters.transformers import _applied_state
 
     lm = _model(qwen_folder, method="hired", budget=BUDGET)
-    assert type(lm.model).__name__ == "Qwen2_5_VLForConditionalGeneration"
-    assert lm.family.name == "qwen2_5_vl" and lm.processor.tokenizer.padding_side == "left"
+    assert type(lm.model).__name__ in ("Qwen2_5_VLForConditionalGeneration", "Qwen3VLForConditionalGeneration")
+    assert lm.family.name in ("qwen2_5_vl", "qwen3_vl") and lm.processor.tokenizer.padding_side == "left"
     assert _applied_state(lm.model).score_kind == "received"  # no [CLS] token
     # without a chat template each image is Qwen's wrapped placeholder
     assert lm.build_prompt("what?", 2) == "USER: " + "<|vision_start|><image><|vision_end|>\n" * 2 + "what? ASSISTANT:"

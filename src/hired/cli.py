@@ -125,7 +125,7 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
     gen = sub.add_parser("generate", help="answer a question about an image with visual tokens dropped")
-    gen.add_argument("--model", required=True, help="local model folder or hub id org/name (LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision or Qwen2.5-VL)")
+    gen.add_argument("--model", required=True, help="local model folder or hub id org/name (LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision, Qwen2.5-VL or Qwen3-VL)")
     gen.add_argument("--image", required=True, help="image file path or http(s) URL")
     gen.add_argument("--prompt", required=True, help="question; wrapped in the model's chat template")
     add_method_args(gen)

@@ -185,7 +185,7 @@ def model_class_for(config, source: str = "the model"):
 
 ONEVISION_EXTRA = 'pip install "hired[onevision]"'
 QWEN_EXTRA = 'pip install "hired[qwen]"'
-TORCHVISION_EXTRAS = {"onevision": ONEVISION_EXTRA, "qwen2_5_vl": QWEN_EXTRA}  # processors that import torchvision
+TORCHVISION_EXTRAS = {"onevision": ONEVISION_EXTRA, "qwen2_5_vl": QWEN_EXTRA, "qwen3_vl": QWEN_EXTRA}  # processors that import torchvision
 
 
 def load_processor(source: str, family, **kwargs):

@@ -322,6 +322,12 @@ def qwen_tokenizer():
     return tokenizer
 
 
+def _mrope_section(head_dim: int) -> list[int]:
+    """The M-RoPE split of a head's rotary half, as Qwen2.5-VL's (1/4 time, 3/8 height, 3/8 width)."""
+    section = [head_dim // 8, (head_dim // 2 - head_dim // 8) // 2]
+    return section + [head_dim // 2 - sum(section)]
+
+
 def qwen2_5_vl_config(tokenizer, vision: dict, text: dict):
     """A ``Qwen2_5_VLConfig`` for ``tokenizer`` (:func:`qwen_tokenizer`): patch 14, 2x2 merge, 2 temporal
     patches; ``vision`` and ``text`` give the sizes (``text["rope_theta"]``; the M-RoPE sections split the
@@ -331,9 +337,7 @@ def qwen2_5_vl_config(tokenizer, vision: dict, text: dict):
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (IMAGE_TOKEN, QWEN_VIDEO, QWEN_VISION_START, QWEN_VISION_END)}
     text = dict(text)
     head_dim = text["hidden_size"] // text["num_attention_heads"]
-    section = [head_dim // 8, (head_dim // 2 - head_dim // 8) // 2]
-    section.append(head_dim // 2 - sum(section))
-    rope = {"rope_type": "default", "mrope_section": section, "rope_theta": text.pop("rope_theta")}
+    rope = {"rope_type": "default", "mrope_section": _mrope_section(head_dim), "rope_theta": text.pop("rope_theta")}
     return Qwen2_5_VLConfig(
         vision_config=dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
                            out_hidden_size=text["hidden_size"], **vision),
@@ -357,10 +361,59 @@ def qwen2_5_vl_processor(tokenizer, max_pixels: int, min_pixels: int = 56 * 56):
     )
 
 
+def tiny_qwen3_vl(
+    seed: int = 0,
+    vision_hidden: int = 32,
+    vision_depth: int = 4,
+    vision_heads: int = 2,
+    deepstack_blocks: tuple[int, ...] = (1, 2),
+    text_hidden: int = 64,
+    text_layers: int = 3,
+    text_heads: int = 2,
+    max_pixels: int = 32 * 32 * 64,
+    attn_implementation: str = "sdpa",
+):
+    """``(model, processor)``: a random-weight ``Qwen3VLForConditionalGeneration`` (patch 16, 2x2 merge,
+    full attention in every block, learned position embeddings, DeepStack: the outputs of
+    ``deepstack_blocks``, each through its own merger, added to the visual tokens entering the first
+    decoder layers) and its processor; images are resized to at most ``max_pixels`` (64 merged tokens by
+    default). Placeholders as in :func:`tiny_qwen2_5_vl`; the video processor needs torchvision."""
+    import transformers
+
+    tokenizer = qwen_tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (IMAGE_TOKEN, QWEN_VIDEO, QWEN_VISION_START, QWEN_VISION_END)}
+    head_dim = text_hidden // text_heads
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_interleaved": True,
+            "mrope_section": _mrope_section(head_dim)}
+    config = transformers.Qwen3VLConfig(
+        vision_config=dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
+                           num_heads=vision_heads, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+                           in_channels=3, out_hidden_size=text_hidden, num_position_embeddings=64,
+                           deepstack_visual_indexes=list(deepstack_blocks)),
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
+                         num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_heads,
+                         head_dim=head_dim, max_position_embeddings=4096, rope_parameters=rope,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2),
+        image_token_id=ids[IMAGE_TOKEN], video_token_id=ids[QWEN_VIDEO],
+        vision_start_token_id=ids[QWEN_VISION_START], vision_end_token_id=ids[QWEN_VISION_END],
+    )
+    torch.manual_seed(seed)
+    model = transformers.Qwen3VLForConditionalGeneration(config).eval()
+    model.set_attn_implementation(attn_implementation)
+    image_cls = getattr(transformers, "Qwen2VLImageProcessorPil", None) or transformers.Qwen2VLImageProcessor
+    sizes = dict(patch_size=16, merge_size=2, temporal_patch_size=2)
+    processor = transformers.Qwen3VLProcessor(
+        image_processor=image_cls(min_pixels=64 * 64, max_pixels=max_pixels, **sizes),
+        tokenizer=tokenizer,
+        video_processor=transformers.Qwen3VLVideoProcessor(**sizes),
+    )
+    return model, processor
+
+
 def save_tiny(path: str | Path, family: str = "llava_next", **kwargs) -> Path:
     """Write a tiny model and its processor to ``path`` (``from_pretrained`` reads it back)."""
     builders = {"llava_next": tiny_llava_next, "llava": tiny_llava, "onevision": tiny_llava_onevision,
-                "qwen2_5_vl": tiny_qwen2_5_vl}
+                "qwen2_5_vl": tiny_qwen2_5_vl, "qwen3_vl": tiny_qwen3_vl}
     build = builders.get(family)
     if build is None:
         raise ValueError(f"family must be one of {', '.join(map(repr, builders))}, got {family!r}")

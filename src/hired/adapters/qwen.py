@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 
 import torch
 from torch import nn
@@ -35,12 +36,14 @@ class QwenScoreHooks(ScoreHooks):
 
     def __init__(self, blocks: nn.ModuleList, num_heads: int, rows, keys=None, kind: str = "received"):
         if kind != "received":
-            raise ValueError("Qwen2.5-VL's tower has no [CLS] token: its scores are the received attention")
+            raise ValueError("Qwen-VL towers have no [CLS] token: their scores are the received attention")
         super().__init__(blocks, num_heads, rows, keys, kind)
 
     def _install(self, block: nn.Module, layer: int, row_roles: list[str], key_roles: list[str]) -> None:
         """Hook one vision block: its attention's inputs (rotary embeddings, segments) and fused ``qkv``."""
         attn = block.attn
+        # the rotary embedding of the block's own modeling file (Qwen2.5-VL's or Qwen3-VL's)
+        self._rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
         self._handles.append(attn.register_forward_pre_hook(self._on_attention(layer), with_kwargs=True))
         self._handles.append(attn.qkv.register_forward_hook(self._on_qkv(layer, row_roles, key_roles)))
 
@@ -71,10 +74,8 @@ class QwenScoreHooks(ScoreHooks):
         return hook
 
     def _received(self, rec: Recording, layer: int, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
-
         (cos, sin), cu_seqlens = rec.pending.pop(("attention", layer))
-        q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)  # (seq, H, D), as the block's attention does
+        q, k = self._rotary(q, k, cos, sin)  # (seq, H, D), as the block's attention does
         q, k = q.flatten(1), k.flatten(1)
         bounds = cu_seqlens.tolist()
         parts = [received_attention(q[a:b][None], k[a:b][None], self.num_heads)[0] for a, b in zip(bounds, bounds[1:])]
@@ -82,8 +83,12 @@ class QwenScoreHooks(ScoreHooks):
 
 
 def merged_order(visual: nn.Module, grid_thw: torch.Tensor) -> torch.Tensor:
-    """Long ``(sum N,)``: for each merged token in raster order, its place in the tower's window order."""
+    """Long ``(sum N,)``: for each merged token in raster order, its place in the tower's window order
+    (Qwen2.5-VL); the identity for a tower without windows (Qwen3-VL keeps raster order)."""
     from transformers.vision_utils import get_vision_window_index
+
+    if getattr(visual, "window_size", None) is None:
+        return torch.arange(int((grid_thw.prod(-1) // visual.spatial_merge_size**2).sum()))
 
     window_index, _ = get_vision_window_index(
         grid_thw, spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size,
@@ -235,16 +240,17 @@ def kept_positions(position_ids: torch.Tensor, image_mask: torch.Tensor, offsets
     return out
 
 
-def check_method(method) -> None:
-    """What Qwen2.5-VL cannot run yet, as one clear error (the transformers adapter and the vLLM plugin)."""
+def check_method(method, title: str = "Qwen2.5-VL") -> None:
+    """What Qwen2.5-VL and Qwen3-VL (``title``) cannot run yet, as one clear error (the transformers adapter
+    and the vLLM plugin)."""
     name = type(method).__name__
     if method.feature_space() == "vision":
         raise ValueError(
-            f"{name}(space='vision'): Qwen2.5-VL's tower ends in its patch merger, whose output is the "
+            f"{name}(space='vision'): {title}'s tower ends in its patch merger, whose output is the "
             "language model's input; use space='projected'"
         )
     if getattr(method, "adaptive", False):
         raise ValueError(
-            f"{name} without a budget keeps a content-dependent number of tokens; on Qwen2.5-VL only "
+            f"{name} without a budget keeps a content-dependent number of tokens; on {title} only "
             f"fixed-budget methods run yet: give it a budget (e.g. {name}(budget=0.2))"
         )

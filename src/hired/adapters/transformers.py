@@ -35,6 +35,7 @@ it is given with in ``mm_encoder_outputs``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect
@@ -224,7 +225,8 @@ class _Pending:
     layout: Layout
     scores: dict[str, torch.Tensor]  # role → (P, T)
     keys: dict[str, torch.Tensor]  # role → (P, T, H * D)
-    features: torch.Tensor  # (P, T, Dv) the projector's input
+    features: torch.Tensor  # (P, T, Dv) the projector's input (Qwen: (N, D) merged tokens)
+    deepstack: tuple[torch.Tensor, ...] = ()  # Qwen3-VL: (N, D) per DeepStack level
 
 
 def _remember(state: _State, record: _Record | None) -> None:
@@ -306,6 +308,8 @@ def apply(model: nn.Module, processor, method: Method) -> nn.Module:
             state.handles.append(lm.register_forward_pre_hook(functools.partial(_mrope_positions, state), with_kwargs=True))
             patches = {"get_image_features": _qwen_image_features, "get_placeholder_mask": _placeholder_mask,
                        "get_rope_index": qwen.rope_index}
+            if state.family.videos_via_image_features:  # Qwen3-VL: keep videos off the image path
+                patches["get_video_features"] = _qwen_video_features
         else:
             if method.keep_positions:
                 state.handles.append(lm.register_forward_pre_hook(functools.partial(_stock_positions, state), with_kwargs=True))
@@ -648,7 +652,8 @@ def _qwen_image_features(inner: nn.Module, state: _State, pixel_values: torch.Te
     scores = {r: qwen.pool_to_merged(v, unit, order, "sum") for r, v in rec.rows.items()}  # (sum N,)
     keys = {r: qwen.pool_to_merged(v, unit, order, "mean") for r, v in rec.keys.items()}  # (sum N, H * D)
     prompts = _take_prompt(inner, state, layouts, pixel_values) if state.method.query_aware else None
-    outs, record = _qwen_select(state, layouts, merged, scores, keys, prompts)
+    deep = [ds[order.to(ds.device)] for ds in (getattr(out, "deepstack_features", None) or [])]  # raster order
+    outs, record, deep_kept = _qwen_select(state, layouts, merged, scores, keys, prompts, deep)
     _remember(state, record)
     forward = _FORWARD.get()
     if forward is not None and forward.state is state:
@@ -658,23 +663,36 @@ def _qwen_image_features(inner: nn.Module, state: _State, pixel_values: torch.Te
         for features, layout in zip(outs, layouts):
             part = slice(start, start + layout.tokens)
             setattr(features, _PENDING, _Pending(state, layout, {r: v[part] for r, v in scores.items()},
-                                                 {r: v[part] for r, v in keys.items()}, merged[part].detach()))
+                                                 {r: v[part] for r, v in keys.items()}, merged[part].detach(),
+                                                 tuple(ds[part].detach() for ds in deep)))
             start += layout.tokens
     out.pooler_output = outs
+    if deep:  # Qwen3-VL: each DeepStack level keeps the same tokens, per image (as get_image_features splits them)
+        out.deepstack_features = deep_kept
     out._hired_record = record
     return out
 
 
+def _qwen_video_features(inner: nn.Module, state: _State, pixel_values_videos: torch.Tensor,
+                         video_grid_thw: torch.Tensor | None = None, **kwargs):
+    """Replacement for Qwen3-VL's ``get_video_features``, which calls ``get_image_features``: videos run the
+    stock image features (the class's own, not hired's replacement), untouched."""
+    original = functools.partial(type(inner).get_image_features, inner)
+    return original(pixel_values_videos, video_grid_thw, **kwargs)
+
+
 def _qwen_select(state: _State, layouts: list[Layout], merged: torch.Tensor, scores: dict, keys: dict,
-                 prompts: Prompts | None) -> tuple[list[torch.Tensor], _Record]:
+                 prompts: Prompts | None, deep: list[torch.Tensor] = ()) -> tuple[list[torch.Tensor], _Record, list]:
     """Select the merged tokens of a batch of images (``merged`` ``(sum N, D)``, ``scores[role]`` ``(sum N,)``,
-    ``keys[role]`` ``(sum N, H * D)``, image after image): one ``(kept_i, D)`` tensor per image, carrying
-    its stock indices and M-RoPE offsets, and the step's record."""
+    ``keys[role]`` ``(sum N, H * D)``, image after image, raster order): one ``(kept_i, D)`` tensor per
+    image, carrying its stock indices and M-RoPE offsets, the step's record, and per DeepStack level of
+    ``deep`` (``(sum N, D)`` each, Qwen3-VL) a tuple of the images' kept rows."""
     width = max(lay.tokens for lay in layouts)
     outs: list = [None] * len(layouts)
     keep = torch.zeros(len(layouts), width, dtype=torch.bool)
     budgets: list = [None] * len(layouts)
     padded = {r: torch.zeros(len(layouts), width) for r in scores}
+    index_of: list = [None] * len(layouts)  # each image's kept rows of merged
     start = 0
     selected = qwen.select_merged(state.method, state.info, layouts, merged, scores, keys, prompts)
     for i, (layout, (features, index, kept, budget)) in enumerate(zip(layouts, selected)):
@@ -685,9 +703,12 @@ def _qwen_select(state: _State, layouts: list[Layout], merged: torch.Tensor, sco
         budgets[i] = budget
         for r in scores:
             padded[r][i, :tokens] = scores[r][start: start + tokens].float().cpu()
+        index_of[i] = start + index
         start += tokens
     images = tuple(getattr(f, _STOCK) for f in outs)
-    return outs, _Record(layouts, Selection(keep=keep, budgets=budgets), padded, [len(f) for f in outs], images)
+    deep_kept = [tuple(ds[rows.to(ds.device)] for rows in index_of) for ds in deep]
+    return (outs, _Record(layouts, Selection(keep=keep, budgets=budgets), padded, [len(f) for f in outs], images),
+            deep_kept)
 
 
 def _mrope_positions(state: _State, _module, args, kwargs):
@@ -791,8 +812,10 @@ def _reselect(inner: nn.Module, state: _State, encoded, given: dict):
     feats = torch.cat([p.features for p in picked])
     sub = Prompts(embeds=prompts.embeds, mask=prompts.mask, owner=prompts.owner[torch.tensor(idx, device=prompts.owner.device)])
     with state.calls.running():
+        deep_fresh = []
         if state.family.mrope:  # merged tokens: (N,) scores, (N, D) features per image
-            fresh, record = _qwen_select(state, layouts, feats, scores, keys, sub)
+            deep = [torch.cat(level) for level in zip(*(p.deepstack for p in picked))]
+            fresh, record, deep_fresh = _qwen_select(state, layouts, feats, scores, keys, sub, deep)
         else:
             fresh, record = _select_and_pack(inner, state, layouts, scores, keys, feats, sub)
     for i, features in zip(idx, fresh):
@@ -805,6 +828,18 @@ def _reselect(inner: nn.Module, state: _State, encoded, given: dict):
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     fresh_encoded = BaseModelOutputWithPooling(pooler_output=outs)
+    if deep_fresh:  # Qwen3-VL: the DeepStack levels of the images selected again, the others as given
+        given_levels = getattr(encoded, "deepstack_features", None)
+        if given_levels is None:
+            raise ValueError(f"{state.family.title}'s mm_encoder_outputs['image'] needs the deepstack_features that "
+                             "get_image_features returned, one entry per image in every level")
+        levels = [list(level) for level in given_levels]
+        for level, kept_rows in zip(levels, deep_fresh):
+            for i, rows in zip(idx, kept_rows):
+                level[i] = rows.to(outs[i].device)
+        fresh_encoded = copy.copy(encoded)
+        fresh_encoded.pooler_output = outs
+        fresh_encoded.deepstack_features = [tuple(level) for level in levels]
     if len(idx) == len(outs):
         fresh_encoded._hired_record = record
     return fresh_encoded

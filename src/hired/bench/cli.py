@@ -35,7 +35,7 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
         ),
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="local model folder or hub id org/name (LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision or Qwen2.5-VL)")
+    src.add_argument("--model", help="local model folder or hub id org/name (LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision, Qwen2.5-VL or Qwen3-VL)")
     src.add_argument(
         "--arch", choices=sorted(ARCHS), help="a known architecture with random weights (needs --random-weights)"
     )

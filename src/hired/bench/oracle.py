@@ -96,8 +96,8 @@ def _oracle_features(
 
 def _qwen_oracle_features(inner: nn.Module, counts: Sequence[int], record: OracleRecord, pixel_values: torch.Tensor,
                           image_grid_thw: torch.Tensor | None = None, **kwargs):
-    """Qwen2.5-VL's ``get_image_features`` for the oracle: the stock tower and merger, then the first
-    ``counts[i]`` merged tokens of image ``i`` (raster order)."""
+    """Qwen2.5-VL's / Qwen3-VL's ``get_image_features`` for the oracle: the stock tower and merger, then the
+    first ``counts[i]`` merged tokens of image ``i`` (raster order), of every DeepStack level too."""
     out = type(inner).get_image_features(inner, pixel_values, image_grid_thw, **kwargs)
     per_image = list(out.pooler_output)
     if len(per_image) != len(counts):
@@ -106,6 +106,8 @@ def _qwen_oracle_features(inner: nn.Module, counts: Sequence[int], record: Oracl
         if n > feats.shape[0]:
             raise ValueError(f"the oracle cannot feed {n} tokens from an image of {feats.shape[0]} merged tokens")
     out.pooler_output = tuple(feats[:n] for feats, n in zip(per_image, counts))
+    if getattr(out, "deepstack_features", None):  # Qwen3-VL: every DeepStack level fed the same tokens
+        out.deepstack_features = [tuple(feats[:n] for feats, n in zip(level, counts)) for level in out.deepstack_features]
     record.features_per_image = [int(n) for n in counts]
     return out
 

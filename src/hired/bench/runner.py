@@ -308,7 +308,7 @@ def run_benchmark(model: nn.Module, processor, image, settings: Settings | None 
         raise ValueError("hired bench needs the stock model; call hired.remove(model, processor) first")
     device = model.device
     info = _model_info(model)
-    if _family_name(model) == "qwen2_5_vl":  # its tower returns no attention maps: no reference path
+    if _family_name(model) in ("qwen2_5_vl", "qwen3_vl"):  # their towers return no attention maps: no reference path
         settings = dataclasses.replace(settings, reference_attention=False)
     groups = _groups(settings, info)
     total = sum(len(g) * (settings.warmup + settings.runs) for g in groups)

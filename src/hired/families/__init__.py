@@ -7,8 +7,9 @@ from hired.families.llava import Llava
 from hired.families.llava_next import LlavaNext
 from hired.families.onevision import Onevision
 from hired.families.qwen2_5_vl import Qwen25VL
+from hired.families.qwen3_vl import Qwen3VL
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (LlavaNext(), Llava(), Onevision(), Qwen25VL())}
+FAMILIES: dict[str, Family] = {f.name: f for f in (LlavaNext(), Llava(), Onevision(), Qwen25VL(), Qwen3VL())}
 """Family name → its description."""
 
 

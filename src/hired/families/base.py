@@ -43,6 +43,7 @@ class Family:
             )
 
     mrope: ClassVar[bool] = False  # 3-D M-RoPE position ids (Qwen2.5-VL)
+    videos_via_image_features: ClassVar[bool] = False  # the model's get_video_features calls get_image_features
 
     def tower(self, inner):
         """The vision tower module of the inner model."""

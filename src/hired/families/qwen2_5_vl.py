@@ -50,7 +50,7 @@ class Qwen25VL(Family):
         """``space='vision'`` and adaptive counts are not served yet."""
         from hired.adapters.qwen import check_method
 
-        check_method(method)
+        check_method(method, self.title)
 
     def image_placeholder(self, processor) -> str:
         """Qwen's prompts wrap each image's placeholder in ``<|vision_start|>`` / ``<|vision_end|>``."""
@@ -72,7 +72,7 @@ class Qwen25VL(Family):
         return Layout(image_size=(h * patch, w * patch), side=merge, shape=(h // merge, w // merge))
 
     def layout(self, image_size, geometry: Geometry, *, single: bool = False) -> Layout:
-        raise ValueError("a Qwen2.5-VL layout comes from the processor's image_grid_thw (Family.grid_layout)")
+        raise ValueError(f"a {self.title} layout comes from the processor's image_grid_thw (Family.grid_layout)")
 
     def image_kwargs(self) -> tuple[str, ...]:
         return ("image_grid_thw",)
@@ -86,7 +86,7 @@ class Qwen25VL(Family):
 
     def batch_layouts(self, geometry: Geometry, pixel_values, image_grid_thw, extra: dict[str, Any]):
         if image_grid_thw is None:
-            raise ValueError("Qwen2.5-VL needs image_grid_thw with pixel_values")
+            raise ValueError(f"{self.title} needs image_grid_thw with pixel_values")
         grids = image_grid_thw.tolist() if hasattr(image_grid_thw, "tolist") else [list(g) for g in image_grid_thw]
         layouts = [self.grid_layout(geometry, g) for g in grids]
         patches = sum(int(g[0]) * int(g[1]) * int(g[2]) for g in grids)
