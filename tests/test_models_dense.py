@@ -1,4 +1,4 @@
-"""The dense question family: answers on the pixels, placement against both mappings, sizes, determinism."""
+"""The dense question family: answers on the pixels, shapes that differ, placement against both mappings, sizes, determinism."""
 
 import collections
 
@@ -44,28 +44,44 @@ def _mask(scene, boxes):
 
 
 def _read(img, scene, r, c):
-    """What the pixels show at item ``(r, c)``: a colour name, or the digit whose glyph the ink matches."""
+    """What the pixels show at item ``(r, c)``: a colour name, or the shape its ink has (read from the ink
+    box's corners and centre: a square inks all four corners, a triangle only the bottom two, a circle none)."""
     x0, y0, x1, y1 = scene.ink_box(r, c)
     if scene.kind == "cell":
         pixel = tuple(int(v) for v in img[(y0 + y1) // 2, (x0 + x1) // 2])
         return next(name for name, rgb in dense.COLOURS.items() if rgb == pixel)
-    ys, xs = dense.glyph_edges(scene, x0, y0)
-    ink = np.zeros((5, 3), dtype=bool)
-    for gy in range(5):
-        for gx in range(3):
-            pixel = tuple(int(v) for v in img[(ys[gy] + ys[gy + 1]) // 2, (xs[gx] + xs[gx + 1]) // 2])
-            assert pixel in (dense.INK, dense.PANEL)
-            ink[gy, gx] = pixel == dense.INK
-    # the gap around the glyph is panel
-    assert tuple(img[y0 - 1, x0 - 1]) == dense.PANEL and tuple(img[ys[-1], xs[-1]]) == dense.PANEL
-    matches = [d for d in range(10) if np.array_equal(dense.glyph(d), ink)]
-    assert len(matches) == 1
-    return dense.DIGITS[matches[0]]
+    assert x1 - x0 == y1 - y0 >= 6  # a square ink box
+    ink = {}
+    for name, (y, x) in {"tl": (y0, x0), "tr": (y0, x1 - 1), "bl": (y1 - 1, x0), "br": (y1 - 1, x1 - 1),
+                         "centre": ((y0 + y1) // 2, (x0 + x1) // 2)}.items():
+        pixel = tuple(int(v) for v in img[y, x])
+        assert pixel in (dense.INK, dense.PANEL)
+        ink[name] = pixel == dense.INK
+    # the gap around the ink box is panel
+    assert tuple(img[y0 - 1, x0 - 1]) == dense.PANEL and tuple(img[y1, x1]) == dense.PANEL
+    assert ink["centre"]
+    corners = (ink["tl"], ink["tr"], ink["bl"], ink["br"])
+    found = {(True, True, True, True): "square", (False, False, True, True): "triangle",
+             (False, False, False, False): "circle"}
+    assert corners in found, corners
+    return found[corners]
 
 
-def test_glyphs_are_distinct():
-    bitmaps = {dense.glyph(d).tobytes() for d in range(10)}
-    assert len(bitmaps) == 10
+def test_shapes_differ_in_their_ink():
+    """The three shapes drawn in the same box differ in many pixels, also at the smallest box size."""
+    from PIL import Image, ImageDraw
+
+    for side in (6, 9, 14):
+        inks = []
+        for name in dense.SHAPES:
+            img = Image.new("RGB", (side + 4, side + 4), dense.PANEL)
+            dense.draw_item(ImageDraw.Draw(img), "shape", name, (2, 2, 2 + side, 2 + side))
+            inks.append((np.asarray(img) == dense.INK).all(-1))
+        for i in range(3):
+            for j in range(i + 1, 3):
+                assert (inks[i] != inks[j]).sum() >= side
+    with pytest.raises(ValueError, match="not a shape"):
+        dense.draw_item(ImageDraw.Draw(Image.new("RGB", (8, 8))), "shape", "star", (0, 0, 6, 6))
 
 
 def test_answers_are_right_on_the_rendered_pixels(split):
@@ -93,7 +109,7 @@ def test_answers_are_right_on_the_rendered_pixels(split):
 
 def test_questions_read_distinct_items_and_balance_kinds(split):
     kinds = collections.Counter(q.kind for q in split.questions)
-    assert kinds == {"digit": 240, "cell": 240}
+    assert kinds == {"shape": 240, "cell": 240}
     for index in range(len(split.scenes)):
         items = [dense.asked_item(q) for q in split.questions if q.image == index]
         assert len(items) == 4 and len(set(items)) == len(items)
@@ -118,7 +134,7 @@ def test_split_is_a_function_of_its_seed(split):
 def test_vocabularies_are_closed(split):
     assert {q.question for q in split.questions} <= set(dense.questions())
     assert {q.answer for q in split.questions} <= set(dense.answers())
-    assert {q.answer for q in split.questions if q.kind == "digit"} == set(dense.DIGITS)
+    assert {q.answer for q in split.questions if q.kind == "shape"} == set(task.SHAPES)
     assert {q.answer for q in split.questions if q.kind == "cell"} == set(task.COLOURS)
     assert len(set(dense.questions())) == len(dense.questions())
     joint = dense.all_answers()
@@ -207,7 +223,7 @@ def test_patch_labels_follow_the_processor(split, image_processor):
         labels = dense.patch_labels(scene, coverage)
         P, T = coverage.shape[:2]
         assert labels.shape == (P, T, len(dense.LABELS)) and P == 1 + scene.grid[0] * scene.grid[1]
-        assert (labels[..., 0] == 0).all()
+        assert (labels[..., 0 if scene.kind == "cell" else 1] == 0).all()  # the other kind's column
         assert (labels[1:, :, 2] == -100).all() and set(labels[0, :, 2].tolist()) == {1, 2, 3, 4}
         for j, n in enumerate(dense.LABEL_CLASSES):
             column = labels[..., j]
@@ -216,12 +232,13 @@ def test_patch_labels_follow_the_processor(split, image_processor):
         assert hit[1 + scene.target].sum() >= rows * cols  # every item shows in its sub-image
         assert not hit[1:][torch.arange(P - 1) != scene.target].any()
         r, c = labels[..., 3][hit] - 1, labels[..., 4][hit] - 1
-        value = labels[..., 5 if scene.kind == "digit" else 1][hit] - 1
+        names, column = (dense.SHAPES, 0) if scene.kind == "shape" else (list(dense.COLOURS), 1)
+        value = labels[..., column][hit] - 1
         for rr, cc, vv in zip(r.tolist(), c.tolist(), value.tolist()):
-            value_rc = scene.values[rr][cc]
-            assert vv == (value_rc if scene.kind == "digit" else list(dense.COLOURS).index(value_rc))
+            assert names[vv] == scene.values[rr][cc]
+    assert {split.scenes[i].kind for i in (0, 1, 2, 3)} == {"shape", "cell"}
     padded = dense.pad_labels(torch.ones(3, 64, 3, dtype=torch.long))
-    assert padded.shape == (3, 64, 6) and (padded[..., 3:] == 0).all()
+    assert padded.shape == (3, 64, 5) and (padded[..., 3:] == 0).all()
 
 
 def test_relevance_marks_the_asked_item(split):

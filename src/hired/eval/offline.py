@@ -2,7 +2,7 @@
 
 hired-tiny (:mod:`hired.models.tiny_vlm`) is a LLaVA-NeXT with the real DINOv2-S/14 tower, trained with
 all visual tokens on two synthetic high-resolution question families: small shapes on photos
-(:mod:`hired.models.task`, "first") and one dense table of digits or coloured cells in one sub-image of an
+(:mod:`hired.models.task`, "first") and one dense table of small shapes or coloured cells in one sub-image of an
 otherwise plain image (:mod:`hired.models.dense`, "dense"). Dropping is applied at inference only, as in
 the paper. ``--task`` picks the test questions: ``first``, ``dense`` or ``both`` (the default: every
 family's figures separately and together from one run, since a method can win on one family and lose on
@@ -34,11 +34,11 @@ BUDGETS = (0.05, 0.1, 0.2, 0.4, 1.0)
 QUICK = {"images": 4, "budgets": (0.1, 1.0)}
 TASKS = ("first", "dense", "both")
 FAMILIES = {"first": "shapes on photos (hired.models.task)",
-            "dense": "dense tables of digits or cells (hired.models.dense)"}
+            "dense": "dense tables of shapes or cells (hired.models.dense)"}
 
 
 def family(kind: str) -> str:
-    """The question family of a question kind: ``"dense"`` (digit, cell) or ``"first"``."""
+    """The question family of a question kind: ``"dense"`` (shape, cell) or ``"first"``."""
     from hired.models import dense
 
     return "dense" if kind in dense.KINDS else "first"
@@ -556,7 +556,7 @@ def add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="accuracy of every method vs budget on hired-tiny (--offline)")
     p.add_argument("--offline", action="store_true", help="the offline benchmark on hired-tiny (required)")
     p.add_argument("--task", choices=TASKS, default="both",
-                   help="test questions: the first family (shapes on photos), the dense family (tables of digits "
+                   help="test questions: the first family (shapes on photos), the dense family (tables of shapes "
                         "or cells) or both, reported separately and together (default: both)")
     p.add_argument("--quick", action="store_true", help=f"{QUICK['images'] * 4} questions per family, budgets "
                    f"{' '.join(map(str, QUICK['budgets']))} (CI)")

@@ -10,7 +10,7 @@ tokens) and the decoder, with a loss on the answer tokens and the end-of-sequenc
 
 The training set mixes the two families (:func:`hired.models.dense.combine`): ``--images`` scenes of
 :mod:`hired.models.task` (small shapes on photos) and ``--dense-images`` scenes of :mod:`hired.models.dense`
-(one table of digits or coloured cells in one sub-image), with ``--questions`` and ``--dense-questions``
+(one table of small shapes or coloured cells in one sub-image), with ``--questions`` and ``--dense-questions``
 questions each, shuffled together; the held-out set mixes them likewise and is reported per family.
 
 A small decoder trained from scratch on the answers alone learns the answer priors and then stalls
@@ -20,7 +20,7 @@ A small decoder trained from scratch on the answers alone learns the answer prio
   a large common component); the statistics are folded into its first layer when the weights are written,
   so the shipped model is a stock ``LlavaNextForConditionalGeneration`` on raw features;
 - auxiliary per-patch labels (which shape and colour covers each patch, and on the full image its
-  quadrant; :func:`patch_labels`; for the dense family which table item covers it, its row, column, digit
+  quadrant; :func:`patch_labels`; for the dense family which table item covers it, its row, column, shape
   or colour: :func:`hired.models.dense.patch_labels`, the joint columns of ``dense.LABELS``) read by linear
   probes from the projector's output (all but row and column, which a single patch cannot know) and from
   the visual tokens entering the last decoder layer, and a per-token "what the question is about" label
