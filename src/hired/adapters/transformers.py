@@ -239,6 +239,28 @@ def _remember(state: _State, record: _Record | None) -> None:
     _LAST.set(last)
 
 
+def _hand_on(state: _State, record: _Record) -> None:
+    """Make ``record`` the last vision step of ``state`` and, inside one of its forwards, that forward's."""
+    _remember(state, record)
+    forward = _FORWARD.get()
+    if forward is not None and forward.state is state:
+        forward.images, forward.record = record.images, record
+
+
+def _attach_pending(state: _State, outs: list[torch.Tensor], layouts: list[Layout], sizes: list[int],
+                    scores: dict, keys: dict, features: torch.Tensor, deep: list[torch.Tensor] = ()) -> None:
+    """Hang a :class:`_Pending` on each image's output features: image ``i`` owns the next ``sizes[i]`` rows
+    of ``features``, ``scores``, ``keys`` and each DeepStack level of ``deep`` (partitions, or Qwen's
+    merged tokens)."""
+    start = 0
+    for out, layout, size in zip(outs, layouts, sizes):
+        part = slice(start, start + size)
+        setattr(out, _PENDING, _Pending(state, layout, {r: v[part] for r, v in scores.items()},
+                                        {r: v[part] for r, v in keys.items()}, features[part].detach(),
+                                        tuple(ds[part].detach() for ds in deep)))
+        start += size
+
+
 def _recall(state: _State) -> _Record | None:
     entry = (_LAST.get() or {}).get(id(state))
     return entry[1] if entry is not None and entry[0] is state else None
@@ -584,17 +606,10 @@ def _image_features(
     keys = {role: k[:, -tokens:] for role, k in rec.keys.items()}
     prompts = _take_prompt(inner, state, layouts, pixel_values_given) if state.method.query_aware else None
     tower_out.pooler_output, record = _select_and_pack(inner, state, layouts, scores, keys, feats, prompts)
-    _remember(state, record)
-    forward = _FORWARD.get()
-    if forward is not None and forward.state is state:
-        forward.images, forward.record = record.images, record
+    _hand_on(state, record)
     if state.method.query_aware and prompts is None:  # encoded without its prompt: select again with one
-        start = 0
-        for features, layout in zip(tower_out.pooler_output, layouts):
-            part = slice(start, start + layout.num_partitions)
-            setattr(features, _PENDING, _Pending(state, layout, {r: v[part] for r, v in scores.items()},
-                                                 {r: v[part] for r, v in keys.items()}, feats[part].detach()))
-            start += layout.num_partitions
+        _attach_pending(state, tower_out.pooler_output, layouts, [lay.num_partitions for lay in layouts],
+                        scores, keys, feats)
     tower_out._hired_record = record
     return tower_out
 
@@ -654,18 +669,9 @@ def _qwen_image_features(inner: nn.Module, state: _State, pixel_values: torch.Te
     prompts = _take_prompt(inner, state, layouts, pixel_values) if state.method.query_aware else None
     deep = [ds[order.to(ds.device)] for ds in (getattr(out, "deepstack_features", None) or [])]  # raster order
     outs, record, deep_kept = _qwen_select(state, layouts, merged, scores, keys, prompts, deep)
-    _remember(state, record)
-    forward = _FORWARD.get()
-    if forward is not None and forward.state is state:
-        forward.images, forward.record = record.images, record
+    _hand_on(state, record)
     if state.method.query_aware and prompts is None:  # encoded without its prompt: select again with one
-        start = 0
-        for features, layout in zip(outs, layouts):
-            part = slice(start, start + layout.tokens)
-            setattr(features, _PENDING, _Pending(state, layout, {r: v[part] for r, v in scores.items()},
-                                                 {r: v[part] for r, v in keys.items()}, merged[part].detach(),
-                                                 tuple(ds[part].detach() for ds in deep)))
-            start += layout.tokens
+        _attach_pending(state, outs, layouts, [lay.tokens for lay in layouts], scores, keys, merged, deep)
     out.pooler_output = outs
     if deep:  # Qwen3-VL: each DeepStack level keeps the same tokens, per image (as get_image_features splits them)
         out.deepstack_features = deep_kept
