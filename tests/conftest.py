@@ -168,6 +168,41 @@ def llava_pair(_llava_session):
     return _llava_session
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: on a CPU shared with other jobs, two threads stall each other on tiny ops."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def generate_compare(model: str, folder, size: tuple[int, int], capsys) -> str:
+    """``hired generate --compare`` (HiRED at budget 0.25, 2 new tokens) on a flat ``size = (height, width)``
+    image saved in ``folder``; checks both runs printed and returns the output."""
+    from hired.cli import main
+
+    image = folder / "photo.png"
+    Image.new("RGB", (size[1], size[0]), (200, 40, 90)).save(image)
+    rc = main(["generate", "--model", model, "--image", str(image), "--prompt", "What is this?",
+               "--budget", "0.25", "--max-new-tokens", "2", "--compare"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "[all tokens]" in out and "[hired]" in out
+    return out
+
+
+def load_without_torchvision(config, folder, monkeypatch) -> None:
+    """Save ``config`` alone in ``folder`` (no weights: loading them would fail otherwise) and ``load_model``
+    it with ``import torchvision`` failing."""
+    import sys
+
+    from hired.commands import load_model
+
+    config.save_pretrained(folder)
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision → ImportError
+    load_model(str(folder))
+
+
 def require_torchvision() -> None:
     """Skip the calling test where torchvision is not importable (LLaVA-OneVision's and Qwen2.5-VL's
     processors load a video processor built on it: ``hired[onevision]``). With ``HIRED_REQUIRE_TORCHVISION=1``

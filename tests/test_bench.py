@@ -41,13 +41,7 @@ def _expected_tokens(model, method, image, newline: bool) -> int:
     return num_image_tokens(method, layout, newline)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a CPU shared with other jobs, two threads stall each other on tiny ops."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -513,3 +507,4 @@ def test_qwen_archs_match_the_checkpoint_and_run_the_bench():
     assert rows["hired"]["score_kind"] == "received"
     assert all(row["summary"]["ttft"]["median"] > 0 for row in result["rows"])
     assert hired.applied_method(model) is None
+

@@ -8,26 +8,16 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 
 import pytest
-import torch
 from PIL import Image
 
 import hired
-from conftest import require_torchvision
+from conftest import generate_compare, load_without_torchvision, require_torchvision
 from hired.cli import main
 from hired.commands import CommandError, load_model, model_class_for
 from hired.families import get_family
 from hired.tiny import save_tiny
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -70,21 +60,13 @@ def test_onevision_without_torchvision_is_one_clear_error(tmp_path, monkeypatch)
     """The processor is loaded first, so a missing torchvision fails before the weights are read."""
     from transformers import LlavaOnevisionConfig
 
-    folder = tmp_path / "ov-config-only"
-    LlavaOnevisionConfig().save_pretrained(folder)  # a config without weights: loading them would fail otherwise
-    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision → ImportError
     with pytest.raises(CommandError, match=r'needs torchvision.*pip install "hired\[onevision\]"'):
-        load_model(str(folder))
+        load_without_torchvision(LlavaOnevisionConfig(), tmp_path / "ov-config-only", monkeypatch)
 
 
 @pytest.mark.parametrize("size", [(120, 260), (300, 300)])
 def test_generate_prints_the_onevision_counts(ov_dir, tmp_path, size, capsys, one_thread):
-    image = tmp_path / "photo.png"
-    Image.new("RGB", (size[1], size[0]), (200, 40, 90)).save(image)
-    rc = main(["generate", "--model", ov_dir, "--image", str(image), "--prompt", "What is this?",
-               "--budget", "0.25", "--max-new-tokens", "2", "--compare"])
-    out = capsys.readouterr().out
-    assert rc == 0 and "[all tokens]" in out and "[hired]" in out
+    out = generate_compare(ov_dir, tmp_path, size, capsys)
     family, layout = _layout(ov_dir, size)
     kept = math.floor(0.25 * layout.num_partitions * layout.tokens)  # taken of the patches before interpolation
     stock = family.stock_tokens(layout)

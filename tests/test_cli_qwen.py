@@ -9,25 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 
 import pytest
-import torch
 from PIL import Image
 
-from conftest import require_torchvision
+from conftest import generate_compare, load_without_torchvision, require_torchvision
 from hired.cli import main
 from hired.commands import CommandError, load_model, model_class_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
@@ -67,22 +57,14 @@ def test_qwen_without_torchvision_is_one_clear_error(tmp_path, monkeypatch):
     """The processor is loaded first, so a missing torchvision fails before the weights are read."""
     from transformers import Qwen2_5_VLConfig
 
-    folder = tmp_path / "qwen-config-only"
-    Qwen2_5_VLConfig().save_pretrained(folder)  # a config without weights: loading them would fail otherwise
-    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision → ImportError
     with pytest.raises(CommandError, match=r'Qwen2.5-VL.s processor needs torchvision.*pip install "hired\[qwen\]"'):
-        load_model(str(folder))
+        load_without_torchvision(Qwen2_5_VLConfig(), tmp_path / "qwen-config-only", monkeypatch)
 
 
 @pytest.mark.parametrize("size", [(120, 260), (300, 300)])
 def test_generate_prints_the_qwen_counts(qwen_dir, tmp_path, size, capsys, one_thread):
-    image = tmp_path / "photo.png"
-    Image.new("RGB", (size[1], size[0]), (200, 40, 90)).save(image)
-    rc = main(["generate", "--model", qwen_dir, "--image", str(image), "--prompt", "What is this?",
-               "--budget", "0.25", "--max-new-tokens", "2", "--compare"])
-    out = capsys.readouterr().out
-    assert rc == 0 and "[all tokens]" in out and "[hired]" in out
-    stock = _merged_tokens(qwen_dir, Image.open(image))
+    out = generate_compare(qwen_dir, tmp_path, size, capsys)
+    stock = _merged_tokens(qwen_dir, Image.open(tmp_path / "photo.png"))
     kept = math.floor(0.25 * stock)
     assert f"visual tokens: {stock}," in out  # the stock run's placeholders
     assert f"visual tokens: {stock} -> {kept} (" in out

@@ -100,29 +100,41 @@ def test_batches_match_one_by_one_and_the_family_counts(ov_folder, method):
     assert rows[2][1]["visual_tokens_stock"] == 2 * (36 + 1)
 
 
-def test_loglikelihood_batched_equals_one_by_one(ov_folder):
+def check_loglikelihood_batched_equals_one_by_one(folder) -> None:
+    """HiRED's log-likelihoods of four continuations: batched as one by one, greedy flags equal, all < 0."""
     conts = [(0, " a cat"), (1, " two"), (2, " the sky is clear"), (3, " yes")]
-    one = _model(ov_folder, method="hired", budget=BUDGET, batch_size=1).loglikelihood(_requests("loglikelihood", conts))
-    many = _model(ov_folder, method="hired", budget=BUDGET, batch_size=4).loglikelihood(_requests("loglikelihood", conts))
+    one = _model(folder, method="hired", budget=BUDGET, batch_size=1).loglikelihood(_requests("loglikelihood", conts))
+    many = _model(folder, method="hired", budget=BUDGET, batch_size=4).loglikelihood(_requests("loglikelihood", conts))
     assert [g for _, g in many] == [g for _, g in one]
     np.testing.assert_allclose([s for s, _ in many], [s for s, _ in one], rtol=1e-4, atol=1e-4)
     assert all(s < 0 for s, _ in one)
 
 
-def test_lmms_eval_end_to_end_on_onevision(ov_folder, task_dir, hf_home, tmp_path):
+def check_end_to_end(folder, expected, task_dir, hf_home, tmp_path) -> tuple[list, list]:
+    """Run lmms-eval with HiRED on ``folder`` over the local task; each sample's ``(kept, stock)`` counts must
+    be ``expected(folder, [image], BUDGET)`` and the throughput averages theirs. Returns the docs and counts."""
     import datasets
 
-    args = f"pretrained={ov_folder},method=hired,budget={BUDGET}"
+    args = f"pretrained={folder},method=hired,budget={BUDGET}"
     results, samples = _lmms_eval([sys.executable], args, task_dir, tmp_path, _env(hf_home))
     assert results["config"]["model"] == "hired_llava"
     assert [s["doc_id"] for s in samples] == list(range(NUM_DOCS))
     docs = datasets.load_dataset("parquet", data_files=str(next(task_dir.glob("*.parquet"))), split="train")
-    expected = [_expected(ov_folder, [doc["image"].convert("RGB")], BUDGET) for doc in docs]
+    counts = [expected(folder, [doc["image"].convert("RGB")], BUDGET) for doc in docs]
     got = [(s["token_counts"][0]["visual_tokens"], s["token_counts"][0]["visual_tokens_stock"]) for s in samples]
-    assert got == expected and all(k < s for k, s in got)
+    assert got == counts and all(k < s for k, s in got)
     thr = results["throughput"]
-    assert thr["avg_visual_tokens_kept/hired_easyvqa"] == pytest.approx(sum(k for k, _ in expected) / NUM_DOCS)
-    assert thr["avg_visual_tokens_stock/hired_easyvqa"] == pytest.approx(sum(s for _, s in expected) / NUM_DOCS)
+    assert thr["avg_visual_tokens_kept/hired_easyvqa"] == pytest.approx(sum(k for k, _ in counts) / NUM_DOCS)
+    assert thr["avg_visual_tokens_stock/hired_easyvqa"] == pytest.approx(sum(s for _, s in counts) / NUM_DOCS)
+    return list(docs), counts
+
+
+def test_loglikelihood_batched_equals_one_by_one(ov_folder):
+    check_loglikelihood_batched_equals_one_by_one(ov_folder)
+
+
+def test_lmms_eval_end_to_end_on_onevision(ov_folder, task_dir, hf_home, tmp_path):
+    docs, expected = check_end_to_end(ov_folder, _expected, task_dir, hf_home, tmp_path)
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(ov_folder)  # the processor's own stock count agrees with the family's

@@ -5,16 +5,11 @@ visual-token counts from the processor's ``image_grid_thw``; and end to end thro
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import NUM_DOCS
-from test_lmms_e2e import _env, _lmms_eval
-from test_lmms_onevision import DOCS, _model, _requests
-
-BUDGET = 0.3
+from test_lmms_onevision import (BUDGET, DOCS, _model, _requests, check_end_to_end,
+                                 check_loglikelihood_batched_equals_one_by_one)
 
 
 @pytest.fixture(scope="session", params=["qwen2_5_vl", "qwen3_vl"])
@@ -64,25 +59,8 @@ def test_batches_match_one_by_one_and_the_counts(qwen_folder, method):
 
 
 def test_loglikelihood_batched_equals_one_by_one(qwen_folder):
-    conts = [(0, " a cat"), (1, " two"), (2, " the sky is clear"), (3, " yes")]
-    one = _model(qwen_folder, method="hired", budget=BUDGET, batch_size=1).loglikelihood(_requests("loglikelihood", conts))
-    many = _model(qwen_folder, method="hired", budget=BUDGET, batch_size=4).loglikelihood(_requests("loglikelihood", conts))
-    assert [g for _, g in many] == [g for _, g in one]
-    np.testing.assert_allclose([s for s, _ in many], [s for s, _ in one], rtol=1e-4, atol=1e-4)
-    assert all(s < 0 for s, _ in one)
+    check_loglikelihood_batched_equals_one_by_one(qwen_folder)
 
 
 def test_lmms_eval_end_to_end_on_qwen(qwen_folder, task_dir, hf_home, tmp_path):
-    import datasets
-
-    args = f"pretrained={qwen_folder},method=hired,budget={BUDGET}"
-    results, samples = _lmms_eval([sys.executable], args, task_dir, tmp_path, _env(hf_home))
-    assert results["config"]["model"] == "hired_llava"
-    assert [s["doc_id"] for s in samples] == list(range(NUM_DOCS))
-    docs = datasets.load_dataset("parquet", data_files=str(next(task_dir.glob("*.parquet"))), split="train")
-    expected = [_expected(qwen_folder, [doc["image"].convert("RGB")], BUDGET) for doc in docs]
-    got = [(s["token_counts"][0]["visual_tokens"], s["token_counts"][0]["visual_tokens_stock"]) for s in samples]
-    assert got == expected and all(k < s for k, s in got)
-    thr = results["throughput"]
-    assert thr["avg_visual_tokens_kept/hired_easyvqa"] == pytest.approx(sum(k for k, _ in expected) / NUM_DOCS)
-    assert thr["avg_visual_tokens_stock/hired_easyvqa"] == pytest.approx(sum(s for _, s in expected) / NUM_DOCS)
+    check_end_to_end(qwen_folder, _expected, task_dir, hf_home, tmp_path)
