@@ -508,3 +508,12 @@ def test_qwen_archs_match_the_checkpoint_and_run_the_bench():
     assert all(row["summary"]["ttft"]["median"] > 0 for row in result["rows"])
     assert hired.applied_method(model) is None
 
+
+@pytest.mark.parametrize("arch, extra", [("onevision-small", "onevision"), ("qwen2.5-vl-small", "qwen")])
+def test_arch_without_torchvision_names_the_extra(arch, extra, monkeypatch):
+    """An architecture whose processor imports torchvision says which extra installs it (its family's)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision → ImportError
+    with pytest.raises(ImportError, match=rf'^{arch}: .*processor needs torchvision.*pip install "hired\[{extra}\]"'):
+        build_arch(arch, device="meta")

@@ -163,8 +163,8 @@ def model_class_for(config, source: str = "the model"):
     """``(family, transformers model class)`` for a loaded ``config``, found through :mod:`hired.families`
     (the class of a family whose config's ``model_type`` is ``config.model_type`` and that holds the
     inner model: ``LlavaNextForConditionalGeneration``, ``LlavaForConditionalGeneration``,
-    ``LlavaOnevisionForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``). ``ValueError``
-    naming the supported types otherwise."""
+    ``LlavaOnevisionForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``,
+    ``Qwen3VLForConditionalGeneration``). ``ValueError`` naming the supported types otherwise."""
     from hired.families import FAMILIES
 
     known = {}
@@ -183,30 +183,32 @@ def model_class_for(config, source: str = "the model"):
     return found
 
 
-ONEVISION_EXTRA = 'pip install "hired[onevision]"'
-QWEN_EXTRA = 'pip install "hired[qwen]"'
-TORCHVISION_EXTRAS = {"onevision": ONEVISION_EXTRA, "qwen2_5_vl": QWEN_EXTRA, "qwen3_vl": QWEN_EXTRA}  # processors that import torchvision
+def need_torchvision(family, what: str = "") -> None:
+    """One clear ``ImportError`` (``what``: its prefix) saying what to install when ``family``'s processor
+    imports torchvision (``Family.torchvision_extra``) and it is not importable."""
+    if family.torchvision_extra is None:
+        return
+    try:
+        import torchvision  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            f"{what}{family.title}'s processor needs torchvision (its video processor imports it): "
+            f'pip install "hired[{family.torchvision_extra}]"'
+        ) from err
 
 
 def load_processor(source: str, family, **kwargs):
-    """``AutoProcessor.from_pretrained(source)``; for LLaVA-OneVision and Qwen2.5-VL, whose processors load
-    a video processor built on torchvision, a missing torchvision is one clear ``ImportError`` saying what
-    to install."""
+    """``AutoProcessor.from_pretrained(source)``; for LLaVA-OneVision, Qwen2.5-VL and Qwen3-VL, whose
+    processors load a video processor built on torchvision, a missing torchvision is one clear
+    ``ImportError`` saying what to install."""
     from transformers import AutoProcessor
 
-    extra = TORCHVISION_EXTRAS.get(family.name)
-    if extra is not None:
-        try:
-            import torchvision  # noqa: F401
-        except ImportError as err:
-            raise ImportError(
-                f"{family.title}'s processor needs torchvision (its video processor imports it): {extra}"
-            ) from err
+    need_torchvision(family)
     return AutoProcessor.from_pretrained(source, **kwargs)
 
 
 def load_model(model_id: str, device: str = "cpu", dtype: str = "auto"):
-    """``(model, processor)`` for a LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision or Qwen2.5-VL folder or hub id (see
+    """``(model, processor)`` for a LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision, Qwen2.5-VL or Qwen3-VL folder or hub id (see
     :func:`resolve_model`); the classes come from the config's ``model_type`` (:func:`model_class_for`)."""
     source, kwargs = resolve_model(model_id)  # before importing the model classes: a bad path fails fast
     from transformers import AutoConfig

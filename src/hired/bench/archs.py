@@ -316,7 +316,7 @@ def _processor(arch: Arch, tokenizer):
     if arch.family == "qwen2_5_vl":
         from hired.tiny import qwen2_5_vl_processor
 
-        _need_torchvision(arch, "Qwen2.5-VL")
+        _need_torchvision(arch)
         return qwen2_5_vl_processor(tokenizer, max_pixels=arch.max_pixels)
     size = {"shortest_edge": arch.crop_size}
     crop = {"height": arch.crop_size, "width": arch.crop_size}
@@ -334,20 +334,18 @@ def _processor(arch: Arch, tokenizer):
     return transformers.LlavaProcessor(image_processor=cls(size=size, crop_size=crop), **common)
 
 
-def _need_torchvision(arch: Arch, title: str) -> None:
-    from hired.commands import TORCHVISION_EXTRAS
+def _need_torchvision(arch: Arch) -> None:
+    from hired.commands import need_torchvision
+    from hired.families import get_family
 
-    try:
-        import torchvision  # noqa: F401
-    except ImportError as err:
-        raise ImportError(f"{arch.name}: {title}'s processor needs torchvision: {TORCHVISION_EXTRAS[arch.family]}") from err
+    need_torchvision(get_family(arch.family), f"{arch.name}: ")
 
 
 def _onevision_processor(arch: Arch, tokenizer):
     """The OneVision processor (its video processor needs torchvision: a clear error without it)."""
     import transformers
 
-    _need_torchvision(arch, "LLaVA-OneVision")
+    _need_torchvision(arch)
     cls = getattr(transformers, "LlavaOnevisionImageProcessorPil", None) or transformers.LlavaOnevisionImageProcessor
     size = {"height": arch.crop_size, "width": arch.crop_size}
     return transformers.LlavaOnevisionProcessor(

@@ -183,11 +183,12 @@ def _model_info(model):
     return family.model_info(inner.config, has_cls_token(family.tower(inner)))[0]
 
 
-def _family_name(model) -> str | None:
+def _family(model):
+    """The model's :class:`hired.families.Family`, ``None`` for a model of no known family."""
     from hired.families import family_of
 
     try:
-        return family_of(model)[1].name
+        return family_of(model)[1]
     except TypeError:
         return None
 
@@ -308,7 +309,8 @@ def run_benchmark(model: nn.Module, processor, image, settings: Settings | None 
         raise ValueError("hired bench needs the stock model; call hired.remove(model, processor) first")
     device = model.device
     info = _model_info(model)
-    if _family_name(model) in ("qwen2_5_vl", "qwen3_vl"):  # their towers return no attention maps: no reference path
+    family = _family(model)
+    if family is not None and not family.tower_attentions:  # no attention maps: no reference path
         settings = dataclasses.replace(settings, reference_attention=False)
     groups = _groups(settings, info)
     total = sum(len(g) * (settings.warmup + settings.runs) for g in groups)
@@ -384,7 +386,7 @@ def run_benchmark(model: nn.Module, processor, image, settings: Settings | None 
     meta = {
         "model": model_name,
         "model_class": type(model).__name__,
-        "family": _family_name(model),
+        "family": getattr(_family(model), "name", None),
         "device": str(device),
         "device_name": device_name(device),
         "torch_threads": torch.get_num_threads() if device.type == "cpu" else None,

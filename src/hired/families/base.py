@@ -44,6 +44,8 @@ class Family:
 
     mrope: ClassVar[bool] = False  # 3-D M-RoPE position ids (Qwen2.5-VL)
     videos_via_image_features: ClassVar[bool] = False  # the model's get_video_features calls get_image_features
+    torchvision_extra: ClassVar[str | None] = None  # hired's pip extra for a processor that imports torchvision
+    tower_attentions: ClassVar[bool] = True  # the tower can return attention maps (the bench's reference path)
 
     def tower(self, inner):
         """The vision tower module of the inner model."""

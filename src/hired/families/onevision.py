@@ -35,6 +35,7 @@ class Onevision(Family):
     title = "LLaVA-OneVision"
     newline = True
     anyres = True
+    torchvision_extra = "onevision"  # its video processor imports torchvision
 
     def check_config(self, config, has_cls: bool) -> None:
         strategy = config.vision_feature_select_strategy

@@ -25,6 +25,8 @@ class Qwen25VL(Family):
     name = "qwen2_5_vl"
     title = "Qwen2.5-VL"
     mrope = True  # the language model takes 3-D (t, h, w) position ids
+    torchvision_extra = "qwen"  # its video processor imports torchvision
+    tower_attentions = False  # its blocks return no attention maps
 
     def check_config(self, config, has_cls: bool) -> None:
         vc = config.vision_config
