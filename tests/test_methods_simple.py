@@ -407,6 +407,31 @@ def test_cls_topk_equals_hired_on_a_single_partition_model(models):
     assert kept["cls_topk"] == kept["hired"]
 
 
+@pytest.mark.parametrize("models", ["llava"], indirect=True)
+def test_hired_regions_on_a_single_partition_model(models):
+    # LLaVA-1.5's 24x24-style grid, cut into 2x2 regions: the same count as without, the budget layer read
+    model, processor, _ = models
+    kept = {}
+    for regions in (None, 2):
+        hired.apply(model, processor, hired.HiRED(budget=0.3, regions=regions))
+        assert set(hired.score_layers(model)) == ({"select"} if regions is None else {"budget", "select"})
+        _logits(model, _batch(processor))
+        kept[regions] = [[p.kept for p in sel.partitions] for sel in hired.last_selection(model)]
+    assert [[len(k) for k in img] for img in kept[2]] == [[len(k) for k in img] for img in kept[None]]
+    assert kept[2] != kept[None]
+
+
+@pytest.mark.parametrize("models", ["llava_next"], indirect=True)
+def test_hired_regions_is_refused_where_images_have_sub_images(models):
+    model, processor, _ = models
+    with pytest.raises(ValueError, match=r"HiRED\(regions=2\) shares the budget over regions of an image that is "
+                                         r"one grid .* leave regions=None"):
+        hired.apply(model, processor, hired.HiRED(regions=2))
+    assert hired.applied_method(model) is None
+    with pytest.raises(ValueError, match="regions must be a positive number"):
+        hired.HiRED(regions=0)
+
+
 @pytest.mark.parametrize("models", ["llava_next"], indirect=True)
 def test_random_in_a_batch_matches_one_by_one(models):
     model, processor, _ = models

@@ -279,6 +279,39 @@ def test_received_score_equals_the_stock_attention_weights(qwen):
         torch.testing.assert_close(got["select"][0], want, rtol=1e-4, atol=1e-6)
 
 
+# ------------------------------------------------------------------------------ budget distribution
+
+
+def test_hired_regions_share_the_budget_by_the_early_layer(qwen):
+    """Without ``regions`` HiRED keeps each image's global top tokens and scores no budget layer; with
+    ``regions=2`` the kept tokens are :func:`region_topk` of the step's own scores (4 blocks sharing
+    ``B - floor(alpha * B)`` by the budget layer's content, the rest global), ``floor(0.3 N)`` of them,
+    batched as one by one; ``regions=1`` keeps what the global top-k keeps."""
+    from hired.core.select import region_of, region_topk
+
+    model, processor = qwen
+    images = [make_image(h, w, seed=60 + i) for i, (h, w) in enumerate(SIZES[:4])]
+    kept = {}
+    for regions in (None, 1, 2):
+        hired.apply(model, processor, hired.HiRED(budget=0.3, regions=regions))
+        assert set(hired.score_layers(model)) == ({"select"} if regions is None else {"budget", "select"})
+        _logits(model, _inputs(processor, images, [PROMPT] * len(images)))
+        kept[regions] = [sel.partitions[0].kept for sel in hired.last_selection(model)]
+    assert kept[1] == kept[None]
+    sels, scores = hired.last_selection(model), hired.last_scores(model)
+    for i, (sel, score) in enumerate(zip(sels, scores)):
+        (part,) = sel.partitions
+        n = part.grid[0] * part.grid[1]
+        total = math.floor(Fraction("0.3") * n)
+        spread = total - math.floor(Fraction("0.5") * total)
+        keep = region_topk(score["select"], score["budget"], region_of(*part.grid, 2)[None],
+                           torch.ones(1, n, dtype=torch.bool), [total], [spread], 4)
+        assert part.kept == keep[0].nonzero().flatten().tolist() and len(part.kept) == total
+        _logits(model, _inputs(processor, [images[i]], [PROMPT]))
+        assert hired.last_selection(model)[0].partitions[0].kept == part.kept  # one by one
+    assert kept[2] != kept[None]  # the regions' shares moved some tokens
+
+
 # ------------------------------------------------------------------------------------ clear errors
 
 

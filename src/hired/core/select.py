@@ -59,3 +59,41 @@ def lattice_indices(height: int, width: int, k: int) -> torch.Tensor:
     n = per_row[row_of]
     cols = ((2 * j + 1) * width) // (2 * n)
     return rows[row_of] * width + cols
+
+
+def region_of(rows: int, cols: int, regions: int) -> torch.Tensor:
+    """Long ``(rows * cols,)``: the region of every token of a ``rows x cols`` grid (raster order) cut into
+    ``regions x regions`` blocks of nearly equal size, numbered row-major (``0 .. regions**2 - 1``; a grid
+    with fewer rows or columns than ``regions`` leaves the last blocks empty)."""
+    r = torch.arange(rows) * min(regions, rows) // rows
+    c = torch.arange(cols) * min(regions, cols) // cols
+    return (r[:, None] * regions + c[None, :]).flatten()
+
+
+def region_topk(select: torch.Tensor, early: torch.Tensor, region: torch.Tensor, valid: torch.Tensor,
+                total: list[int], spread: list[int], regions: int) -> torch.Tensor:
+    """Keep ``total[i]`` tokens of row ``i``: ``spread[i]`` of them shared over its regions by content, the
+    rest the best of those left (a global share).
+
+    Row ``i``'s content of region ``j`` is how many of the row's top ``spread[i]`` valid tokens by ``early``
+    lie in ``j``; the regions split ``spread[i]`` in proportion to it (largest remainder, none above its
+    valid tokens), each keeps its top tokens by ``select``, then the top ``total[i] - spread[i]`` of the
+    remaining valid tokens by ``select`` are added. ``select`` and ``early`` are ``(n, T)`` scores,
+    ``region`` ``(n, T)`` long region ids in ``[0, regions)`` and ``valid`` ``(n, T)`` bool.
+
+    Returns ``(n, T)`` bool with ``min(total[i], valid[i].sum())`` True in row ``i``."""
+    from hired.core.budget import largest_remainder
+
+    device = select.device
+    region, valid = region.to(device), valid.to(device)
+    hot = torch.zeros(select.shape[0], regions, dtype=torch.long, device=device)
+    spread_t = torch.tensor(spread, device=device)
+    top_early = topk_mask(early, spread_t, valid)
+    content = hot.scatter_add(1, region, top_early.long()).tolist()
+    room = hot.scatter_add(1, region, valid.long()).tolist()
+    shares = torch.tensor([largest_remainder(s, c, r) for s, c, r in zip(spread, content, room)], device=device)
+    keep = torch.zeros_like(valid)
+    for j in range(regions):
+        keep |= topk_mask(select, shares[:, j], valid & (region == j))
+    rest = torch.tensor(total, device=device) - keep.sum(dim=1)
+    return keep | topk_mask(select, rest, valid & ~keep)

@@ -78,7 +78,8 @@ class Family:
                     f"vision_feature_layer {f} does not name the output of one of the {num_layers} encoder layers"
                 )
             hidden.append(idx)
-        info = ModelInfo(num_layers=num_layers, num_heads=num_heads, feature_layer=max(hidden) - 1, has_cls=has_cls)
+        info = ModelInfo(num_layers=num_layers, num_heads=num_heads, feature_layer=max(hidden) - 1, has_cls=has_cls,
+                         subimages=self.anyres)
         return info, hidden
 
     def position_kwargs(self) -> tuple[str, ...]:

@@ -39,7 +39,8 @@ class Qwen25VL(Family):
     def model_info(self, config, has_cls: bool) -> tuple[ModelInfo, list[int]]:
         vc = config.vision_config
         depth = int(vc.depth)  # the merger reads the last block's output
-        return ModelInfo(num_layers=depth, num_heads=int(vc.num_heads), feature_layer=depth - 1, has_cls=False), [depth]
+        return ModelInfo(num_layers=depth, num_heads=int(vc.num_heads), feature_layer=depth - 1, has_cls=False,
+                         subimages=False), [depth]
 
     def tower(self, inner):
         return inner.visual

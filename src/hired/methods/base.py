@@ -165,6 +165,7 @@ class ModelInfo:
     num_heads: int
     feature_layer: int  # attention layer (0-based) whose output feeds the projector
     has_cls: bool = True  # whether the tower prepends a [CLS] token
+    subimages: bool = True  # whether images may be cut into sub-images (False: each image is one grid)
 
 
 ScoreKind = Literal["auto", "cls", "received"]

@@ -9,6 +9,7 @@ import torch
 
 from hired.core.budget import allocate, scaled_floor, total_budget
 from hired.core.grid import Layout, full_to_subimage, row_chunk_to_subimage
+from hired.core.select import region_of, region_topk
 from hired.methods.base import Method, ModelInfo, ScoreKind, Selection, check_layer, check_rate, register, topk_selection
 
 
@@ -35,6 +36,15 @@ class HiRED(Method):
         score: ``"cls"`` ranks by [CLS] attention (the paper), ``"received"`` by the attention each patch
             receives from all tokens (towers without [CLS]); ``"auto"``: [CLS] where the tower has one.
             Both stages (budget and selection) use the same kind.
+        regions: for a model whose images are one grid (LLaVA-1.5, Qwen2.5-VL, Qwen3-VL): cut each grid
+            into ``regions x regions`` blocks that share ``B - floor(alpha * B)`` tokens by their content
+            (how many of the image's top tokens by the ``budget_layer`` score each holds), each keeping its
+            top tokens by the selection score; the ``floor(alpha * B)`` left are the best of the rest, a
+            global share like the full image's. ``None`` (the default): one global top-k, and the
+            ``budget_layer`` is not read. Refused on models that cut images into sub-images.
+
+    On a one-grid image without ``regions`` there is nothing to split: HiRED keeps the image's top ``B``
+    tokens by the selection score, and only the selection layer is scored.
     """
 
     name = "hired"
@@ -47,15 +57,26 @@ class HiRED(Method):
     keep_newline: bool = False
     mapping: Literal["2d", "reference"] = "2d"
     score: ScoreKind = "auto"
+    regions: int | None = None
 
     def validate(self) -> None:
         check_rate("budget", self.budget, low_open=True)
         check_rate("alpha", self.alpha, low_open=False)
         check_layer("budget_layer", self.budget_layer)
         check_layer("selection_layer", self.selection_layer)
+        if self.regions is not None and self.regions < 1:
+            raise ValueError(f"regions must be a positive number of blocks per side or None, got {self.regions!r}")
 
     def score_layers(self, info: ModelInfo) -> Mapping[str, int]:
         select = info.feature_layer if self.selection_layer is None else self.selection_layer
+        if self.regions is not None and info.subimages:
+            raise ValueError(
+                f"HiRED(regions={self.regions}) shares the budget over regions of an image that is one grid "
+                "(LLaVA-1.5, Qwen2.5-VL, Qwen3-VL); this model cuts images into sub-images, which HiRED "
+                "already weights by content: leave regions=None"
+            )
+        if not info.subimages and self.regions is None:
+            return {"select": select}  # one grid per image, one global top-k: no budget to distribute
         return {"budget": self.budget_layer, "select": select}
 
     def _budget(self, layout: Layout) -> int:
@@ -93,9 +114,15 @@ class HiRED(Method):
         return allocate(self._budget(layout), self.alpha, layout.valid_counts, content)
 
     def partition_budgets(self, layout: Layout, scores: Mapping[str, torch.Tensor]) -> list[int]:
+        if not layout.num_subimages:  # one partition: nothing to distribute (its budget layer may be unscored)
+            return self._allocate(layout, [])
         return self._allocate(layout, self.content(layout, scores["budget"][0]))
 
     def select(self, layouts: list[Layout], scores: Mapping[str, torch.Tensor], info: ModelInfo, keys=None) -> Selection:
+        if self.regions is not None:
+            return self._select_regions(layouts, scores)
+        if "budget" not in scores:  # one grid per image (score_layers): its whole budget, global top-k
+            return topk_selection(layouts, [self._allocate(lay, []) for lay in layouts], scores["select"])
         firsts, start = [], 0
         for layout in layouts:
             firsts.append(start)
@@ -104,3 +131,18 @@ class HiRED(Method):
         contents = self.contents(layouts, full_rows)
         budgets = [self._allocate(lay, content) for lay, content in zip(layouts, contents)]
         return topk_selection(layouts, budgets, scores["select"])
+
+    def _select_regions(self, layouts: list[Layout], scores: Mapping[str, torch.Tensor]) -> Selection:
+        """``regions``: each one-grid image's budget shared over its blocks by content (:func:`region_topk`)."""
+        if any(lay.num_partitions != 1 for lay in layouts):
+            raise ValueError(f"HiRED(regions={self.regions}) needs images that are one grid; got sub-images")
+        total = [self._allocate(lay, [])[0] for lay in layouts]
+        spread = [b - scaled_floor(self.alpha, b) for b in total]
+        width = scores["select"].shape[1]
+        region = torch.zeros(len(layouts), width, dtype=torch.long)
+        for i, lay in enumerate(layouts):
+            rows, cols = lay.partition_shape
+            region[i, : rows * cols] = region_of(rows, cols, self.regions)
+        valid = torch.cat([lay.valid_mask for lay in layouts])
+        keep = region_topk(scores["select"], scores["budget"], region, valid, total, spread, self.regions**2)
+        return Selection(keep=keep, budgets=[[b] for b in total])

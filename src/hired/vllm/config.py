@@ -184,7 +184,8 @@ def spec_from_config(config, family: str) -> Spec | None:
     feature = config.vision_feature_layer
     layers = [feature] if isinstance(feature, int) else list(feature)
     top = max(_hidden_index(f, num_layers) for f in layers)
-    info = ModelInfo(num_layers=num_layers, num_heads=num_heads, feature_layer=top - 1, has_cls=has_cls)
+    info = ModelInfo(num_layers=num_layers, num_heads=num_heads, feature_layer=top - 1, has_cls=has_cls,
+                     subimages=fam.anyres)
     roles = dict(method.score_layers(info))
     key_roles = dict(method.key_layers(info))
     try:
