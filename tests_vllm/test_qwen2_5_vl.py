@@ -28,15 +28,20 @@ SIZES = [(150, 230), (100, 100), (300, 120), (60, 400), (200, 200), (33, 47), (5
 IMAGE_TOKEN = 4  # "<image>" in the tiny tokenizer
 
 
-@pytest.fixture(scope="session")
-def qwen_path(tmp_path_factory):
-    from hired.tiny import tiny_qwen2_5_vl
+def _save_tiny(tmp_path_factory, family: str) -> str:
+    """A tiny random-weight model of ``family`` (seed 5) saved with its processor; its folder."""
+    from hired import tiny
 
-    path = tmp_path_factory.mktemp("tiny-qwen2_5_vl")
-    model, processor = tiny_qwen2_5_vl(seed=5)
+    path = tmp_path_factory.mktemp(f"tiny-{family}")
+    model, processor = getattr(tiny, f"tiny_{family}")(seed=5)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def qwen_path(tmp_path_factory):
+    return _save_tiny(tmp_path_factory, "qwen2_5_vl")
 
 
 def make_llm(path: str, hired_entry: dict | None = None, **kwargs):
@@ -183,9 +188,9 @@ def test_processing_info_counts_from_the_image_size(engines, qwen_path):
 
 @pytest.mark.parametrize(
     "entry",
-    [{"method": "hired", "budget": 0.3}, {"method": "cls_topk", "budget": 0.25}, {"method": "dart", "budget": 0.3},
-     {"method": "divprune", "budget": 0.3}],
-    ids=lambda e: e["method"],
+    [{"method": "hired", "budget": 0.3}, {"method": "hired", "budget": 0.3, "regions": 2},
+     {"method": "cls_topk", "budget": 0.25}, {"method": "dart", "budget": 0.3}, {"method": "divprune", "budget": 0.3}],
+    ids=lambda e: e["method"] + ("-regions" if "regions" in e else ""),
 )
 def test_kept_tokens_and_outputs_equal_the_transformers_adapter(engines, qwen_path, transformers_model, entry):
     """The same image keeps the same merged tokens (received scores from the rotary q/k of window and
@@ -308,6 +313,22 @@ def test_batch_of_mixed_sizes_equals_one_by_one(engines, qwen_path):
         assert out.outputs[0].token_ids == ref.outputs[0].token_ids
 
 
+def test_video_prompt_is_stock(engines, qwen_path):
+    """Videos take vLLM's own path: with ``hired`` a video prompt has stock vLLM's prompt tokens and answer,
+    and an image beside it in the batch is still reduced."""
+    frames = video()
+    meta = {"total_num_frames": len(frames), "fps": 2.0, "duration": len(frames) / 2.0,
+            "frames_indices": list(range(len(frames))), "video_backend": "opencv"}  # vLLM's video items carry it
+    clip = {"prompt": VIDEO, "multi_modal_data": {"video": (frames, meta)}}
+    image = request(make_image(150, 230, seed=8))
+    llm = engines(qwen_path, {"method": "hired", "budget": 0.3})
+    outs = llm.generate([clip, image], greedy(4))
+    refs = engines(qwen_path).generate([clip, image], greedy(4))
+    assert outs[0].prompt_token_ids == refs[0].prompt_token_ids
+    assert outs[0].outputs[0].token_ids == refs[0].outputs[0].token_ids
+    assert len(outs[1].prompt_token_ids) < len(refs[1].prompt_token_ids)
+
+
 def test_multi_image_prompt(engines, qwen_path):
     """Each image of a prompt is reduced on its own (its own count and selection)."""
     entry = {"method": "hired", "budget": 0.3}
@@ -379,3 +400,24 @@ def test_stock_class_without_hired(engines, qwen_path):
     assert type(llm.apply_model(lambda m: m)[0]).__name__ == "HiredQwen2_5_VLForConditionalGeneration"
     llm.generate([request(make_image(100, 100))], greedy(1))
     assert hired.vllm.last_selection(llm) == []
+
+
+# ---------------------------------------------------------------------------------------------- Qwen3-VL
+
+
+@pytest.fixture(scope="module")
+def qwen3_path(tmp_path_factory):
+    return _save_tiny(tmp_path_factory, "qwen3_vl")
+
+
+def test_qwen3_vl_refuses_hired_and_runs_stock_without(qwen3_path):
+    """The plugin does not serve Qwen3-VL: a ``hired`` entry is one clear error at start-up (not a setting
+    vLLM would ignore); without one the model is vLLM's own and generates."""
+    with pytest.raises(ValueError, match=r"hf_overrides\['hired'\]: the vLLM plugin does not serve Qwen3-VL yet"):
+        make_llm(qwen3_path, {"method": "hired", "budget": 0.2})
+    llm = make_llm(qwen3_path)
+    assert type(llm.apply_model(lambda m: m)[0]).__name__ == "HiredQwen3VLForConditionalGeneration"
+    out = llm.generate([request(make_image(100, 100))], greedy(2))[0]
+    assert len(out.outputs[0].token_ids) == 2
+    del llm
+    gc.collect()

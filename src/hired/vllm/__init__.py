@@ -9,6 +9,8 @@ behave exactly as stock unless the model is given ``hf_overrides={"hired": {"met
     llm = LLM(model="llava-hf/llava-v1.6-vicuna-7b-hf", hf_overrides={"hired": {"budget": 0.2}})
 
 Only fixed-budget methods work here (vLLM sizes each prompt from the image size before the encoder runs).
+``Qwen3VLForConditionalGeneration`` is registered too, only to refuse a ``hired`` entry with a clear error
+(the plugin does not serve it yet; without the entry it is vLLM's own class).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ ARCHITECTURES = {
     "LlavaForConditionalGeneration": "HiredLlavaForConditionalGeneration",
     "LlavaOnevisionForConditionalGeneration": "HiredLlavaOnevisionForConditionalGeneration",
     "Qwen2_5_VLForConditionalGeneration": "HiredQwen2_5_VLForConditionalGeneration",
+    "Qwen3VLForConditionalGeneration": "HiredQwen3VLForConditionalGeneration",  # refuses ``hired`` (not served yet)
 }
 
 
@@ -25,10 +28,11 @@ def register() -> None:
     """The ``vllm.general_plugins`` entry point: register the HiRED-capable classes (idempotent)."""
     from vllm import ModelRegistry
 
-    from hired.vllm import models, qwen
+    from hired.vllm import models, qwen, refused
 
     for arch, name in ARCHITECTURES.items():
-        ModelRegistry.register_model(arch, getattr(qwen if name.startswith("HiredQwen") else models, name))
+        module = next(m for m in (models, qwen, refused) if hasattr(m, name))
+        ModelRegistry.register_model(arch, getattr(module, name))
 
 
 def last_selection(llm) -> list:
