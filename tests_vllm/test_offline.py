@@ -209,6 +209,8 @@ def test_llava_1_5_count(engines, llava_path):
         ({"method": "hired", "selection_layer": 3}, r"select layer 3 is out of range: vLLM builds the vision layers 0..2"),
         ({"method": "hired", "colour": 1}, r"HiRED has no option colour"),
         ({"method": "prumerge", "budget": 0.2}, r"select layer 3 is out of range: .* layer option"),
+        ({"method": "hired", "regions": 2}, r"hf_overrides\['hired'\]: HiRED\(regions=2\) shares the budget over "
+                                            r"regions of an image that is one grid"),
     ],
 )
 def test_bad_override_fails_at_start_up(next_path, entry, message):

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from hired.core.budget import largest_remainder
+
 
 def topk_mask(scores: torch.Tensor, k: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Keep the ``k[i]`` highest-scoring valid patches of every row.
@@ -82,8 +84,6 @@ def region_topk(select: torch.Tensor, early: torch.Tensor, region: torch.Tensor,
     ``region`` ``(n, T)`` long region ids in ``[0, regions)`` and ``valid`` ``(n, T)`` bool.
 
     Returns ``(n, T)`` bool with ``min(total[i], valid[i].sum())`` True in row ``i``."""
-    from hired.core.budget import largest_remainder
-
     device = select.device
     region, valid = region.to(device), valid.to(device)
     hot = torch.zeros(select.shape[0], regions, dtype=torch.long, device=device)

@@ -136,13 +136,6 @@ def parse_method(entry: Any, mrope: bool = False) -> tuple[Method, bool]:
     return method, oracle
 
 
-def _hidden_index(layer: int, num_layers: int) -> int:
-    idx = layer + num_layers + 1 if layer < 0 else layer
-    if not 1 <= idx <= num_layers:
-        raise _error(f"vision_feature_layer {layer} does not name one of the {num_layers} encoder layers' outputs")
-    return idx
-
-
 _TOWERS = {"clip_vision_model": True, "siglip_vision_model": False}
 """Vision towers the plugin can hook (vLLM's ``CLIPVisionModel`` and ``SiglipVisionModel``, both with a fused
 ``qkv_proj``) → whether the tower prepends a [CLS] token."""
@@ -178,17 +171,9 @@ def spec_from_config(config, family: str) -> Spec | None:
     try:
         fam.check_config(config, has_cls)
         geometry = fam.geometry(config)
-    except ValueError as err:
-        raise _error(str(err)) from None
-    num_layers, num_heads = int(vc.num_hidden_layers), int(vc.num_attention_heads)
-    feature = config.vision_feature_layer
-    layers = [feature] if isinstance(feature, int) else list(feature)
-    top = max(_hidden_index(f, num_layers) for f in layers)
-    info = ModelInfo(num_layers=num_layers, num_heads=num_heads, feature_layer=top - 1, has_cls=has_cls,
-                     subimages=fam.anyres)
-    roles = dict(method.score_layers(info))
-    key_roles = dict(method.key_layers(info))
-    try:
+        info, _ = fam.model_info(config, has_cls)  # feature_layer: the one feeding the projector
+        roles = dict(method.score_layers(info))
+        key_roles = dict(method.key_layers(info))
         kind = method.score_kind(info) if roles else "cls"
     except ValueError as err:
         raise _error(str(err)) from None
@@ -210,10 +195,10 @@ def _mrope_spec(config, fam: Family, method: Method, oracle: bool) -> Spec:
         geometry = fam.geometry(config)
         info, _ = fam.model_info(config, False)
         kind = method.score_kind(info)
+        roles = dict(method.score_layers(info))
+        key_roles = dict(method.key_layers(info))
     except ValueError as err:
         raise _error(str(err)) from None
-    roles = dict(method.score_layers(info))
-    key_roles = dict(method.key_layers(info))
     for role, layer in {**roles, **key_roles}.items():
         if not 0 <= layer < info.num_layers:
             raise _error(
