@@ -69,12 +69,14 @@ def test_relevance_marks_what_the_question_is_about(processor, split):
             assert marks.any() and torch.equal(marks.bool(), shape_of == named)
 
 
-def _train(tmp_path, name, seed=0):
+def _train(tmp_path, name, seed=0, steps=3, eval_every=3, checkpoints=None):
     out = tmp_path / name
     argv = ["--out", str(out), "--images", "4", "--questions", "2", "--val-images", "2", "--dense-images", "3",
-            "--dense-questions", "2", "--dense-val-images", "2", "--steps", "3",
-            "--batch", "4", "--eval-every", "3", "--warmup", "2", "--hidden", "32", "--layers", "2",
+            "--dense-questions", "2", "--dense-val-images", "2", "--steps", str(steps),
+            "--batch", "4", "--eval-every", str(eval_every), "--warmup", "2", "--hidden", "32", "--layers", "2",
             "--heads", "2", "--intermediate", "48", "--seed", str(seed), "--no-cache", "--threads", "1"]
+    if checkpoints is not None:
+        argv += ["--checkpoints", str(checkpoints)]
     assert train.main(argv) == 0
     return out
 
@@ -94,6 +96,19 @@ def test_training_is_seeded_and_writes_a_loadable_hired_tiny(tmp_path):
     out = model.generate(**inputs, max_new_tokens=2, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
     assert out.shape[1] > inputs["input_ids"].shape[1]
     assert np.isfinite(model.lm_head.weight.numpy()).all()
+
+
+def test_a_checkpoint_of_a_longer_run_equals_the_shorter_run(tmp_path):
+    # the README's claim: the step-N checkpoint of a longer run (--checkpoints) is what --steps N writes,
+    # so a default step count can be chosen from one run's checkpoints
+    ckpt = tmp_path / "ckpt"
+    longer = _train(tmp_path, "longer", steps=5, eval_every=3, checkpoints=ckpt)
+    shorter = _train(tmp_path, "shorter", steps=3, eval_every=3)
+    at3 = load_file(str(ckpt / "step-3" / tiny_vlm.WEIGHTS_FILE))
+    short = load_file(str(shorter / tiny_vlm.WEIGHTS_FILE))
+    assert at3.keys() == short.keys() and all(torch.equal(at3[k], short[k]) for k in at3)
+    final = load_file(str(longer / tiny_vlm.WEIGHTS_FILE))  # two more steps change the weights
+    assert not all(torch.equal(final[k], short[k]) for k in final)
 
 
 def test_both_families_share_the_label_columns_and_the_marks(processor):

@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="training images of the dense family (hired.models.dense; 0 = first family only)")
     p.add_argument("--dense-questions", type=int, default=8, help="questions per dense training image")
     p.add_argument("--dense-val-images", type=int, default=60, help="held-out images of the dense family")
-    p.add_argument("--steps", type=int, default=3750)
+    p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
