@@ -97,6 +97,18 @@ def test_markdown_and_plot(quick, capsys):
     assert "| method | cell | shape |" in text
 
 
+def test_the_plot_keeps_its_title_over_the_panel_headings(quick, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    payload, _ = quick
+    seen = []
+    original = Figure.suptitle
+    monkeypatch.setattr(Figure, "suptitle", lambda fig, text, **kw: (seen.append(text), original(fig, text, **kw))[1])
+    results = [offline.Result(**r) for r in payload["results"]]
+    offline.plot(results, tmp_path / "t.png", offline.QUICK["budgets"], "the run's title")
+    assert seen == ["the run's title"]
+
+
 def test_one_family_runs_alone(tmp_path):
     assert main(["eval", "--offline", "--task", "dense", "--images", "2", "--methods", "hired", "--budgets", "0.2",
                  "--no-progress", "--json", str(tmp_path / "d.json")]) == 0
