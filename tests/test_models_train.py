@@ -69,11 +69,11 @@ def test_relevance_marks_what_the_question_is_about(processor, split):
             assert marks.any() and torch.equal(marks.bool(), shape_of == named)
 
 
-def _train(tmp_path, name, seed=0, steps=3, eval_every=3, checkpoints=None):
+def _train(tmp_path, name, seed=0, steps=3, checkpoints=None):
     out = tmp_path / name
     argv = ["--out", str(out), "--images", "4", "--questions", "2", "--val-images", "2", "--dense-images", "3",
             "--dense-questions", "2", "--dense-val-images", "2", "--steps", str(steps),
-            "--batch", "4", "--eval-every", str(eval_every), "--warmup", "2", "--hidden", "32", "--layers", "2",
+            "--batch", "4", "--eval-every", "3", "--warmup", "2", "--hidden", "32", "--layers", "2",
             "--heads", "2", "--intermediate", "48", "--seed", str(seed), "--no-cache", "--threads", "1"]
     if checkpoints is not None:
         argv += ["--checkpoints", str(checkpoints)]
@@ -81,13 +81,17 @@ def _train(tmp_path, name, seed=0, steps=3, eval_every=3, checkpoints=None):
     return out
 
 
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_training_is_seeded_and_writes_a_loadable_hired_tiny(tmp_path):
     first, again = _train(tmp_path, "a"), _train(tmp_path, "b")
     a, b = load_file(str(first / tiny_vlm.WEIGHTS_FILE)), load_file(str(again / tiny_vlm.WEIGHTS_FILE))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _same_weights(a, b)
     assert not any(".vision_tower." in f".{k}" for k in a)  # the tower is never shipped
     other = load_file(str(_train(tmp_path, "c", seed=1) / tiny_vlm.WEIGHTS_FILE))
-    assert not all(torch.equal(a[k], other[k]) for k in a)
+    assert other.keys() == a.keys() and not _same_weights(a, other)
 
     model, processor = tiny_vlm.load_hired_tiny(first)
     assert model.config.text_config.hidden_size == 32
@@ -102,13 +106,13 @@ def test_a_checkpoint_of_a_longer_run_equals_the_shorter_run(tmp_path):
     # the README's claim: the step-N checkpoint of a longer run (--checkpoints) is what --steps N writes,
     # so a default step count can be chosen from one run's checkpoints
     ckpt = tmp_path / "ckpt"
-    longer = _train(tmp_path, "longer", steps=5, eval_every=3, checkpoints=ckpt)
-    shorter = _train(tmp_path, "shorter", steps=3, eval_every=3)
+    longer = _train(tmp_path, "longer", steps=5, checkpoints=ckpt)
+    shorter = _train(tmp_path, "shorter", steps=3)
     at3 = load_file(str(ckpt / "step-3" / tiny_vlm.WEIGHTS_FILE))
     short = load_file(str(shorter / tiny_vlm.WEIGHTS_FILE))
-    assert at3.keys() == short.keys() and all(torch.equal(at3[k], short[k]) for k in at3)
+    assert _same_weights(at3, short)
     final = load_file(str(longer / tiny_vlm.WEIGHTS_FILE))  # two more steps change the weights
-    assert not all(torch.equal(final[k], short[k]) for k in final)
+    assert final.keys() == short.keys() and not _same_weights(final, short)
 
 
 def test_both_families_share_the_label_columns_and_the_marks(processor):
