@@ -79,8 +79,12 @@ def leftovers(model, processor) -> list[str]:
     inner = model.model
     left = [f"model.{a}" for a in _PATCHED_ATTRS if a in inner.__dict__]
     left += [f"processor.{a}" for a in _PROC_ATTRS if a in processor.__dict__]
-    left += [f"hired hook on {name or 'model'}" for name, m in model.named_modules()
-             for hook in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()) if _is_hired(hook)]
+    left += [
+        f"hired hook on {name or 'model'}"
+        for name, m in model.named_modules()
+        for hook in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())
+        if _is_hired(hook)
+    ]
     return left
 
 
@@ -184,8 +188,22 @@ def generate_compare(model: str, folder, size: tuple[int, int], capsys) -> str:
 
     image = folder / "photo.png"
     Image.new("RGB", (size[1], size[0]), (200, 40, 90)).save(image)
-    rc = main(["generate", "--model", model, "--image", str(image), "--prompt", "What is this?",
-               "--budget", "0.25", "--max-new-tokens", "2", "--compare"])
+    rc = main(
+        [
+            "generate",
+            "--model",
+            model,
+            "--image",
+            str(image),
+            "--prompt",
+            "What is this?",
+            "--budget",
+            "0.25",
+            "--max-new-tokens",
+            "2",
+            "--compare",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "[all tokens]" in out and "[hired]" in out
     return out
@@ -205,12 +223,14 @@ def load_without_torchvision(config, folder, monkeypatch) -> None:
 
 def require_torchvision() -> None:
     """Skip the calling test where torchvision is not importable (LLaVA-OneVision's and Qwen2.5-VL's
-    processors load a video processor built on it: ``hired[onevision]``). With ``HIRED_REQUIRE_TORCHVISION=1``
+    processors load a video processor built on it: ``hired-vlm[onevision]``). With ``HIRED_REQUIRE_TORCHVISION=1``
     (CI sets it) a missing torchvision fails the test instead, so CI can never pass by skipping them."""
     if os.environ.get("HIRED_REQUIRE_TORCHVISION") == "1":
         import torchvision  # noqa: F401
     else:
-        pytest.importorskip("torchvision", reason='these processors need torchvision: pip install "hired[onevision]"')
+        pytest.importorskip(
+            "torchvision", reason='these processors need torchvision: pip install "hired-vlm[onevision]"'
+        )
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from conftest import require_torchvision
 
 import hired
-from conftest import require_torchvision
 from hired.bench import (
     ARCHS,
     MethodSpec,
@@ -131,8 +131,14 @@ def test_oracle_count_equals_method_kept_count(next_result):
 def test_oracle_matches_other_models_and_options(family, llava, llava_next, image):
     model, processor = llava if family == "llava" else llava_next
     options = {"keep_newline": True} if family == "llava_next_newline" else {}
-    settings = Settings(methods=(MethodSpec("hired", options),), budgets=(0.3,), batch_sizes=(2,),
-                        full=False, reference_attention=False, **TINY)
+    settings = Settings(
+        methods=(MethodSpec("hired", options),),
+        budgets=(0.3,),
+        batch_sizes=(2,),
+        full=False,
+        reference_attention=False,
+        **TINY,
+    )
     rows = run_benchmark(model, processor, image, settings)["rows"]
     assert [r["kind"] for r in rows] == ["method", "oracle"]
     method, orc = rows
@@ -250,9 +256,30 @@ def tiny_dir(tmp_path_factory):
 
 
 def test_cli_end_to_end(tiny_dir, tmp_path, capsys):
-    args = ["bench", "--model", tiny_dir, "--budgets", "0.5,0.25", "--batch-sizes", "1", "--runs", "1",
-            "--warmup", "0", "--new-tokens", "2", "--threads", "1", "--no-progress",
-            "--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md"), "--plot", str(tmp_path / "r.png")]
+    args = [
+        "bench",
+        "--model",
+        tiny_dir,
+        "--budgets",
+        "0.5,0.25",
+        "--batch-sizes",
+        "1",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--new-tokens",
+        "2",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--json",
+        str(tmp_path / "r.json"),
+        "--markdown",
+        str(tmp_path / "r.md"),
+        "--plot",
+        str(tmp_path / "r.png"),
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     result = json.loads((tmp_path / "r.json").read_text())
@@ -311,8 +338,14 @@ def test_adaptive_method_without_two_pass_inputs_is_a_clear_error(monkeypatch, c
 
 def test_adaptive_method_runs_on_two_pass_inputs(llava_next, image):
     model, processor = llava_next
-    settings = Settings(methods=(MethodSpec("prumerge", {"budget": None}),), budgets=(0.5, 0.25), batch_sizes=(1,),
-                        full=False, reference_attention=False, **TINY)
+    settings = Settings(
+        methods=(MethodSpec("prumerge", {"budget": None}),),
+        budgets=(0.5, 0.25),
+        batch_sizes=(1,),
+        full=False,
+        reference_attention=False,
+        **TINY,
+    )
     rows = run_benchmark(model, processor, image, settings)["rows"]
     assert [(r["kind"], r["budget"]) for r in rows] == [("method", None), ("oracle", None)]
     method, orc = rows
@@ -372,16 +405,33 @@ def test_onevision_arch_shapes_match_the_checkpoint():
     assert type(model).__name__ == "LlavaOnevisionForConditionalGeneration"
     vc, tc, cfg = model.config.vision_config, model.config.text_config, model.config
     assert vc.model_type == "siglip_vision_model" and not vc.vision_use_head
-    shape = (vc.num_hidden_layers, vc.hidden_size, vc.num_attention_heads, vc.intermediate_size, vc.image_size,
-             vc.patch_size)
+    shape = (
+        vc.num_hidden_layers,
+        vc.hidden_size,
+        vc.num_attention_heads,
+        vc.intermediate_size,
+        vc.image_size,
+        vc.patch_size,
+    )
     assert shape == (27, 1152, 16, 4304, 384, 14)
     assert tc.model_type == "qwen2"
-    text = (tc.num_hidden_layers, tc.hidden_size, tc.num_attention_heads, tc.num_key_value_heads,
-            tc.intermediate_size, tc.vocab_size)
+    text = (
+        tc.num_hidden_layers,
+        tc.hidden_size,
+        tc.num_attention_heads,
+        tc.num_key_value_heads,
+        tc.intermediate_size,
+        tc.vocab_size,
+    )
     assert text == (28, 3584, 28, 4, 18944, 152064)
     assert (cfg.vision_feature_layer, cfg.vision_feature_select_strategy, cfg.vision_aspect_ratio) == (
-        -1, "full", "anyres_max_9")
-    assert [tuple(p) for p in cfg.image_grid_pinpoints] == [(384 * i, 384 * j) for i in range(1, 7) for j in range(1, 7)]
+        -1,
+        "full",
+        "anyres_max_9",
+    )
+    assert [tuple(p) for p in cfg.image_grid_pinpoints] == [
+        (384 * i, 384 * j) for i in range(1, 7) for j in range(1, 7)
+    ]
     assert not any(name.split(".")[-1] == "head" for name, _ in model.model.vision_tower.named_modules())
     # SigLIP-so400m without head 0.413 B, Qwen2-7B with its own output layer 7.616 B, projector 0.017 B
     assert abs(sum(p.numel() for p in model.parameters()) - 8.046e9) < 0.002e9
@@ -438,8 +488,13 @@ def test_onevision_oracle_feeds_the_count_single_and_multi_image(onevision):
 @pytest.mark.parametrize("options", [{}, {"keep_newline": True}])
 def test_onevision_oracle_matches_the_method(onevision, image, options):
     model, processor = onevision
-    settings = Settings(methods=(MethodSpec("hired", options), MethodSpec("cls_topk")), budgets=(0.3,),
-                        batch_sizes=(2,), full=False, **TINY)
+    settings = Settings(
+        methods=(MethodSpec("hired", options), MethodSpec("cls_topk")),
+        budgets=(0.3,),
+        batch_sizes=(2,),
+        full=False,
+        **TINY,
+    )
     result = run_benchmark(model, processor, image, settings)
     rows = result["rows"]
     assert [r["kind"] for r in rows] == ["method", "oracle", "reference"] * 2
@@ -450,8 +505,9 @@ def test_onevision_oracle_matches_the_method(onevision, image, options):
     for method, orc, ref in (rows[:3], rows[3:]):
         assert method["score_kind"] == ref["score_kind"] == "received"
         spec = method["method"]
-        want = num_image_tokens(hired.get_method(spec, budget=0.3, **(options if spec == "hired" else {})), layout,
-                                True)
+        want = num_image_tokens(
+            hired.get_method(spec, budget=0.3, **(options if spec == "hired" else {})), layout, True
+        )
         assert orc["features_per_image"] == method["tokens_per_image"] == orc["tokens_per_image"] == [want, want]
         assert method["stock_tokens_per_image"] == family.stock_tokens(layout)
     assert result["meta"]["family"] == "onevision"
@@ -497,8 +553,9 @@ def test_qwen_archs_match_the_checkpoint_and_run_the_bench():
     assert (tc.num_hidden_layers, tc.hidden_size, tc.num_key_value_heads, tc.vocab_size) == (28, 3584, 4, 152064)
     assert abs(sum(p.numel() for p in big.parameters()) - 8.292e9) < 0.001e9
     model, processor = build_arch("qwen2.5-vl-small")
-    settings = Settings(methods=(MethodSpec("hired"),), budgets=(0.2,), batch_sizes=(1,), runs=1, warmup=0,
-                        new_tokens=2, progress=False)
+    settings = Settings(
+        methods=(MethodSpec("hired"),), budgets=(0.2,), batch_sizes=(1,), runs=1, warmup=0, new_tokens=2, progress=False
+    )
     result = run_benchmark(model, processor, demo_image((600, 600)), settings)
     rows = {row["label"]: row for row in result["rows"]}
     assert rows["full"]["tokens_per_image"] == [441]  # 588 x 588 px: 21 x 21 merged tokens
@@ -515,5 +572,7 @@ def test_arch_without_torchvision_names_the_extra(arch, extra, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision → ImportError
-    with pytest.raises(ImportError, match=rf'^{arch}: .*processor needs torchvision.*pip install "hired\[{extra}\]"'):
+    with pytest.raises(
+        ImportError, match=rf'^{arch}: .*processor needs torchvision.*pip install "hired-vlm\[{extra}\]"'
+    ):
         build_arch(arch, device="meta")

@@ -9,8 +9,24 @@ from hired.tiny import save_tiny
 
 
 def test_generate_prints_answer_and_token_counts(model_dir, image_path, capsys):
-    rc = main(["generate", "--model", model_dir, "--image", image_path, "--prompt", "What is this?",
-               "--budget", "0.25", "--alpha", "0.5", "--max-new-tokens", "3", "--compare"])
+    rc = main(
+        [
+            "generate",
+            "--model",
+            model_dir,
+            "--image",
+            image_path,
+            "--prompt",
+            "What is this?",
+            "--budget",
+            "0.25",
+            "--alpha",
+            "0.5",
+            "--max-new-tokens",
+            "3",
+            "--compare",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "[all tokens]" in out and "[hired]" in out
@@ -21,8 +37,24 @@ def test_generate_prints_answer_and_token_counts(model_dir, image_path, capsys):
 
 def test_generate_on_llava_1_5_folder(tmp_path, image_path, capsys):
     folder = save_tiny(tmp_path / "llava", family="llava")
-    assert main(["generate", "--model", str(folder), "--image", image_path, "--prompt", "hi",
-                 "--budget", "0.5", "--max-new-tokens", "2"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(folder),
+                "--image",
+                image_path,
+                "--prompt",
+                "hi",
+                "--budget",
+                "0.5",
+                "--max-new-tokens",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "36 -> 18 (" in capsys.readouterr().out
 
 

@@ -86,17 +86,23 @@ def test_a_model_path_inside_an_existing_folder_is_a_folder(tmp_path, image_path
 def test_a_file_or_a_folder_without_config_is_not_a_model_folder(tmp_path, image_path, capsys):
     (tmp_path / "weights.bin").write_bytes(b"x")
     (tmp_path / "empty").mkdir()
-    code, _, err = run(["show", "--model", str(tmp_path / "weights.bin"), "--image", image_path,
-                        "--out", str(tmp_path / "x.png")], capsys)
+    code, _, err = run(
+        ["show", "--model", str(tmp_path / "weights.bin"), "--image", image_path, "--out", str(tmp_path / "x.png")],
+        capsys,
+    )
     assert_user_error(code, err, "is a file, not a model folder")
-    code, _, err = run(["generate", "--model", str(tmp_path / "empty"), "--image", image_path, "--prompt", "hi"], capsys)
+    code, _, err = run(
+        ["generate", "--model", str(tmp_path / "empty"), "--image", image_path, "--prompt", "hi"], capsys
+    )
     assert_user_error(code, err, "has no config.json")
 
 
 def test_a_hub_id_offline_and_not_cached_fails_fast(image_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
-    code, _, err = run(["generate", "--model", "hired-test/not-cached", "--image", image_path, "--prompt", "hi"], capsys)
+    code, _, err = run(
+        ["generate", "--model", "hired-test/not-cached", "--image", image_path, "--prompt", "hi"], capsys
+    )
     assert time.perf_counter() - start < 5
     assert_user_error(code, err, "HF_HUB_OFFLINE is set")
 
@@ -105,7 +111,9 @@ def test_a_hub_id_without_a_reachable_hub_fails_fast(image_path, capsys, monkeyp
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(commands, "_offline", lambda: False)
     monkeypatch.setattr(commands, "hub_unreachable", lambda timeout=3.0: "https://huggingface.co: no route")
-    code, _, err = run(["generate", "--model", "hired-test/not-cached", "--image", image_path, "--prompt", "hi"], capsys)
+    code, _, err = run(
+        ["generate", "--model", "hired-test/not-cached", "--image", image_path, "--prompt", "hi"], capsys
+    )
     assert_user_error(code, err, "cannot be reached")
 
 
@@ -118,8 +126,9 @@ def test_a_hub_id_goes_to_the_hub_when_it_is_reachable(monkeypatch):
 def test_an_image_path_that_is_a_directory_says_so(model_dir, tmp_path, capsys):
     code, _, err = run(["generate", "--model", model_dir, "--image", str(tmp_path), "--prompt", "hi"], capsys)
     assert_user_error(code, err, "is a directory")
-    code, _, err = run(["show", "--model", model_dir, "--image", str(tmp_path), "--out", str(tmp_path / "x.png")],
-                       capsys)
+    code, _, err = run(
+        ["show", "--model", model_dir, "--image", str(tmp_path), "--out", str(tmp_path / "x.png")], capsys
+    )
     assert_user_error(code, err, "is a directory")
 
 
@@ -171,8 +180,24 @@ def test_user_errors_read_hired_error_and_exit_2(argv, message, capsys):
 
 def test_the_console_command_exits_2_with_one_error_line(image_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "hired.cli", "generate", "--model", "no-such-folder", "--image",
-                           image_path, "--prompt", "hi"], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hired.cli",
+            "generate",
+            "--model",
+            "no-such-folder",
+            "--image",
+            image_path,
+            "--prompt",
+            "hi",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "hired: error: no such model folder: no-such-folder (a hub id has the form org/name)"
@@ -180,7 +205,10 @@ def test_the_console_command_exits_2_with_one_error_line(image_path):
 
 
 def test_error_message_strips_old_prefixes():
-    assert commands.error_message(SystemExit("hired bench-vllm: --option expects KEY=VALUE")) == "--option expects KEY=VALUE"
+    assert (
+        commands.error_message(SystemExit("hired bench-vllm: --option expects KEY=VALUE"))
+        == "--option expects KEY=VALUE"
+    )
     assert commands.error_message(commands.CommandError("plain")) == "plain"
     assert commands.error_message(ValueError("hired: error: x")) == "x"
     err = commands.CommandError("m")
@@ -212,14 +240,45 @@ def test_eval_option_values_are_parsed_by_type(capsys):
 
 
 def test_a_typed_option_works_in_generate_and_show(model_dir, image_path, tmp_path, capsys):
-    code, out, err = run(["generate", "--model", model_dir, "--image", image_path, "--prompt", "hi",
-                          "--option", "alpha=0.5", "--option", "keep_newline=yes", "--max-new-tokens", "1"], capsys)
+    code, out, err = run(
+        [
+            "generate",
+            "--model",
+            model_dir,
+            "--image",
+            image_path,
+            "--prompt",
+            "hi",
+            "--option",
+            "alpha=0.5",
+            "--option",
+            "keep_newline=yes",
+            "--max-new-tokens",
+            "1",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "[hired]" in out
     figure = tmp_path / "x.png"
-    code, out, err = run(["show", "--model", model_dir, "--image", image_path, "--out", str(figure),
-                          "--method", "hired,spatial", "--option", "alpha=0.5", "--option", "hired:mapping=reference"],
-                         capsys)
+    code, out, err = run(
+        [
+            "show",
+            "--model",
+            model_dir,
+            "--image",
+            image_path,
+            "--out",
+            str(figure),
+            "--method",
+            "hired,spatial",
+            "--option",
+            "alpha=0.5",
+            "--option",
+            "hired:mapping=reference",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "hired(budget=0.2, alpha=0.5, mapping='reference')" in out and figure.exists()
 
@@ -228,8 +287,10 @@ def test_assign_options_parses_by_each_methods_declared_type():
     per = commands.assign_options(
         ["keep_newline=on", "hired:selection_layer=none", "hired:mapping=reference", "seed=7"], ["hired", "random"]
     )
-    assert per == [{"keep_newline": True, "selection_layer": None, "mapping": "reference"},
-                   {"keep_newline": True, "seed": 7}]
+    assert per == [
+        {"keep_newline": True, "selection_layer": None, "mapping": "reference"},
+        {"keep_newline": True, "seed": 7},
+    ]
     assert type(per[1]["seed"]) is int
     with pytest.raises(SystemExit, match="alpha must be a number, got 'high'"):
         commands.assign_options(["alpha=high"], ["hired"])
@@ -299,6 +360,7 @@ def test_median_times_warm_up_before_timing_and_take_turns():
             calls.append(name)
             now[0] += next(durations[name])
             return name
+
         return call
 
     out = commands.median_times({"a": fn("a"), "b": fn("b")}, runs=3, warmup=1, clock=lambda: now[0])
@@ -321,8 +383,7 @@ def test_median_times_run_setup_untimed():
         order.append("fn")
         now[0] += 1.0
 
-    _, median, times = commands.median_times({"x": fn}, runs=2, warmup=1, clock=lambda: now[0],
-                                             setup={"x": setup})["x"]
+    _, median, times = commands.median_times({"x": fn}, runs=2, warmup=1, clock=lambda: now[0], setup={"x": setup})["x"]
     assert order == ["setup", "fn"] * 3 and times == [1.0, 1.0] and median == 1.0
 
 
@@ -342,9 +403,12 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_no_module_imports_the_command_line_top_layer():
-    offenders = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
-                 if p.name != "cli.py" or p.parent != SRC
-                 if any(m == "hired.cli" or m.startswith("hired.cli.") for m in _imports(p))]
+    offenders = [
+        str(p.relative_to(SRC))
+        for p in SRC.rglob("*.py")
+        if p.name != "cli.py" or p.parent != SRC
+        if any(m == "hired.cli" or m.startswith("hired.cli.") for m in _imports(p))
+    ]
     assert offenders == []
 
 
@@ -352,7 +416,6 @@ def test_the_shared_module_imports_no_command_module():
     command_modules = ("hired.cli", "hired.viz", "hired.bench", "hired.eval", "hired.vllm")
     imported = _imports(SRC / "commands.py")
     assert not [m for m in imported if m.startswith(command_modules)]
-    code = ("import sys, hired.commands; print(sorted(m for m in sys.modules if m.startswith("
-            f"{command_modules!r})))")
+    code = f"import sys, hired.commands; print(sorted(m for m in sys.modules if m.startswith({command_modules!r})))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

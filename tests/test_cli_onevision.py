@@ -1,6 +1,6 @@
 """``hired generate``, ``hired show`` and ``hired bench`` on a saved tiny LLaVA-OneVision folder (offline).
 
-OneVision's processor loads a video processor that imports torchvision (``pip install "hired[onevision]"``);
+OneVision's processor loads a video processor that imports torchvision (``pip install "hired-vlm[onevision]"``);
 the tests that build one skip where torchvision is not importable (CI requires it: conftest.require_torchvision).
 """
 
@@ -10,10 +10,10 @@ import json
 import math
 
 import pytest
+from conftest import generate_compare, load_without_torchvision, require_torchvision
 from PIL import Image
 
 import hired
-from conftest import generate_compare, load_without_torchvision, require_torchvision
 from hired.cli import main
 from hired.commands import CommandError, load_model, model_class_for
 from hired.families import get_family
@@ -60,7 +60,7 @@ def test_onevision_without_torchvision_is_one_clear_error(tmp_path, monkeypatch)
     """The processor is loaded first, so a missing torchvision fails before the weights are read."""
     from transformers import LlavaOnevisionConfig
 
-    with pytest.raises(CommandError, match=r'needs torchvision.*pip install "hired\[onevision\]"'):
+    with pytest.raises(CommandError, match=r'needs torchvision.*pip install "hired-vlm\[onevision\]"'):
         load_without_torchvision(LlavaOnevisionConfig(), tmp_path / "ov-config-only", monkeypatch)
 
 
@@ -93,8 +93,25 @@ def test_show_heatmap_names_the_received_score(ov_dir, tmp_path, monkeypatch, ca
     image = tmp_path / "photo.png"
     Image.new("RGB", (260, 120), (10, 200, 90)).save(image)
     out = tmp_path / "show.png"
-    assert main(["show", "--model", ov_dir, "--image", str(image), "--out", str(out), "--budget", "0.3",
-                 "--method", "hired,spatial", "--heatmap"]) == 0
+    assert (
+        main(
+            [
+                "show",
+                "--model",
+                ov_dir,
+                "--image",
+                str(image),
+                "--out",
+                str(out),
+                "--budget",
+                "0.3",
+                "--method",
+                "hired,spatial",
+                "--heatmap",
+            ]
+        )
+        == 0
+    )
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert printed.count("patches kept") == 2
@@ -111,16 +128,35 @@ def test_show_heatmap_says_cls_on_a_cls_tower(model_dir, image_path, tmp_path, m
     figures = []
     plot = viz.plot_selection
     monkeypatch.setattr(viz, "plot_selection", lambda *a, **k: figures.append(plot(*a, **k)) or figures[-1])
-    assert main(["show", "--model", model_dir, "--image", image_path, "--out", str(tmp_path / "s.png"),
-                 "--heatmap"]) == 0
+    assert (
+        main(["show", "--model", model_dir, "--image", image_path, "--out", str(tmp_path / "s.png"), "--heatmap"]) == 0
+    )
     texts = _texts(figures[0])
     assert any(t.startswith("[CLS] attention the method used") for t in texts)
     assert not any(t.startswith("received attention") for t in texts)
 
 
 def test_bench_on_a_onevision_folder(ov_dir, tmp_path, capsys):
-    args = ["bench", "--model", ov_dir, "--budgets", "0.5,0.2", "--batch-sizes", "1", "--runs", "1",
-            "--warmup", "0", "--new-tokens", "2", "--threads", "1", "--no-progress", "--json", str(tmp_path / "r.json")]
+    args = [
+        "bench",
+        "--model",
+        ov_dir,
+        "--budgets",
+        "0.5,0.2",
+        "--batch-sizes",
+        "1",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--new-tokens",
+        "2",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--json",
+        str(tmp_path / "r.json"),
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     result = json.loads((tmp_path / "r.json").read_text())

@@ -55,12 +55,33 @@ def test_two_models_get_one_folder_each_and_one_report(script, tmp_path, capsys)
     done = out / "onevision-7b" / "full" / "x"
     done.mkdir(parents=True)
     (done / "r_results.json").write_text(json.dumps({"results": {}}))  # that run is done: skipped
-    assert script.main(["--dry-run", "--model", "llava-next-7b", "--model", "onevision-7b", "--out", str(out),
-                        "--only", "full,spatial-40", "--run", "vz=method=visionzip,budget=0.2"]) == 0
+    assert (
+        script.main(
+            [
+                "--dry-run",
+                "--model",
+                "llava-next-7b",
+                "--model",
+                "onevision-7b",
+                "--out",
+                str(out),
+                "--only",
+                "full,spatial-40",
+                "--run",
+                "vz=method=visionzip,budget=0.2",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out.splitlines()
     cmds = _commands(printed)
-    assert list(cmds) == ["llava-next-7b/full", "llava-next-7b/spatial-40", "llava-next-7b/vz",
-                          "onevision-7b/spatial-40", "onevision-7b/vz"]
+    assert list(cmds) == [
+        "llava-next-7b/full",
+        "llava-next-7b/spatial-40",
+        "llava-next-7b/vz",
+        "onevision-7b/spatial-40",
+        "onevision-7b/vz",
+    ]
     assert any(line.startswith("[onevision-7b/full] already done") for line in printed)
     for tag, argv in cmds.items():
         model, run = tag.split("/")
@@ -68,13 +89,29 @@ def test_two_models_get_one_folder_each_and_one_report(script, tmp_path, capsys)
         assert _arg(argv, "--model_args").startswith(f"pretrained={script.MODELS[model]},")
     report = shlex.split(printed[-1])
     folders = [a for a in report if a.startswith(str(out)) and not a.endswith("table.md")]
-    assert folders == [str(out / m / r) for m in ("llava-next-7b", "onevision-7b") for r in ("full", "spatial-40", "vz")]
+    assert folders == [
+        str(out / m / r) for m in ("llava-next-7b", "onevision-7b") for r in ("full", "spatial-40", "vz")
+    ]
 
 
 def test_a_folder_or_hub_id_is_named_by_its_last_part(script, tmp_path, capsys):
     local = tmp_path / "my-onevision"
-    assert script.main(["--dry-run", "--model", str(local) + "/", "--model", "org/other-model", "--out",
-                        str(tmp_path / "o"), "--only", "full"]) == 0
+    assert (
+        script.main(
+            [
+                "--dry-run",
+                "--model",
+                str(local) + "/",
+                "--model",
+                "org/other-model",
+                "--out",
+                str(tmp_path / "o"),
+                "--only",
+                "full",
+            ]
+        )
+        == 0
+    )
     cmds = _commands(capsys.readouterr().out.splitlines())
     assert list(cmds) == ["my-onevision/full", "other-model/full"]
     assert _arg(cmds["my-onevision/full"], "--model_args").startswith(f"pretrained={local}/,method=full")

@@ -1,7 +1,7 @@
 """``hired generate`` and ``hired bench`` on saved tiny Qwen2.5-VL and Qwen3-VL folders (offline); ``hired
 show`` refuses them.
 
-Qwen2.5-VL's processor loads a video processor that imports torchvision (``pip install "hired[qwen]"``);
+Qwen2.5-VL's processor loads a video processor that imports torchvision (``pip install "hired-vlm[qwen]"``);
 the tests that build one skip where torchvision is not importable (CI requires it: conftest.require_torchvision).
 """
 
@@ -11,9 +11,9 @@ import json
 import math
 
 import pytest
+from conftest import generate_compare, load_without_torchvision, require_torchvision
 from PIL import Image
 
-from conftest import generate_compare, load_without_torchvision, require_torchvision
 from hired.cli import main
 from hired.commands import CommandError, load_model, model_class_for
 
@@ -57,7 +57,9 @@ def test_qwen_without_torchvision_is_one_clear_error(tmp_path, monkeypatch):
     """The processor is loaded first, so a missing torchvision fails before the weights are read."""
     from transformers import Qwen2_5_VLConfig
 
-    with pytest.raises(CommandError, match=r'Qwen2.5-VL.s processor needs torchvision.*pip install "hired\[qwen\]"'):
+    with pytest.raises(
+        CommandError, match=r'Qwen2.5-VL.s processor needs torchvision.*pip install "hired-vlm\[qwen\]"'
+    ):
         load_without_torchvision(Qwen2_5_VLConfig(), tmp_path / "qwen-config-only", monkeypatch)
 
 
@@ -95,8 +97,30 @@ def test_plot_selection_refuses_a_merged_token_grid(qwen_dir):
 
 def test_bench_runs_a_qwen_folder(qwen_dir, tmp_path, one_thread):
     report = tmp_path / "bench.json"
-    assert main(["bench", "--model", qwen_dir, "--methods", "hired", "--budgets", "0.25", "--batch-sizes", "1",
-                 "--runs", "1", "--warmup", "0", "--new-tokens", "2", "--json", str(report)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--model",
+                qwen_dir,
+                "--methods",
+                "hired",
+                "--budgets",
+                "0.25",
+                "--batch-sizes",
+                "1",
+                "--runs",
+                "1",
+                "--warmup",
+                "0",
+                "--new-tokens",
+                "2",
+                "--json",
+                str(report),
+            ]
+        )
+        == 0
+    )
     rows = {r["label"]: r for r in json.loads(report.read_text())["rows"]}
     n = rows["full"]["stock_tokens_per_image"]
     assert n == _merged_tokens(qwen_dir, _bench_image())

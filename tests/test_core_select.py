@@ -4,8 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hired.core.scores import cls_attention
 from hired.core.budget import largest_remainder
+from hired.core.scores import cls_attention
 from hired.core.select import region_of, region_topk, topk_mask
 
 
@@ -83,7 +83,9 @@ def _region_topk_reference(select, early, region, valid, total, spread, regions)
         shares = largest_remainder(spread[i], content, room)
         kept = set()
         for r in range(regions):
-            kept |= set(sorted((j for j in idx if region[i, j] == r), key=lambda j: (-float(select[i, j]), j))[: shares[r]])
+            kept |= set(
+                sorted((j for j in idx if region[i, j] == r), key=lambda j: (-float(select[i, j]), j))[: shares[r]]
+            )
         rest = sorted((j for j in idx if j not in kept), key=lambda j: (-float(select[i, j]), j))
         kept |= set(rest[: max(0, total[i] - len(kept))])
         keep[i, sorted(kept)] = True
@@ -94,8 +96,10 @@ def _region_topk_reference(select, early, region, valid, total, spread, regions)
 @given(data=st.data(), n=st.integers(1, 4), rows=st.integers(1, 7), cols=st.integers(1, 7), regions=st.integers(1, 3))
 def test_region_topk_matches_a_plain_reference_and_keeps_the_total(data, n, rows, cols, regions):
     t = rows * cols
-    draw = lambda: torch.tensor(data.draw(st.lists(st.integers(0, 4), min_size=n * t, max_size=n * t)),  # noqa: E731
-                                dtype=torch.float).view(n, t)  # small integers: many ties
+    draw = lambda: torch.tensor(
+        data.draw(st.lists(st.integers(0, 4), min_size=n * t, max_size=n * t)),  # noqa: E731
+        dtype=torch.float,
+    ).view(n, t)  # small integers: many ties
     select, early = draw(), draw()
     valid = torch.tensor(data.draw(st.lists(st.booleans(), min_size=n * t, max_size=n * t))).view(n, t)
     region = region_of(rows, cols, regions).expand(n, t)

@@ -16,8 +16,18 @@ from hired.models import dense, task, tiny_vlm
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     folder = tmp_path_factory.mktemp("eval")
-    code = main(["eval", "--offline", "--quick", "--no-progress", "--json", str(folder / "r.json"),
-                 "--plot", str(folder / "r.png")])
+    code = main(
+        [
+            "eval",
+            "--offline",
+            "--quick",
+            "--no-progress",
+            "--json",
+            str(folder / "r.json"),
+            "--plot",
+            str(folder / "r.png"),
+        ]
+    )
     assert code == 0
     return json.loads((folder / "r.json").read_text()), folder
 
@@ -66,7 +76,8 @@ def test_accuracy_retention_and_token_counts(quick):
             assert set(r.by_kind) == kinds[name]
             assert r.retention == pytest.approx(r.accuracy / full.accuracy)
             assert len(r.correct) == len(split.questions) and r.correct.count("1") / len(r.correct) == pytest.approx(
-                r.accuracy)
+                r.accuracy
+            )
             if r.budget is not None:  # a fixed budget keeps floor(budget * P * T) patches, no newlines
                 expected = sum(math.floor(r.budget * lay.num_partitions * lay.tokens) for lay in layouts) / len(layouts)
                 assert r.visual_tokens == pytest.approx(expected), (name, r.label)
@@ -110,8 +121,26 @@ def test_the_plot_keeps_its_title_over_the_panel_headings(quick, tmp_path, monke
 
 
 def test_one_family_runs_alone(tmp_path):
-    assert main(["eval", "--offline", "--task", "dense", "--images", "2", "--methods", "hired", "--budgets", "0.2",
-                 "--no-progress", "--json", str(tmp_path / "d.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--offline",
+                "--task",
+                "dense",
+                "--images",
+                "2",
+                "--methods",
+                "hired",
+                "--budgets",
+                "0.2",
+                "--no-progress",
+                "--json",
+                str(tmp_path / "d.json"),
+            ]
+        )
+        == 0
+    )
     payload = json.loads((tmp_path / "d.json").read_text())
     assert payload["task"] == "dense" and payload["questions"] == 8
     assert [r["label"] for r in payload["results"]] == ["all tokens", "hired", "hired (reference mapping)"]
@@ -121,9 +150,14 @@ def test_one_family_runs_alone(tmp_path):
         offline.make_split("all", 2)
 
 
-@pytest.mark.parametrize("argv,message", [(["--budgets", "1.5"], "budget must be in (0, 1]"),
-                                          (["--methods", "nope"], "unknown method"),
-                                          ([], "only --offline")])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--budgets", "1.5"], "budget must be in (0, 1]"),
+        (["--methods", "nope"], "unknown method"),
+        ([], "only --offline"),
+    ],
+)
 def test_bad_arguments(argv, message):
     args = ["eval", *([] if message == "only --offline" else ["--offline"]), *argv]
     with pytest.raises(SystemExit, match=message.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
@@ -149,10 +183,12 @@ def test_answers_equal_the_processor_path(name):
         kwargs = dict(images=flat_images, text=texts, return_tensors="pt", padding=True)
         inputs = hired.prepare_inputs(model, processor, **kwargs) if name == "prumerge" else processor(**kwargs)
         with torch.inference_mode():
-            out = model.generate(**inputs, max_new_tokens=4, do_sample=False,
-                                 pad_token_id=processor.tokenizer.pad_token_id)
-        expected = [a.strip() for a in processor.batch_decode(out[:, inputs["input_ids"].shape[1]:],
-                                                               skip_special_tokens=True)]
+            out = model.generate(
+                **inputs, max_new_tokens=4, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id
+            )
+        expected = [
+            a.strip() for a in processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        ]
         assert [a for qs in got for a in qs] == expected
         per_question = (inputs["input_ids"] == model.config.image_token_id).sum(-1).tolist()
         assert per_question == [c for c, qs in zip(counts, questions) for _ in qs]
@@ -164,8 +200,14 @@ def test_answers_equal_the_processor_path(name):
 def test_variants_add_rows_with_the_options_in_the_same_run():
     from hired.eval.offline import configs
 
-    cfgs = configs((0.2, 1.0), ["hired", "spatial"], variants=[
-        {"hired": {"keep_positions": True}, "spatial": {"keep_positions": True}}, {"hired": {"score": "received"}}])
+    cfgs = configs(
+        (0.2, 1.0),
+        ["hired", "spatial"],
+        variants=[
+            {"hired": {"keep_positions": True}, "spatial": {"keep_positions": True}},
+            {"hired": {"score": "received"}},
+        ],
+    )
     labels = [c.label for c in cfgs]
     assert labels.count("hired (keep_positions=True)") == 2 and labels.count("spatial (keep_positions=True)") == 2
     assert labels.count("hired (reference mapping, keep_positions=True)") == 2
@@ -173,7 +215,8 @@ def test_variants_add_rows_with_the_options_in_the_same_run():
     by_label = {(c.label, c.budget): c.method for c in cfgs}
     assert by_label[("hired (keep_positions=True)", 0.2)] == hired.HiRED(budget=0.2, keep_positions=True)
     assert by_label[("hired (reference mapping, score=received)", 1.0)] == hired.HiRED(
-        budget=1.0, mapping="reference", score="received")
+        budget=1.0, mapping="reference", score="received"
+    )
     assert by_label[("hired", 0.2)] == hired.HiRED(budget=0.2)
 
 
@@ -190,16 +233,43 @@ def test_merge_labels_option_runs_and_refuses_mismatched_runs(tmp_path, capsys):
     from hired.eval.offline import combine
 
     def run(options, rows, questions=1000, full=0.9):
-        return {"model": "m", "questions": questions, "seed": 0, "budgets": [0.2, 1.0], "options": options,
-                "date": "2026-12-02T00:00:00+00:00",
-                "results": [{"label": "all tokens", "budget": None, "accuracy": full, "by_kind": {"a": full},
-                             "visual_tokens": 100.0, "retention": 1.0},
-                            *({"label": label, "budget": b, "accuracy": acc, "by_kind": {"a": acc},
-                               "visual_tokens": 20.0, "retention": acc / full} for label, b, acc in rows)]}
+        return {
+            "model": "m",
+            "questions": questions,
+            "seed": 0,
+            "budgets": [0.2, 1.0],
+            "options": options,
+            "date": "2026-12-02T00:00:00+00:00",
+            "results": [
+                {
+                    "label": "all tokens",
+                    "budget": None,
+                    "accuracy": full,
+                    "by_kind": {"a": full},
+                    "visual_tokens": 100.0,
+                    "retention": 1.0,
+                },
+                *(
+                    {
+                        "label": label,
+                        "budget": b,
+                        "accuracy": acc,
+                        "by_kind": {"a": acc},
+                        "visual_tokens": 20.0,
+                        "retention": acc / full,
+                    }
+                    for label, b, acc in rows
+                ),
+            ],
+        }
 
-    packed = run({}, [("hired", 0.2, 0.7), ("hired (reference mapping)", 0.2, 0.71), ("prumerge (adaptive)", None, 0.3)])
-    kept = run({"hired": {"keep_positions": True}, "prumerge": {"keep_positions": True}},
-               [("hired", 0.2, 0.85), ("hired (reference mapping)", 0.2, 0.86), ("prumerge (adaptive)", None, 0.35)])
+    packed = run(
+        {}, [("hired", 0.2, 0.7), ("hired (reference mapping)", 0.2, 0.71), ("prumerge (adaptive)", None, 0.3)]
+    )
+    kept = run(
+        {"hired": {"keep_positions": True}, "prumerge": {"keep_positions": True}},
+        [("hired", 0.2, 0.85), ("hired (reference mapping)", 0.2, 0.86), ("prumerge (adaptive)", None, 0.35)],
+    )
     results, budgets = combine([packed, kept])
     labels = [(r.label, r.budget, r.accuracy) for r in results]
     assert labels[0] == ("all tokens", None, 0.9) and budgets == [0.2, 1.0]
@@ -214,7 +284,12 @@ def test_merge_labels_option_runs_and_refuses_mismatched_runs(tmp_path, capsys):
         combine([packed, packed])
     for i, payload in enumerate((packed, kept)):
         (tmp_path / f"{i}.json").write_text(json.dumps(payload))
-    assert main(["eval", "--merge", str(tmp_path / "0.json"), str(tmp_path / "1.json"), "--json", str(tmp_path / "m.json")]) == 0
+    assert (
+        main(
+            ["eval", "--merge", str(tmp_path / "0.json"), str(tmp_path / "1.json"), "--json", str(tmp_path / "m.json")]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| hired (keep_positions=True) | 0.850 (0.94) | — |" in out
     assert len(json.loads((tmp_path / "m.json").read_text())["results"]) == 7
@@ -226,15 +301,30 @@ def test_merge_of_runs_of_both_families_keeps_each_family(tmp_path, capsys):
     from hired.eval.offline import by_family, combine
 
     def row(label, budget, first, dense_):
-        return {"label": label, "budget": budget, "accuracy": (first + dense_) / 2,
-                "by_kind": {"colour": first, "shape": dense_}, "visual_tokens": 60.0,
-                "retention": (first + dense_) / 1.75,
-                "families": {"first": {"accuracy": first, "visual_tokens": 50.0, "questions": 4},
-                             "dense": {"accuracy": dense_, "visual_tokens": 70.0, "questions": 4}}}
+        return {
+            "label": label,
+            "budget": budget,
+            "accuracy": (first + dense_) / 2,
+            "by_kind": {"colour": first, "shape": dense_},
+            "visual_tokens": 60.0,
+            "retention": (first + dense_) / 1.75,
+            "families": {
+                "first": {"accuracy": first, "visual_tokens": 50.0, "questions": 4},
+                "dense": {"accuracy": dense_, "visual_tokens": 70.0, "questions": 4},
+            },
+        }
 
     def run(options, rows, task="both"):
-        return {"model": "m", "task": task, "questions": 8, "seed": 0, "budgets": [0.2], "options": options,
-                "date": "2026-12-02T00:00:00+00:00", "results": [row("all tokens", None, 1.0, 0.75), *rows]}
+        return {
+            "model": "m",
+            "task": task,
+            "questions": 8,
+            "seed": 0,
+            "budgets": [0.2],
+            "options": options,
+            "date": "2026-12-02T00:00:00+00:00",
+            "results": [row("all tokens", None, 1.0, 0.75), *rows],
+        }
 
     packed = run({}, [row("hired", 0.2, 0.5, 0.25)])
     kept = run({"hired": {"keep_positions": True}}, [row("hired", 0.2, 0.75, 0.5)])
@@ -252,8 +342,21 @@ def test_merge_of_runs_of_both_families_keeps_each_family(tmp_path, capsys):
         offline.paired(*views["dense"][:2])
     for i, payload in enumerate((packed, kept)):
         (tmp_path / f"{i}.json").write_text(json.dumps(payload))
-    assert main(["eval", "--merge", str(tmp_path / "0.json"), str(tmp_path / "1.json"), "--json", str(tmp_path / "m.json"),
-                 "--plot", str(tmp_path / "m.png")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--merge",
+                str(tmp_path / "0.json"),
+                str(tmp_path / "1.json"),
+                "--json",
+                str(tmp_path / "m.json"),
+                "--plot",
+                str(tmp_path / "m.png"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "task both" in out and out.count("All tokens: accuracy") == 3
     assert "| hired (keep_positions=True) | 0.500 (0.67) |" in out

@@ -28,8 +28,14 @@ def _module(name: str):
 def _run(out: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHON=sys.executable)
     env.pop("OUT", None)
-    return subprocess.run(["bash", str(SCRIPT), "--dry-run", *args, str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run", *args, str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +85,8 @@ def test_dry_run_benchmarks_hold_measured_rows(dry_run):
     assert small["meta"]["model"] == "small (random weights)"
     assert next(r for r in small["rows"] if r["kind"] == "full")["tokens_per_image"] == [2928]
     assert json.loads((out / "bench-tiny-llava-b1.json").read_text())["meta"]["model_class"] == (
-        "LlavaForConditionalGeneration")
+        "LlavaForConditionalGeneration"
+    )
 
 
 def test_dry_run_writes_tests_versions_and_sync_check(dry_run):
@@ -124,12 +131,12 @@ def test_the_cuda_tests_are_found_and_their_skips_counted(tmp_path):
     assert not any("test_core_" in i or "test_gpu_script" in i for i in ids)
     xml = tmp_path / "junit.xml"
     xml.write_text(
-        '<testsuites><testsuite>'
+        "<testsuites><testsuite>"
         '<testcase classname="tests.test_methods_simple" name="test_end_to_end_on_cuda[Spatial]"/>'
         '<testcase classname="tests.test_methods_simple" name="test_end_to_end_on_cuda[Random]">'
         '<skipped message="needs a CUDA device"/></testcase>'
         '<testcase classname="tests.test_methods_simple" name="test_other"><failure/></testcase>'
-        '</testsuite></testsuites>'
+        "</testsuite></testsuites>"
     )
     counts = run._junit(xml, ["tests/test_methods_simple.py::test_end_to_end_on_cuda"])
     assert counts["total"] == 3 and counts["failure"] == 1
@@ -152,8 +159,16 @@ def test_the_gpu_plan_runs_the_issue_s_benches(tmp_path, monkeypatch):
     run = _module("run")
     args, steps = run.parse_args([str(tmp_path)])
     assert [s.name for s in steps] == [
-        "env", "nvidia-smi", "tests", "bench-llava-next-7b-b1", "bench-llava-next-7b-b2", "bench-llava-next-7b-b4",
-        "bench-llava-1.5-7b-b1", "sync-check", "report"]
+        "env",
+        "nvidia-smi",
+        "tests",
+        "bench-llava-next-7b-b1",
+        "bench-llava-next-7b-b2",
+        "bench-llava-next-7b-b4",
+        "bench-llava-1.5-7b-b1",
+        "sync-check",
+        "report",
+    ]
     assert args.time_limit == run.GPU_DEADLINE < 8 * 60
     args.only = ",".join(s.name for s in steps if s.name.startswith(("bench-", "sync")))
     r = run.Runner(args)
@@ -175,13 +190,21 @@ def test_the_gpu_plan_runs_the_issue_s_benches(tmp_path, monkeypatch):
     assert r.execute([s for s in steps if s.name != "report"])
     bench = [c for c in calls if "bench" in c]
     assert len(bench) == 4
-    for cmd, (arch, batch) in zip(bench, [("llava-next-7b", 1), ("llava-next-7b", 2), ("llava-next-7b", 4),
-                                          ("llava-1.5-7b", 1)]):
+    for cmd, (arch, batch) in zip(
+        bench, [("llava-next-7b", 1), ("llava-next-7b", 2), ("llava-next-7b", 4), ("llava-1.5-7b", 1)]
+    ):
         text = " ".join(cmd)
         assert cmd[:4] == [sys.executable, "-m", "hired.cli", "bench"]
         assert f"--arch {arch} --random-weights" in text and f"--batch-sizes {batch} " in text
-        for flag in ("--budgets 1.0,0.4,0.2,0.1", "--device cuda", "--dtype float16", "--runs 5", "--warmup 1",
-                     "--new-tokens 15", "--no-progress"):
+        for flag in (
+            "--budgets 1.0,0.4,0.2,0.1",
+            "--device cuda",
+            "--dtype float16",
+            "--runs 5",
+            "--warmup 1",
+            "--new-tokens 15",
+            "--no-progress",
+        ):
             assert flag in text
         assert "--no-oracle" not in text and "--no-reference-attention" not in text and "--no-full" not in text
         for flag, suffix in (("--json", ".json"), ("--markdown", ".md"), ("--plot", ".png")):

@@ -30,8 +30,12 @@ def _wrong_values(tp) -> list:
     return out
 
 
-CASES = [(name, option, value) for name in ALL for option, tp in option_types(method_class(name)).items()
-         for value in _wrong_values(tp)]
+CASES = [
+    (name, option, value)
+    for name in ALL
+    for option, tp in option_types(method_class(name)).items()
+    for value in _wrong_values(tp)
+]
 
 
 @pytest.mark.parametrize("name, option, value", CASES, ids=[f"{n}-{o}-{v!r}" for n, o, v in CASES])

@@ -14,6 +14,7 @@ from fractions import Fraction
 
 import pytest
 import torch
+from conftest import make_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -21,11 +22,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 import hired
 from hired.core.dpp import EXHAUSTED
 from hired.core.grid import Geometry, layout_for
-from hired.methods import CDPruner, DART, DivPrune, ModelInfo, Prompts, get_method, num_image_tokens
+from hired.methods import DART, CDPruner, DivPrune, ModelInfo, Prompts, get_method, num_image_tokens
 from hired.methods.base import OptionTypeError
 from hired.tiny import default_pinpoints
-
-from conftest import make_image
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -125,8 +124,12 @@ def ref_relevance(layouts, feats, prompts, invert=False) -> list[torch.Tensor]:
                     raw[p, t] = -r if invert else r
         lo, hi = min(raw.values()), max(raw.values())
         for p in range(lay.num_partitions):
-            out.append(torch.tensor([(raw[p, t] - lo + 1e-6) / (hi - lo) if (p, t) in raw else 0.0
-                                     for t in range(lay.tokens)], dtype=torch.float64))
+            out.append(
+                torch.tensor(
+                    [(raw[p, t] - lo + 1e-6) / (hi - lo) if (p, t) in raw else 0.0 for t in range(lay.tokens)],
+                    dtype=torch.float64,
+                )
+            )
         start += lay.num_partitions
     return out
 
@@ -171,7 +174,9 @@ def test_divprune_greedy_order_equals_the_reference(seed, rate):
     method = DivPrune(budget=rate)
     order, _ = method.order(layouts, feats)
     sel = method.select(layouts, {}, INFO, features=feats)
-    for i, ((x, valid), (keep, _), lay) in enumerate(zip(image_rows(layouts, feats), image_rows(layouts, sel.keep), layouts)):
+    for i, ((x, valid), (keep, _), lay) in enumerate(
+        zip(image_rows(layouts, feats), image_rows(layouts, sel.keep), layouts)
+    ):
         k = rate_count(rate, lay)
         expected = ref_divprune(x, valid, k)
         assert order[i, :k].tolist() == expected
@@ -187,7 +192,9 @@ def test_dart_pivots_and_kept_set_equal_the_reference(seed, rate, pivots):
     method = DART(budget=rate, pivots=pivots)
     keep, piv, _ = method.pivots_and_keep(layouts, feats, keys)
     norms = keys["pivot"].abs().sum(dim=-1)
-    for i, ((x, valid), (nrm, _), lay) in enumerate(zip(image_rows(layouts, feats), image_rows(layouts, norms), layouts)):
+    for i, ((x, valid), (nrm, _), lay) in enumerate(
+        zip(image_rows(layouts, feats), image_rows(layouts, norms), layouts)
+    ):
         k = rate_count(rate, lay)
         exp_piv, exp_kept = ref_dart(x, nrm, valid, k, pivots)
         assert [p for p in piv[i].tolist() if p >= 0] == exp_piv
@@ -203,8 +210,9 @@ def test_cdpruner_greedy_map_equals_the_reference(seed, theta, invert):
     method = CDPruner(budget=0.2, theta=theta, invert_relevance=invert)
     order, budgets = method.order(layouts, feats, prompts)
     relevance = ref_relevance(layouts, feats, prompts, invert)
-    torch.testing.assert_close(method.relevance(layouts, feats, prompts).double(), torch.stack(relevance),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        method.relevance(layouts, feats, prompts).double(), torch.stack(relevance), rtol=1e-4, atol=1e-5
+    )
     flat_budgets = [b for per in budgets for b in per]
     valid = torch.cat([lay.valid_mask for lay in layouts])
     for p, (r, k) in enumerate(zip(relevance, flat_budgets)):
@@ -276,8 +284,13 @@ def test_counts_are_exact_for_every_grid(cls, rate):
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(st.integers(1, 600), st.integers(1, 600)), min_size=1, max_size=3),
-       st.floats(0.01, 1.0), st.sampled_from(METHODS), st.sampled_from([NEXT, SINGLE]), st.integers(0, 100))
+@given(
+    st.lists(st.tuples(st.integers(1, 600), st.integers(1, 600)), min_size=1, max_size=3),
+    st.floats(0.01, 1.0),
+    st.sampled_from(METHODS),
+    st.sampled_from([NEXT, SINGLE]),
+    st.integers(0, 100),
+)
 def test_counts_and_batched_equals_one_by_one(sizes, rate, cls, geometry, seed):
     layouts = [layout_for(s, geometry) for s in sizes]
     feats, keys, prompts = random_batch(layouts, seed, dim=12)
@@ -288,8 +301,12 @@ def test_counts_and_batched_equals_one_by_one(sizes, rate, cls, geometry, seed):
         p = lay.num_partitions
         assert sum(sel.budgets[i]) == method.count(lay) == rate_count(rate, lay)
         part = slice(start, start + p)
-        one_prompt = Prompts(embeds=prompts.embeds[i : i + 1], mask=prompts.mask[i : i + 1], owner=torch.zeros(1, dtype=torch.long))
-        one = method.select([lay], {}, INFO, keys={"pivot": keys["pivot"][part]}, features=feats[part], prompts=one_prompt)
+        one_prompt = Prompts(
+            embeds=prompts.embeds[i : i + 1], mask=prompts.mask[i : i + 1], owner=torch.zeros(1, dtype=torch.long)
+        )
+        one = method.select(
+            [lay], {}, INFO, keys={"pivot": keys["pivot"][part]}, features=feats[part], prompts=one_prompt
+        )
         assert torch.equal(one.keep, sel.keep[part]) and one.budgets == [sel.budgets[i]]
         start += p
 
@@ -307,8 +324,14 @@ def test_works_on_the_device_with_fp16_features(device, cls):
     assert got.keep.device.type == device
     assert torch.equal(got.keep.cpu(), expected.keep) and got.budgets == expected.budgets
     # half-precision features (the model's dtype on a GPU) are computed in fp32: exact counts, valid patches
-    half = method.select(layouts, {}, INFO, keys={"pivot": dev(keys["pivot"]).half()}, features=dev(feats).half(),
-                         prompts=Prompts(embeds=moved.embeds.half(), mask=moved.mask, owner=moved.owner))
+    half = method.select(
+        layouts,
+        {},
+        INFO,
+        keys={"pivot": dev(keys["pivot"]).half()},
+        features=dev(feats).half(),
+        prompts=Prompts(embeds=moved.embeds.half(), mask=moved.mask, owner=moved.owner),
+    )
     assert [sum(b) for b in half.budgets] == [method.count(lay) for lay in layouts]
     assert not torch.any(half.keep.cpu() & ~torch.cat([lay.valid_mask for lay in layouts]))
 
@@ -318,13 +341,23 @@ def test_works_on_the_device_with_fp16_features(device, cls):
 
 @pytest.mark.parametrize(
     "cls, kwargs, match",
-    [(DivPrune, {"budget": 0.0}, "budget"), (DivPrune, {"budget": 1.5}, "budget"), (DivPrune, {"space": "keys"}, "space"),
-     (DivPrune, {"budget": float("nan")}, "budget"),
-     (DART, {"pivots": 0}, "pivots"), (DART, {"pivots": 2.5}, "pivots"), (DART, {"pivot_layer": -1}, "pivot_layer"),
-     (DART, {"budget": -0.1}, "budget"), (DART, {"space": 1}, "space"),
-     (CDPruner, {"theta": 1.0}, "theta"), (CDPruner, {"theta": -0.1}, "theta"), (CDPruner, {"theta": "0.5"}, "theta"),
-     (CDPruner, {"invert_relevance": "yes"}, "invert_relevance"), (CDPruner, {"budget": 2}, "budget"),
-     (CDPruner, {"keep_newline": 1}, "keep_newline")],
+    [
+        (DivPrune, {"budget": 0.0}, "budget"),
+        (DivPrune, {"budget": 1.5}, "budget"),
+        (DivPrune, {"space": "keys"}, "space"),
+        (DivPrune, {"budget": float("nan")}, "budget"),
+        (DART, {"pivots": 0}, "pivots"),
+        (DART, {"pivots": 2.5}, "pivots"),
+        (DART, {"pivot_layer": -1}, "pivot_layer"),
+        (DART, {"budget": -0.1}, "budget"),
+        (DART, {"space": 1}, "space"),
+        (CDPruner, {"theta": 1.0}, "theta"),
+        (CDPruner, {"theta": -0.1}, "theta"),
+        (CDPruner, {"theta": "0.5"}, "theta"),
+        (CDPruner, {"invert_relevance": "yes"}, "invert_relevance"),
+        (CDPruner, {"budget": 2}, "budget"),
+        (CDPruner, {"keep_newline": 1}, "keep_newline"),
+    ],
 )
 def test_bad_options_get_one_clear_error(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -362,12 +395,20 @@ def test_registry_interface_and_missing_inputs():
 # ------------------------------------------------------------------------------------------- end to end
 
 ONE = "USER: <image>\nwhat is this? ASSISTANT:"
-PROMPTS = ["USER: <image>\nwhat is this? ASSISTANT:", "USER: <image>\nwhere is the small red cat in the corner? ASSISTANT:",
-           "USER: count them <image> ASSISTANT:"]
+PROMPTS = [
+    "USER: <image>\nwhat is this? ASSISTANT:",
+    "USER: <image>\nwhere is the small red cat in the corner? ASSISTANT:",
+    "USER: count them <image> ASSISTANT:",
+]
 TWO = "USER: <image>\nand <image>\nwhich is brighter? ASSISTANT:"
 TEXT = "USER: hello there ASSISTANT:"
-E2E = [DivPrune(budget=0.3), DART(budget=0.3, space="vision"), CDPruner(budget=0.3),
-       CDPruner(budget=0.2, keep_newline=True, keep_positions=True), DivPrune(budget=0.25, keep_positions=True)]
+E2E = [
+    DivPrune(budget=0.3),
+    DART(budget=0.3, space="vision"),
+    CDPruner(budget=0.3),
+    CDPruner(budget=0.2, keep_newline=True, keep_positions=True),
+    DivPrune(budget=0.25, keep_positions=True),
+]
 
 
 def kept(model):
@@ -447,13 +488,16 @@ def test_prepare_inputs_query_text_selects_for_other_texts(models):
     generate(model, processor(images=images, text=prompts, return_tensors="pt", padding=True))
     expected = kept(model)
     fulls = [p + " a red cat sitting on the mat" for p in prompts]
-    hired.prepare_inputs(model, processor, images=images, text=fulls, query_text=prompts, return_tensors="pt", padding=True)
+    hired.prepare_inputs(
+        model, processor, images=images, text=fulls, query_text=prompts, return_tensors="pt", padding=True
+    )
     assert kept(model) == expected
     hired.prepare_inputs(model, processor, images=images, text=fulls, return_tensors="pt", padding=True)
     assert kept(model) != expected  # the continuation is part of the query otherwise
     with pytest.raises(ValueError, match="placeholders"):
-        hired.prepare_inputs(model, processor, images=images, text=fulls, query_text=[prompts[0]], return_tensors="pt",
-                             padding=True)
+        hired.prepare_inputs(
+            model, processor, images=images, text=fulls, query_text=[prompts[0]], return_tensors="pt", padding=True
+        )
 
 
 @pytest.mark.parametrize("models", ["llava_next", "llava"], indirect=True)
@@ -477,8 +521,13 @@ def test_one_encoding_serves_several_questions_reselected_per_question(models, k
     tokens = processor.tokenizer(texts, return_tensors="pt", padding=True)
     mm = BaseModelOutputWithPooling(pooler_output=[encoded.pooler_output[0]] * len(PROMPTS))
     with torch.no_grad():
-        out = model.generate(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                             mm_encoder_outputs={"image": mm}, max_new_tokens=3, do_sample=False)[:, -3:]
+        out = model.generate(
+            input_ids=tokens["input_ids"],
+            attention_mask=tokens["attention_mask"],
+            mm_encoder_outputs={"image": mm},
+            max_new_tokens=3,
+            do_sample=False,
+        )[:, -3:]
     assert kept(model) == expected_kept
     assert all(torch.equal(out[i], expected[i]) for i in range(len(PROMPTS)))
     assert len(mm.pooler_output) == 3 and mm.pooler_output[0] is encoded.pooler_output[0]  # the caller's untouched
@@ -495,8 +544,10 @@ def test_full_budget_gives_the_tokens_any_method_keeping_everything_gives(models
     for method in (DivPrune(budget=1.0), DART(budget=1.0), CDPruner(budget=1.0)):
         hired.apply(model, processor, method)
         with torch.no_grad():
-            assert torch.equal(model(**processor(images=batch_images(), text=PROMPTS, return_tensors="pt",
-                                                 padding=True)).logits, reference), method.name
+            assert torch.equal(
+                model(**processor(images=batch_images(), text=PROMPTS, return_tensors="pt", padding=True)).logits,
+                reference,
+            ), method.name
 
 
 def test_threads_each_get_their_own_prompt(next_pair):

@@ -13,6 +13,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from conftest import last_record, make_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,8 +24,6 @@ from hired.methods import ModelInfo, PruMerge, PruMergePlus, VisionZip, get_meth
 from hired.methods.base import newline_tokens
 from hired.methods.pack import pack_features
 from hired.tiny import default_pinpoints
-
-from conftest import last_record, make_image
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -159,8 +158,13 @@ sizes = st.tuples(st.integers(1, 900), st.integers(1, 900))
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(sizes, min_size=1, max_size=3), st.floats(0.01, 1.0), st.sampled_from(["prumerge", "prumerge_plus", "visionzip"]),
-       st.sampled_from([NEXT, SINGLE]), st.integers(0, 1000))
+@given(
+    st.lists(sizes, min_size=1, max_size=3),
+    st.floats(0.01, 1.0),
+    st.sampled_from(["prumerge", "prumerge_plus", "visionzip"]),
+    st.sampled_from([NEXT, SINGLE]),
+    st.integers(0, 1000),
+)
 def test_fixed_budget_count_is_exact_and_tokens_are_convex(size_list, rate, name, geometry, seed):
     method = get_method(name, budget=rate)
     layouts = [layout_for(s, geometry) for s in size_list]
@@ -207,8 +211,14 @@ def test_adaptive_methods_refuse_a_count_and_name_the_two_pass_path():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"budget": 0.0}, "budget"), ({"budget": 2}, "budget"), ({"neighbours": -1}, "neighbours"),
-     ({"neighbours": 2.5}, "neighbours"), ({"layer": -1}, "layer"), ({"keep_newline": 1}, "keep_newline")],
+    [
+        ({"budget": 0.0}, "budget"),
+        ({"budget": 2}, "budget"),
+        ({"neighbours": -1}, "neighbours"),
+        ({"neighbours": 2.5}, "neighbours"),
+        ({"layer": -1}, "layer"),
+        ({"keep_newline": 1}, "keep_newline"),
+    ],
 )
 def test_prumerge_bad_options(kwargs, match):
     for cls in (PruMerge, PruMergePlus):
@@ -277,7 +287,9 @@ def test_fixed_budget_end_to_end_generate_batch_and_remove(models, method):
         batch = model.generate(**inputs, max_new_tokens=3, do_sample=False)[:, -3:]
     batch_kept = kept(model)
     # two-pass inputs give the same tokens
-    two_pass = hired.prepare_inputs(model, processor, images=images(), text=[PROMPT] * 4, return_tensors="pt", padding=True)
+    two_pass = hired.prepare_inputs(
+        model, processor, images=images(), text=[PROMPT] * 4, return_tensors="pt", padding=True
+    )
     assert torch.equal(two_pass["input_ids"], inputs["input_ids"])
     with torch.no_grad():
         assert torch.equal(model.generate(**two_pass, max_new_tokens=3, do_sample=False)[:, -3:], batch)
@@ -298,7 +310,9 @@ def test_adaptive_end_to_end_through_prepare_inputs(models, method):
     hired.apply(model, processor, method)
     with pytest.raises(ValueError, match="prepare_inputs"):
         processor(images=images(), text=[PROMPT] * 4, return_tensors="pt", padding=True)
-    inputs = hired.prepare_inputs(model, processor, images=images(), text=[PROMPT] * 4, return_tensors="pt", padding=True)
+    inputs = hired.prepare_inputs(
+        model, processor, images=images(), text=[PROMPT] * 4, return_tensors="pt", padding=True
+    )
     assert "pixel_values" not in inputs
     sels = hired.last_selection(model)
     scores = hired.last_scores(model)
@@ -376,8 +390,15 @@ def tiny_folder(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("argv", [["--method", "prumerge"], ["--method", "prumerge_plus"],
-                                  ["--method", "prumerge", "--budget", "0.3"], ["--method", "visionzip", "--budget", "0.3"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--method", "prumerge"],
+        ["--method", "prumerge_plus"],
+        ["--method", "prumerge", "--budget", "0.3"],
+        ["--method", "visionzip", "--budget", "0.3"],
+    ],
+)
 def test_cli_generate_runs_the_merging_methods(tiny_folder, argv, capsys):
     from hired.cli import main
 
@@ -407,8 +428,9 @@ def test_merging_on_cuda_matches_the_cpu_count(method, next_pair):
         hired.prepare_inputs(model, processor, images=images(), text=[PROMPT] * 4, return_tensors="pt", padding=True)
         cpu_counts = [s.num_tokens for s in hired.last_selection(model)]
         model.to("cuda")
-        inputs = hired.prepare_inputs(model, processor, images=images(), text=[PROMPT] * 4,
-                                      return_tensors="pt", padding=True).to("cuda")
+        inputs = hired.prepare_inputs(
+            model, processor, images=images(), text=[PROMPT] * 4, return_tensors="pt", padding=True
+        ).to("cuda")
         with torch.no_grad():
             model.generate(**inputs, max_new_tokens=2, do_sample=False)
         counts = [s.num_tokens for s in hired.last_selection(model)]

@@ -7,6 +7,7 @@ the valid patches of each partition, not from the methods' own code.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from fractions import Fraction
 
@@ -325,7 +326,7 @@ def test_registry_and_defaults():
     with pytest.raises(ValueError, match="alpha"):
         get_method("random", alpha=0.5)
     assert hired.Spatial is Spatial and hired.Random is Random and hired.ClsTopK is ClsTopK
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         Spatial().budget = 0.5  # frozen
 
 
@@ -424,8 +425,11 @@ def test_hired_regions_on_a_single_partition_model(models):
 @pytest.mark.parametrize("models", ["llava_next"], indirect=True)
 def test_hired_regions_is_refused_where_images_have_sub_images(models):
     model, processor, _ = models
-    with pytest.raises(ValueError, match=r"HiRED\(regions=2\) shares the budget over regions of an image that is "
-                                         r"one grid .* leave regions=None"):
+    with pytest.raises(
+        ValueError,
+        match=r"HiRED\(regions=2\) shares the budget over regions of an image that is "
+        r"one grid .* leave regions=None",
+    ):
         hired.apply(model, processor, hired.HiRED(regions=2))
     assert hired.applied_method(model) is None
     with pytest.raises(ValueError, match="regions must be a positive number"):

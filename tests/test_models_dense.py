@@ -23,8 +23,13 @@ def image_processor():
     from hired.models.dinov2 import IMAGE_MEAN, IMAGE_STD
 
     cls = getattr(transformers, "LlavaNextImageProcessorPil", None) or transformers.LlavaNextImageProcessor
-    return cls(size={"shortest_edge": tiny_vlm.CROP}, crop_size={"height": tiny_vlm.CROP, "width": tiny_vlm.CROP},
-               image_grid_pinpoints=tiny_vlm.pinpoints(), image_mean=list(IMAGE_MEAN), image_std=list(IMAGE_STD))
+    return cls(
+        size={"shortest_edge": tiny_vlm.CROP},
+        crop_size={"height": tiny_vlm.CROP, "width": tiny_vlm.CROP},
+        image_grid_pinpoints=tiny_vlm.pinpoints(),
+        image_mean=list(IMAGE_MEAN),
+        image_std=list(IMAGE_STD),
+    )
 
 
 def _through_processor(ip, mask):
@@ -52,8 +57,13 @@ def _read(img, scene, r, c):
         return next(name for name, rgb in dense.COLOURS.items() if rgb == pixel)
     assert x1 - x0 == y1 - y0 >= 6  # a square ink box
     ink = {}
-    for name, (y, x) in {"tl": (y0, x0), "tr": (y0, x1 - 1), "bl": (y1 - 1, x0), "br": (y1 - 1, x1 - 1),
-                         "centre": ((y0 + y1) // 2, (x0 + x1) // 2)}.items():
+    for name, (y, x) in {
+        "tl": (y0, x0),
+        "tr": (y0, x1 - 1),
+        "bl": (y1 - 1, x0),
+        "br": (y1 - 1, x1 - 1),
+        "centre": ((y0 + y1) // 2, (x0 + x1) // 2),
+    }.items():
         pixel = tuple(int(v) for v in img[y, x])
         assert pixel in (dense.INK, dense.PANEL)
         ink[name] = pixel == dense.INK
@@ -61,8 +71,11 @@ def _read(img, scene, r, c):
     assert tuple(img[y0 - 1, x0 - 1]) == dense.PANEL and tuple(img[y1, x1]) == dense.PANEL
     assert ink["centre"]
     corners = (ink["tl"], ink["tr"], ink["bl"], ink["br"])
-    found = {(True, True, True, True): "square", (False, False, True, True): "triangle",
-             (False, False, False, False): "circle"}
+    found = {
+        (True, True, True, True): "square",
+        (False, False, True, True): "triangle",
+        (False, False, False, False): "circle",
+    }
     assert corners in found, corners
     return found[corners]
 

@@ -58,7 +58,9 @@ def test_answers_follow_from_the_scene(test_split):
         elif q.kind == "quadrant":
             s = by_shape[q.question.split()[-1].rstrip("?")]
             h, w = scene.size
-            assert q.answer == ("top" if s.center[1] < h / 2 else "bottom") + " " + ("left" if s.center[0] < w / 2 else "right")
+            assert q.answer == ("top" if s.center[1] < h / 2 else "bottom") + " " + (
+                "left" if s.center[0] < w / 2 else "right"
+            )
         else:
             colour, shape = q.question.split()[-2], q.question.split()[-1].rstrip("?")
             assert (q.answer == "yes") == any(s.colour == colour and s.shape == shape for s in scene.shapes)

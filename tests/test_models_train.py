@@ -71,10 +71,43 @@ def test_relevance_marks_what_the_question_is_about(processor, split):
 
 def _train(tmp_path, name, seed=0, steps=3, checkpoints=None):
     out = tmp_path / name
-    argv = ["--out", str(out), "--images", "4", "--questions", "2", "--val-images", "2", "--dense-images", "3",
-            "--dense-questions", "2", "--dense-val-images", "2", "--steps", str(steps),
-            "--batch", "4", "--eval-every", "3", "--warmup", "2", "--hidden", "32", "--layers", "2",
-            "--heads", "2", "--intermediate", "48", "--seed", str(seed), "--no-cache", "--threads", "1"]
+    argv = [
+        "--out",
+        str(out),
+        "--images",
+        "4",
+        "--questions",
+        "2",
+        "--val-images",
+        "2",
+        "--dense-images",
+        "3",
+        "--dense-questions",
+        "2",
+        "--dense-val-images",
+        "2",
+        "--steps",
+        str(steps),
+        "--batch",
+        "4",
+        "--eval-every",
+        "3",
+        "--warmup",
+        "2",
+        "--hidden",
+        "32",
+        "--layers",
+        "2",
+        "--heads",
+        "2",
+        "--intermediate",
+        "48",
+        "--seed",
+        str(seed),
+        "--no-cache",
+        "--threads",
+        "1",
+    ]
     if checkpoints is not None:
         argv += ["--checkpoints", str(checkpoints)]
     assert train.main(argv) == 0
@@ -149,14 +182,22 @@ def test_auxiliary_losses_on_a_mixed_batch(processor):
     visual tokens (a mismatch raises), every loss is finite, and the attention pull sees marked tokens."""
     model = tiny_vlm.build_model(processor.tokenizer, hidden=32, layers=2, heads=2, intermediate=48)
     model.set_attn_implementation("eager")
-    both = dense.combine(task.make_split("train", 2, seed=0, questions_per_image=2),
-                         dense.make_split("train", 2, seed=0, questions_per_image=2))
+    both = dense.combine(
+        task.make_split("train", 2, seed=0, questions_per_image=2),
+        dense.make_split("train", 2, seed=0, questions_per_image=2),
+    )
     encoded = train.encode_split(model, processor, both, None)
     rows = train.tokenize(processor, both, encoded)
     labels = [train.joint_labels(processor, scene) for scene in both.scenes]
     n = sum(dense.LABEL_CLASSES)
-    aux = train.Auxiliary(torch.nn.Linear(32, n), torch.nn.Linear(32, n), torch.nn.Linear(32, 1), 1, labels,
-                          train.question_marks(both, labels))
+    aux = train.Auxiliary(
+        torch.nn.Linear(32, n),
+        torch.nn.Linear(32, n),
+        torch.nn.Linear(32, 1),
+        1,
+        labels,
+        train.question_marks(both, labels),
+    )
     loss, right, extra = train.batch_loss(model, encoded, both, rows, list(range(len(rows))), aux)
     assert set(extra) == {"patch", "content", "relevance", "attention"}
     assert torch.isfinite(loss) and all(torch.isfinite(v) for v in extra.values())

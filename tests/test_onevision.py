@@ -13,9 +13,9 @@ from fractions import Fraction
 
 import pytest
 import torch
+from conftest import make_image, placeholder_runs
 
 import hired
-from conftest import make_image, placeholder_runs
 from hired.methods.base import get_method, list_methods
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -61,8 +61,11 @@ def _stock_pack(model, size, aspect: str | None = None) -> list[int]:
     p = image_size_to_num_patches(list(size), cfg.image_grid_pinpoints, cfg.vision_config.image_size)
     feats = torch.arange(p * T, dtype=torch.float64).view(p, T, 1)
     packed, _ = model.model.pack_image_features(
-        [feats], torch.tensor([list(size)]), image_newline=torch.tensor([-1.0], dtype=torch.float64),
-        vision_aspect_ratio=aspect or cfg.vision_aspect_ratio)
+        [feats],
+        torch.tensor([list(size)]),
+        image_newline=torch.tensor([-1.0], dtype=torch.float64),
+        vision_aspect_ratio=aspect or cfg.vision_aspect_ratio,
+    )
     return [round(v) for v in packed[0][:, 0].tolist()]
 
 
@@ -172,7 +175,7 @@ def test_multi_image_prompt_counts(onevision):
 def _generate(model, inputs, n=5):
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-    return out[:, inputs["input_ids"].shape[1]:]
+    return out[:, inputs["input_ids"].shape[1] :]
 
 
 def _video(seed=0, frames=4):
@@ -209,15 +212,17 @@ def test_batch_matches_one_by_one(onevision, keep_positions):
         assert torch.equal(gen[i], single), f"prompt {i}"
     strip = [s for s in batch_sels]
     assert [(s.grid, s.num_tokens, s.partitions) for s in strip] == [
-        (s.grid, s.num_tokens, s.partitions) for s in single_sels]
+        (s.grid, s.num_tokens, s.partitions) for s in single_sels
+    ]
     assert [s.grid for s in batch_sels] == [(2, 3), (0, 0), (0, 0), (3, 3)]
 
     # a video prompt takes the stock video path; an image prompt next to it is still pruned
     video_text = "USER: <video>\nwhat happens ? ASSISTANT:"
     alone = _generate(model, processor(text=[video_text], videos=[_video()], return_tensors="pt"))[0]
     assert hired.last_selection(model) == []  # no image in that prompt
-    mixed = processor(text=[video_text, prompts[0][0]], videos=[_video()], images=[a], return_tensors="pt",
-                      padding=True)
+    mixed = processor(
+        text=[video_text, prompts[0][0]], videos=[_video()], images=[a], return_tensors="pt", padding=True
+    )
     out = _generate(model, mixed)
     assert torch.equal(out[0], alone)
     assert torch.equal(out[1], singles[0])
@@ -239,8 +244,9 @@ def test_two_pass_inputs_match_one_pass(onevision):
     images = [make_image(*s, seed=30 + i) for i, s in enumerate([(200, 300), (80, 80)])]
     hired.apply(model, processor, hired.DivPrune(budget=0.25))
     one = _inputs(processor, [images], ["<image><image> compare"])
-    two = hired.prepare_inputs(model, processor, images=[images], text=["<image><image> compare"],
-                               return_tensors="pt", padding=True)
+    two = hired.prepare_inputs(
+        model, processor, images=[images], text=["<image><image> compare"], return_tensors="pt", padding=True
+    )
     assert "batch_num_images" not in two and "pixel_values" not in two
     assert torch.equal(one["input_ids"], two["input_ids"])
     assert torch.equal(_logits(model, one), _logits(model, two))
@@ -248,7 +254,9 @@ def test_two_pass_inputs_match_one_pass(onevision):
     hired.apply(model, processor, hired.PruMerge())  # adaptive: only the two-pass path can size the prompt
     inputs = hired.prepare_inputs(model, processor, images=[images[:1]], text=[PROMPT], return_tensors="pt")
     _logits(model, inputs)
-    assert placeholder_runs(inputs["input_ids"], model.config.image_token_id) == [hired.last_selection(model)[0].num_tokens]
+    assert placeholder_runs(inputs["input_ids"], model.config.image_token_id) == [
+        hired.last_selection(model)[0].num_tokens
+    ]
 
 
 # ------------------------------------------------------------------------------------------ the score
@@ -349,7 +357,7 @@ def test_keep_positions_on_an_interpolated_image(onevision):
     local = [i - first for i in ids]
     full = sorted(sel.partitions[0].kept)
     assert local[: len(full)] == full  # the full image is not interpolated: its ids are the stock ones
-    canvas = local[len(full):]
+    canvas = local[len(full) :]
     stock_rows = [(i - T) // 13 for i in canvas]
     assert stock_rows == sorted(stock_rows)  # canvas rows in order (several may share a stock row)
     assert min(canvas) >= T and max(canvas) < sel.num_tokens_stock == T + 12 * 13

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_transformers_adapter import _stock_pack_order
 
 import hired
-from conftest import make_image
 from hired.core.positions import stock_position_ids
-from test_transformers_adapter import _stock_pack_order
 
 ONE = "USER: <image>\nwhat is this? ASSISTANT:"
 TWO = "USER: <image>\nand <image>\nwhich is brighter? ASSISTANT:"
@@ -52,7 +52,8 @@ def _generate(model, processor, batch, two_pass=False):
     inputs = hired.prepare_inputs(model, processor, **kwargs) if two_pass else processor(**kwargs)
     seen = []
     hook = model.model.language_model.register_forward_pre_hook(
-        lambda m, a, kw: seen.append(kw["position_ids"].clone()), with_kwargs=True)
+        lambda m, a, kw: seen.append(kw["position_ids"].clone()), with_kwargs=True
+    )
     try:
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=NEW, do_sample=False)
@@ -94,8 +95,10 @@ def _expected_rows(model, processor, batch, sels, keep_newline):
 
 
 def _got_rows(seen, input_ids, mask):
-    return [(seen[0][r][mask[r].bool()].tolist(), [step[r].tolist() for step in seen[1:]])
-            for r in range(input_ids.shape[0])]
+    return [
+        (seen[0][r][mask[r].bool()].tolist(), [step[r].tolist() for step in seen[1:]])
+        for r in range(input_ids.shape[0])
+    ]
 
 
 METHODS = [
@@ -221,8 +224,13 @@ def test_stock_position_ids_against_a_slow_reference(data):
 
 def test_stock_position_ids_refuses_an_image_without_tokens():
     with pytest.raises(ValueError, match="at least one token per image"):
-        stock_position_ids(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.bool),
-                           torch.zeros(0, dtype=torch.long), [0], [4])
+        stock_position_ids(
+            torch.zeros(1, 3, dtype=torch.long),
+            torch.zeros(1, 3, dtype=torch.bool),
+            torch.zeros(0, dtype=torch.long),
+            [0],
+            [4],
+        )
 
 
 def test_rearranged_encoder_outputs_keep_each_images_positions(llava_next):
@@ -244,7 +252,8 @@ def test_rearranged_encoder_outputs_keep_each_images_positions(llava_next):
         inputs = processor.tokenizer(texts, return_tensors="pt", padding=True)
         seen = []
         hook = model.model.language_model.register_forward_pre_hook(
-            lambda m, a, kw: seen.append(kw["position_ids"].clone()), with_kwargs=True)
+            lambda m, a, kw: seen.append(kw["position_ids"].clone()), with_kwargs=True
+        )
         mm = BaseModelOutputWithPooling(pooler_output=[encoded.pooler_output[i] for i in owner])
         with torch.no_grad():
             model.generate(**inputs, mm_encoder_outputs={"image": mm}, max_new_tokens=NEW, do_sample=False)

@@ -16,9 +16,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from conftest import make_image, placeholder_runs, require_torchvision
 
 import hired
-from conftest import make_image, placeholder_runs, require_torchvision
 from hired.methods.base import get_method, list_methods
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -45,8 +45,11 @@ def qwen(_qwen_session):
     yield model, processor
     if hired.applied_method(model) is not None:
         hired.remove(model, processor)
-    left = [a for a in ("get_image_features", "get_placeholder_mask", "get_rope_index", "_hired_state")
-            if a in model.model.__dict__]
+    left = [
+        a
+        for a in ("get_image_features", "get_placeholder_mask", "get_rope_index", "_hired_state")
+        if a in model.model.__dict__
+    ]
     assert not left, f"hired state left on the model: {left}"
 
 
@@ -65,7 +68,7 @@ def _logits(model, inputs):
 def _generate(model, inputs, n=5):
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-    return out[:, inputs["input_ids"].shape[1]:]
+    return out[:, inputs["input_ids"].shape[1] :]
 
 
 class _Positions:
@@ -134,8 +137,11 @@ def test_full_budget_is_bit_identical_and_remove_restores(qwen):
 # ------------------------------------------------------------------------------------------ positions
 
 
-@pytest.mark.parametrize("method", [hired.HiRED(budget=0.3), hired.Spatial(budget=0.5), hired.DivPrune(budget=0.2),
-                                    hired.CDPruner(budget=0.3)], ids=lambda m: m.name)
+@pytest.mark.parametrize(
+    "method",
+    [hired.HiRED(budget=0.3), hired.Spatial(budget=0.5), hired.DivPrune(budget=0.2), hired.CDPruner(budget=0.3)],
+    ids=lambda m: m.name,
+)
 def test_mrope_ids_equal_the_stock_ids_in_prefill_and_decode(qwen, method):
     """Every text token and every kept visual token gets the (t, h, w) id it has in the stock run of the
     same prompt, in the prompt pass and in every decoding step."""
@@ -270,8 +276,9 @@ def test_received_score_equals_the_stock_attention_weights(qwen):
     received = torch.cat([w.float().mean(dim=2).sum(dim=1)[0] for w in recorded])  # (seq,) the tower's order
     merged = received.view(-1, 4).sum(dim=1)
     if hasattr(visual, "window_size"):  # Qwen2.5-VL keeps its tokens in window order; Qwen3-VL in raster order
-        window_index, _ = get_vision_window_index(inputs["image_grid_thw"], spatial_merge_size=2,
-                                                  window_size=visual.window_size, patch_size=14)
+        window_index, _ = get_vision_window_index(
+            inputs["image_grid_thw"], spatial_merge_size=2, window_size=visual.window_size, patch_size=14
+        )
         merged = merged[torch.argsort(window_index)]
     expected = merged.split((inputs["image_grid_thw"].prod(-1) // 4).tolist())
     assert len(recorded) == 2  # one full-attention segment per image
@@ -304,8 +311,15 @@ def test_hired_regions_share_the_budget_by_the_early_layer(qwen):
         n = part.grid[0] * part.grid[1]
         total = math.floor(Fraction("0.3") * n)
         spread = total - math.floor(Fraction("0.5") * total)
-        keep = region_topk(score["select"], score["budget"], region_of(*part.grid, 2)[None],
-                           torch.ones(1, n, dtype=torch.bool), [total], [spread], 4)
+        keep = region_topk(
+            score["select"],
+            score["budget"],
+            region_of(*part.grid, 2)[None],
+            torch.ones(1, n, dtype=torch.bool),
+            [total],
+            [spread],
+            4,
+        )
         assert part.kept == keep[0].nonzero().flatten().tolist() and len(part.kept) == total
         _logits(model, _inputs(processor, [images[i]], [PROMPT]))
         assert hired.last_selection(model)[0].partitions[0].kept == part.kept  # one by one
@@ -315,11 +329,15 @@ def test_hired_regions_share_the_budget_by_the_early_layer(qwen):
 # ------------------------------------------------------------------------------------ clear errors
 
 
-@pytest.mark.parametrize("method, match", [
-    (hired.DivPrune(budget=0.2, space="vision"), "use space='projected'"),
-    (hired.HiRED(budget=0.2, score="cls"), r"no \[CLS\] token"),
-    (hired.PruMerge(), r"PruMerge without a budget .* only fixed-budget methods run yet: give it a budget"),
-], ids=["divprune-vision", "cls", "prumerge-adaptive"])
+@pytest.mark.parametrize(
+    "method, match",
+    [
+        (hired.DivPrune(budget=0.2, space="vision"), "use space='projected'"),
+        (hired.HiRED(budget=0.2, score="cls"), r"no \[CLS\] token"),
+        (hired.PruMerge(), r"PruMerge without a budget .* only fixed-budget methods run yet: give it a budget"),
+    ],
+    ids=["divprune-vision", "cls", "prumerge-adaptive"],
+)
 def test_unsupported_options_are_one_clear_error(qwen, method, match):
     model, processor = qwen
     with pytest.raises(ValueError, match=match):
@@ -330,9 +348,11 @@ def test_unsupported_options_are_one_clear_error(qwen, method, match):
 # ------------------------------------------------------------------------------------- query-aware
 
 
-QUESTIONS = ["USER: <|vision_start|><image><|vision_end|>\nwhat is this? ASSISTANT:",
-             "USER: <|vision_start|><image><|vision_end|>\nhow many cats are on the red sofa in the picture? ASSISTANT:",
-             "USER: describe <|vision_start|><image><|vision_end|> in detail . ASSISTANT:"]
+QUESTIONS = [
+    "USER: <|vision_start|><image><|vision_end|>\nwhat is this? ASSISTANT:",
+    "USER: <|vision_start|><image><|vision_end|>\nhow many cats are on the red sofa in the picture? ASSISTANT:",
+    "USER: describe <|vision_start|><image><|vision_end|> in detail . ASSISTANT:",
+]
 
 
 def _cdpruner_oracle(model, processor, image, text, budget):
@@ -391,8 +411,9 @@ def test_cdpruner_batched_two_pass_and_reselected_equal_one_by_one(qwen):
     # encoded once without any prompt, then answered: every image selected again for its question
     pixels = processor.image_processor(images=[images[0]], return_tensors="pt")
     with torch.no_grad():
-        encoded = model.model.get_image_features(pixel_values=pixels["pixel_values"],
-                                                 image_grid_thw=pixels["image_grid_thw"])
+        encoded = model.model.get_image_features(
+            pixel_values=pixels["pixel_values"], image_grid_thw=pixels["image_grid_thw"]
+        )
     n = len(encoded.pooler_output[0])
     expected = []
     for text in (QUESTIONS[0], QUESTIONS[2]):
@@ -406,10 +427,16 @@ def test_cdpruner_batched_two_pass_and_reselected_equal_one_by_one(qwen):
         mm.deepstack_features = [(level[0], level[0]) for level in encoded.deepstack_features]
     types = (tokens["input_ids"] == model.config.image_token_id).long()
     with torch.no_grad():
-        got = model.generate(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                             mm_token_type_ids=types, image_grid_thw=pixels["image_grid_thw"].repeat(2, 1),
-                             mm_encoder_outputs={"image": mm}, max_new_tokens=5, min_new_tokens=5,
-                             do_sample=False)[:, -5:]
+        got = model.generate(
+            input_ids=tokens["input_ids"],
+            attention_mask=tokens["attention_mask"],
+            mm_token_type_ids=types,
+            image_grid_thw=pixels["image_grid_thw"].repeat(2, 1),
+            mm_encoder_outputs={"image": mm},
+            max_new_tokens=5,
+            min_new_tokens=5,
+            do_sample=False,
+        )[:, -5:]
     assert all(torch.equal(got[i], expected[i]) for i in range(2))
 
 
@@ -434,7 +461,7 @@ def test_deepstack_features_follow_the_kept_tokens(qwen, method):
         images = [make_image(*s, seed=70 + i) for i, s in enumerate([(150, 230), (200, 200)])]
         texts = ["USER: <|vision_start|><image><|vision_end|> and <|vision_start|><image><|vision_end|> ? ASSISTANT:"]
         _logits(model, _inputs(processor, images, texts))
-        (stock, _), = seen
+        ((stock, _),) = seen
         hired.apply(model, processor, method)
         inputs = _inputs(processor, images, texts)
         _logits(model, inputs)

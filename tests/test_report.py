@@ -96,7 +96,12 @@ def test_scores_retention_and_tokens(paper_like):
 
 
 def test_tokens_from_logged_samples_when_the_results_lack_them(tmp_path):
-    write_run(tmp_path, f"{PRE},method=none", {"textvqa_val": {"exact_match": 0.5}}, samples={"textvqa_val": [(100, 100), (300, 300)]})
+    write_run(
+        tmp_path,
+        f"{PRE},method=none",
+        {"textvqa_val": {"exact_match": 0.5}},
+        samples={"textvqa_val": [(100, 100), (300, 300)]},
+    )
     write_run(tmp_path, f"{PRE},method=spatial,budget=0.4", {"textvqa_val": {"exact_match": 0.25}}, date="20261125_130000",
               samples={"textvqa_val": [(40, 100), (120, 300)]})  # fmt: skip
     rows = _rows(build_table(find_runs([tmp_path])))
@@ -105,11 +110,32 @@ def test_tokens_from_logged_samples_when_the_results_lack_them(tmp_path):
 
 
 def test_newest_run_wins_and_other_models_get_their_own_rows(tmp_path):
-    write_run(tmp_path / "a", f"{PRE},method=full", {"pope": {"pope_f1_score": 0.80, "pope_accuracy": 0.9}}, date="20261125_100000")
-    write_run(tmp_path / "b", f"{PRE},method=full", {"pope": {"pope_f1_score": 0.876, "pope_accuracy": 0.9}}, date="20261125_110000")
-    write_run(tmp_path / "c", f"{PRE},method=hired,budget=0.2", {"pope": {"pope_f1_score": 0.87, "pope_accuracy": 0.88}})
-    write_run(tmp_path / "d", "pretrained=llava-hf/llava-1.5-7b-hf,method=full", {"pope": {"pope_f1_score": 0.85, "pope_accuracy": 0.86}})
-    write_run(tmp_path / "e", "pretrained=llava-hf/llava-1.5-7b-hf", {"pope": {"pope_f1_score": 0.85, "pope_accuracy": 0.5}}, model="llava_hf")
+    write_run(
+        tmp_path / "a",
+        f"{PRE},method=full",
+        {"pope": {"pope_f1_score": 0.80, "pope_accuracy": 0.9}},
+        date="20261125_100000",
+    )
+    write_run(
+        tmp_path / "b",
+        f"{PRE},method=full",
+        {"pope": {"pope_f1_score": 0.876, "pope_accuracy": 0.9}},
+        date="20261125_110000",
+    )
+    write_run(
+        tmp_path / "c", f"{PRE},method=hired,budget=0.2", {"pope": {"pope_f1_score": 0.87, "pope_accuracy": 0.88}}
+    )
+    write_run(
+        tmp_path / "d",
+        "pretrained=llava-hf/llava-1.5-7b-hf,method=full",
+        {"pope": {"pope_f1_score": 0.85, "pope_accuracy": 0.86}},
+    )
+    write_run(
+        tmp_path / "e",
+        "pretrained=llava-hf/llava-1.5-7b-hf",
+        {"pope": {"pope_f1_score": 0.85, "pope_accuracy": 0.5}},
+        model="llava_hf",
+    )
     table = build_table(find_runs([tmp_path]))
     assert table.splitlines()[0] == "| method | model | visual tokens | POPE | mean retention |"
     lines = [line for line in table.splitlines() if line.startswith("| ") and "method" not in line]
@@ -119,7 +145,9 @@ def test_newest_run_wins_and_other_models_get_their_own_rows(tmp_path):
         "| full | llava-hf/llava-v1.6-vicuna-7b-hf | – | 87.6 (100.0%) | 100.0% |",
         "| hired budget=0.2 | llava-hf/llava-v1.6-vicuna-7b-hf | – | 87.0 (99.3%) | 99.3% |",
     ]
-    over = build_table(find_runs([tmp_path / "b", tmp_path / "c"]), metrics=parse_metric_overrides(["pope=pope_accuracy*100"]))
+    over = build_table(
+        find_runs([tmp_path / "b", tmp_path / "c"]), metrics=parse_metric_overrides(["pope=pope_accuracy*100"])
+    )
     assert _rows(over)["hired budget=0.2"][1] == "88.0 (97.8%)"
     assert "pope: pope_accuracy x 100" in over
 
@@ -178,11 +206,29 @@ def test_paper_table_script_commands(tmp_path, capsys):
     script = _paper_table_script()
     out = tmp_path / "acc"
     write_run(out / "full", f"{PRE},method=full", {"pope": {"pope_f1_score": 0.876}})  # already done: skipped
-    assert script.main(["--dry-run", "--gpus", "8", "--out", str(out), "--only", "full,hired-20", "--run", "vz=method=visionzip,budget=0.2"]) == 0
+    assert (
+        script.main(
+            [
+                "--dry-run",
+                "--gpus",
+                "8",
+                "--out",
+                str(out),
+                "--only",
+                "full,hired-20",
+                "--run",
+                "vz=method=visionzip,budget=0.2",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("[full] already done")
     assert printed[1].startswith("[hired-20] accelerate launch --num_processes 8 -m lmms_eval --model hired_llava ")
-    assert "--model_args pretrained=llava-hf/llava-v1.6-vicuna-7b-hf,method=hired,budget=0.2,alpha=0.5,dtype=float16" in printed[1]
+    assert (
+        "--model_args pretrained=llava-hf/llava-v1.6-vicuna-7b-hf,method=hired,budget=0.2,alpha=0.5,dtype=float16"
+        in printed[1]
+    )
     assert f"--tasks {script.TASKS} --batch_size 4 --log_samples --output_path {out / 'hired-20'}" in printed[1]
     assert printed[2].startswith("[vz] ") and "method=visionzip,budget=0.2" in printed[2]
     assert "report" in printed[3] and str(out / "table.md") in printed[3]

@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from conftest import leftovers, make_image
 
 import hired
-from conftest import leftovers, make_image
 
 PROMPT = "USER: <image>\nwhat is this? ASSISTANT:"
 THREADS, CALLS = 4, 3
@@ -39,8 +39,12 @@ def _run(model, processor, k: int, two_pass: bool):
 def _same(a, b) -> bool:
     tokens_a, kept_a, sizes_a, scores_a = a
     tokens_b, kept_b, sizes_b, scores_b = b
-    return (torch.equal(tokens_a, tokens_b) and kept_a == kept_b and sizes_a == sizes_b
-            and all(torch.equal(x, y) for x, y in zip(scores_a, scores_b)))
+    return (
+        torch.equal(tokens_a, tokens_b)
+        and kept_a == kept_b
+        and sizes_a == sizes_b
+        and all(torch.equal(x, y) for x, y in zip(scores_a, scores_b))
+    )
 
 
 def _threaded(model, processor, two_pass: bool):

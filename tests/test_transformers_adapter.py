@@ -15,13 +15,13 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from conftest import make_image, placeholder_runs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from torch import nn
 
 import hired
-from conftest import make_image, placeholder_runs
 from hired.tiny import tiny_llava, tiny_llava_next
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -649,8 +649,9 @@ def test_zero_size_image_is_one_clear_error(llava_next, bad):
     hired.apply(model, processor, hired.HiRED(budget=0.2))
     good = Image.new("RGB", (40, 30))
     with pytest.raises(ValueError, match=r"image 1 has zero size"):
-        processor(images=[good, bad], text=["USER: <image>\nhi", "USER: <image>\nhi"], return_tensors="pt",
-                  padding=True)
+        processor(
+            images=[good, bad], text=["USER: <image>\nhi", "USER: <image>\nhi"], return_tensors="pt", padding=True
+        )
     hired.remove(model, processor)
     assert "_process_images" not in processor.__dict__
 

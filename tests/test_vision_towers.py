@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import CLIPVisionConfig, CLIPVisionModel, Dinov2Config, Dinov2Model, LlavaNextConfig
-from transformers import LlavaNextForConditionalGeneration
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    Dinov2Config,
+    Dinov2Model,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+)
 
 import hired
 from hired.adapters.vision import ScoreHooks, encoder_layers, has_cls_token
@@ -13,14 +19,16 @@ from hired.tiny import default_pinpoints, tiny_llava_next
 
 
 def _clip():
-    cfg = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                           image_size=56, patch_size=14)
+    cfg = CLIPVisionConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, image_size=56, patch_size=14
+    )
     return CLIPVisionModel(cfg), cfg
 
 
 def _dinov2():
-    cfg = Dinov2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                       image_size=56, patch_size=14)
+    cfg = Dinov2Config(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, image_size=56, patch_size=14
+    )
     return Dinov2Model(cfg), cfg
 
 
@@ -30,8 +38,9 @@ def test_hooked_cls_rows_equal_row_zero_of_eager_attention(build):
     tower, cfg = build()
     tower.eval().set_attn_implementation("eager")
     pixels = torch.randn(2, 3, 56, 56)
-    hooks = ScoreHooks(encoder_layers(tower, cfg.num_hidden_layers), cfg.num_attention_heads,
-                       {"early": 0, "late": 2}, {"keys": 2})
+    hooks = ScoreHooks(
+        encoder_layers(tower, cfg.num_hidden_layers), cfg.num_attention_heads, {"early": 0, "late": 2}, {"keys": 2}
+    )
     with torch.no_grad():
         idle = tower(pixels)  # outside a recording the hooks record nothing
         with hooks.recording() as rec:
@@ -59,11 +68,17 @@ def test_hooks_are_installed_once_and_removed():
 
 def test_llava_next_with_a_dinov2_tower():
     base, processor = tiny_llava_next()
-    vc = Dinov2Config(hidden_size=64, num_hidden_layers=3, num_attention_heads=2, intermediate_size=128,
-                      image_size=84, patch_size=14)
-    config = LlavaNextConfig(vision_config=vc, text_config=base.config.text_config,
-                             image_token_id=base.config.image_token_id, image_grid_pinpoints=default_pinpoints(84),
-                             vision_feature_layer=-2, vision_feature_select_strategy="default")
+    vc = Dinov2Config(
+        hidden_size=64, num_hidden_layers=3, num_attention_heads=2, intermediate_size=128, image_size=84, patch_size=14
+    )
+    config = LlavaNextConfig(
+        vision_config=vc,
+        text_config=base.config.text_config,
+        image_token_id=base.config.image_token_id,
+        image_grid_pinpoints=default_pinpoints(84),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
     torch.manual_seed(0)
     model = LlavaNextForConditionalGeneration(config).eval()
     image = Image.fromarray(np.random.RandomState(0).randint(0, 255, (100, 220, 3), np.uint8))
@@ -92,8 +107,9 @@ def test_received_scores_equal_the_mean_column_of_eager_attention(build, chunk, 
     tower, cfg = build()
     tower.eval().set_attn_implementation("eager")
     pixels = torch.randn(2, 3, 56, 56)
-    hooks = ScoreHooks(encoder_layers(tower, cfg.num_hidden_layers), cfg.num_attention_heads,
-                       {"early": 0, "late": 2}, kind="received")
+    hooks = ScoreHooks(
+        encoder_layers(tower, cfg.num_hidden_layers), cfg.num_attention_heads, {"early": 0, "late": 2}, kind="received"
+    )
     with torch.no_grad(), hooks.recording() as rec:
         out = tower(pixels, output_attentions=True)
     hooks.remove()
@@ -115,8 +131,11 @@ def test_score_kind_resolves_auto_and_refuses_cls_without_a_cls_token():
         hired.HiRED(score="mean")
 
 
-@pytest.mark.parametrize("method", [hired.HiRED(budget=0.3, score="received"), hired.ClsTopK(budget=0.3, score="received")],
-                         ids=lambda m: m.name)
+@pytest.mark.parametrize(
+    "method",
+    [hired.HiRED(budget=0.3, score="received"), hired.ClsTopK(budget=0.3, score="received")],
+    ids=lambda m: m.name,
+)
 def test_methods_rank_by_received_attention_end_to_end(llava_next_eager, method):
     """With score='received' the scores a method used are the stock tower's eager attention column means
     over each partition's patches."""

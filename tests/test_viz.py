@@ -61,7 +61,7 @@ def test_panels_and_boxes_match_selection(next_pair, size):
     # the sub-image panels sit in the grid's real layout: rows share y, columns share x
     rows, cols = sel.grid
     pos = [_box(next(a for a in panels if a.get_gid() == f"hired-partition-{k}")) for k in range(1, rows * cols + 1)]
-    for k, (x0, y0, w, h) in enumerate(pos):
+    for k, (x0, y0, _w, h) in enumerate(pos):
         r, c = divmod(k, cols)
         assert x0 == pytest.approx(pos[c][0]) and y0 == pytest.approx(pos[r * cols][1])
         if c:
@@ -119,8 +119,9 @@ def test_heatmap_line_names_the_score_kind_per_row(next_pair):
     methods = [hired.HiRED(budget=0.3), hired.HiRED(budget=0.3, score="received")]
     runs = [viz.run_method(model, processor, image, m) for m in methods]
     assert [r.kind for r in runs] == ["cls", "received"]  # from the applied state: "auto" is [CLS] on CLIP
-    fig = viz.plot_selection(image, [r.selection for r in runs], scores=[r.scores for r in runs],
-                             score_kind=[r.kind for r in runs])
+    fig = viz.plot_selection(
+        image, [r.selection for r in runs], scores=[r.scores for r in runs], score_kind=[r.kind for r in runs]
+    )
     lines = [t.get_text() for t in fig.texts if " the method used (" in t.get_text()]
     assert len(lines) == 2
     assert lines[0].startswith("[CLS] attention") and lines[1].startswith("received attention")
@@ -246,7 +247,7 @@ def test_cli_bad_arguments(tmp_path, capsys):
 def test_cli_without_matplotlib(tmp_path, monkeypatch):
     for name in ("matplotlib", "matplotlib.figure", "matplotlib.patches", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
-    with pytest.raises(SystemExit, match=r"pip install 'hired\[viz\]'"):
+    with pytest.raises(SystemExit, match=r"pip install 'hired-vlm\[viz\]'"):
         main(["show", "--model", "unused", "--image", "x.png", "--out", str(tmp_path / "x.png")])
 
 

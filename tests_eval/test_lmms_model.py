@@ -157,7 +157,7 @@ def test_greedy_continuation_is_flagged_greedy(tiny_folder):
     lm = _model(tiny_folder, method="hired", budget=0.5)
     answer = lm.generate_until(_gen_requests({"max_new_tokens": 3}))[0]
     tokens = lm.tokenizer(answer.text, add_special_tokens=False)["input_ids"]
-    (score, greedy), = lm.loglikelihood(_ll_requests([(0, answer.text)]))
+    ((score, greedy),) = lm.loglikelihood(_ll_requests([(0, answer.text)]))
     # the decoded answer re-tokenises to the greedy tokens whenever it round-trips
     if lm.tokenizer.decode(tokens) == answer.text and len(tokens) == answer.token_counts.output_tokens:
         assert greedy

@@ -51,8 +51,10 @@ def _requests(kind: str, continuations=None) -> list[Instance]:
         args = [(d["q"], {"max_new_tokens": 3, "until": ["\n"]}, visual, i, TASK, SPLIT) for i, d in enumerate(DOCS)]
     else:
         args = [(DOCS[i]["q"], cont, visual, i, TASK, SPLIT) for i, cont in continuations]
-    return [Instance(request_type=kind, arguments=a, idx=0, metadata={"task": TASK, "doc_id": a[3], "repeats": 1})
-            for a in args]
+    return [
+        Instance(request_type=kind, arguments=a, idx=0, metadata={"task": TASK, "doc_id": a[3], "repeats": 1})
+        for a in args
+    ]
 
 
 def _model(folder, **kwargs) -> hl.HiredLlava:
@@ -139,6 +141,7 @@ def test_lmms_eval_end_to_end_on_onevision(ov_folder, task_dir, hf_home, tmp_pat
 
     processor = AutoProcessor.from_pretrained(ov_folder)  # the processor's own stock count agrees with the family's
     for doc, (_, stock) in zip(docs, expected):
-        ids = processor(images=doc["image"].convert("RGB"), text=f"{processor.image_token} x",
-                        return_tensors="pt")["input_ids"]
+        ids = processor(images=doc["image"].convert("RGB"), text=f"{processor.image_token} x", return_tensors="pt")[
+            "input_ids"
+        ]
         assert int((ids == processor.image_token_id).sum()) == stock

@@ -8,8 +8,14 @@ import math
 from pathlib import Path
 
 import pytest
-from test_lmms_onevision import (BUDGET, DOCS, _model, _requests, check_end_to_end,
-                                 check_loglikelihood_batched_equals_one_by_one)
+from test_lmms_onevision import (
+    BUDGET,
+    DOCS,
+    _model,
+    _requests,
+    check_end_to_end,
+    check_loglikelihood_batched_equals_one_by_one,
+)
 
 
 @pytest.fixture(scope="session", params=["qwen2_5_vl", "qwen3_vl"])

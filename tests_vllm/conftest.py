@@ -21,8 +21,21 @@ from hired.vllm.checkpoint import save_for_vllm
 IMAGE_SIZES = [(100, 150), (160, 80), (84, 84), (60, 200), (200, 60), (170, 160), (33, 47)]
 # the tiny OneVision (84 px crops, grids 1x1..3x3, anyres_max_4): every grid, and canvases it interpolates
 # (2x3, 3x2 and 3x3 at (90, 174), (174, 90), (250, 250), (170, 250)) next to ones it does not
-ONEVISION_SIZES = [(84, 84), (33, 47), (60, 130), (60, 200), (160, 80), (100, 150), (90, 181), (90, 174),
-                   (200, 60), (174, 146), (174, 90), (250, 250), (170, 250)]
+ONEVISION_SIZES = [
+    (84, 84),
+    (33, 47),
+    (60, 130),
+    (60, 200),
+    (160, 80),
+    (100, 150),
+    (90, 181),
+    (90, 174),
+    (200, 60),
+    (174, 146),
+    (174, 90),
+    (250, 250),
+    (170, 250),
+]
 PROMPT = "USER: <image>\nwhat is in the image ? ASSISTANT:"
 
 

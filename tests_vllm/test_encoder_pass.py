@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import greedy, make_image, request
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from conftest import greedy, make_image, request
-
 # reads that copy a device tensor's data to the host (and wait for the device on a GPU)
 _HOST_READS = {
-    torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.cpu, torch.Tensor.numpy, torch.Tensor.__bool__,
-    torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__index__, torch.Tensor.nonzero, torch.nonzero,
+    torch.Tensor.tolist,
+    torch.Tensor.item,
+    torch.Tensor.cpu,
+    torch.Tensor.numpy,
+    torch.Tensor.__bool__,
+    torch.Tensor.__int__,
+    torch.Tensor.__float__,
+    torch.Tensor.__index__,
+    torch.Tensor.nonzero,
+    torch.nonzero,
 }
 _READ_NAMES = {f: f.__name__ for f in _HOST_READS}
 
@@ -88,8 +95,9 @@ def test_no_host_round_trip_per_image(engines, next_path, entry):
         assert "tolist" in reads_many  # the counter does see the budgets' read
 
 
-@pytest.mark.parametrize("entry", [{"method": "hired", "budget": 0.3}, {"method": "cls_topk", "budget": 0.3}],
-                         ids=["hired", "cls_topk"])
+@pytest.mark.parametrize(
+    "entry", [{"method": "hired", "budget": 0.3}, {"method": "cls_topk", "budget": 0.3}], ids=["hired", "cls_topk"]
+)
 def test_no_host_round_trip_per_image_onevision(engines, onevision_path, entry):
     """The same on LLaVA-OneVision: received-attention rows (queries in chunks), interpolated canvases."""
     llm = engines(onevision_path, entry)

@@ -11,14 +11,13 @@ from fractions import Fraction
 
 import pytest
 import torch
+from conftest import IMAGE_SIZES, PROMPT, greedy, make_image, make_llm, request
 
 import hired
 import hired.vllm
 from hired.core.grid import Geometry, layout_for
 from hired.methods.base import get_method, num_image_tokens
 from hired.tiny import default_pinpoints
-
-from conftest import IMAGE_SIZES, PROMPT, greedy, make_image, make_llm, request
 
 GEOMETRY_NEXT = Geometry(crop_size=84, patch_size=14, grid_pinpoints=default_pinpoints(84))
 GEOMETRY_LLAVA = Geometry(crop_size=84, patch_size=14)
@@ -114,7 +113,10 @@ def test_repeated_image_gets_the_same_correct_output(engines, next_path):
     for out in (again[1], again[2]):
         assert out.outputs[0].token_ids == first.outputs[0].token_ids
         assert out.prompt_token_ids == first.prompt_token_ids
-    assert again[0].outputs[0].token_ids != first.outputs[0].token_ids or again[0].prompt_token_ids != first.prompt_token_ids
+    assert (
+        again[0].outputs[0].token_ids != first.outputs[0].token_ids
+        or again[0].prompt_token_ids != first.prompt_token_ids
+    )
     # a fresh engine (empty caches) agrees
     fresh = make_llm(next_path, {"method": "hired", "budget": 0.2})
     assert fresh.generate([request(a)], greedy(6))[0].outputs[0].token_ids == first.outputs[0].token_ids
@@ -180,7 +182,7 @@ def test_stock_path_equals_vllm_without_the_plugin(engines, next_path):
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    reference = json.loads(lines[-1][len("RESULT "):])
+    reference = json.loads(lines[-1][len("RESULT ") :])
     assert reference["module"].startswith("vllm.")  # vLLM's own class ran
     llm = engines(next_path)  # plugin loaded, no "hired" key
     outs = llm.generate([request(make_image(h, w, seed=9)) for h, w in IMAGE_SIZES], greedy(6))
@@ -195,9 +197,11 @@ def test_llava_1_5_count(engines, llava_path):
     tok, method = image_id(llm), method_of(entry)
     requests = [request(make_image(h, w)) for h, w in IMAGE_SIZES[:3]]
     for out, ref in zip(llm.generate(requests, greedy(3)), stock.generate(requests, greedy(3))):
-        assert sum(t == tok for t in out.prompt_token_ids) == num_image_tokens(
-            method, layout_for((84, 84), GEOMETRY_LLAVA), newline=False
-        ) == math.floor(0.25 * 36)
+        assert (
+            sum(t == tok for t in out.prompt_token_ids)
+            == num_image_tokens(method, layout_for((84, 84), GEOMETRY_LLAVA), newline=False)
+            == math.floor(0.25 * 36)
+        )
         assert sum(t == tok for t in ref.prompt_token_ids) == 36
 
 
@@ -206,11 +210,17 @@ def test_llava_1_5_count(engines, llava_path):
     [
         ({"budget": 1.5}, r"hf_overrides\['hired'\]: budget must be in \(0, 1\], got 1.5"),
         ({"method": "nope"}, r"hf_overrides\['hired'\]: unknown method 'nope'; available: .*hired"),
-        ({"method": "hired", "selection_layer": 3}, r"select layer 3 is out of range: vLLM builds the vision layers 0..2"),
+        (
+            {"method": "hired", "selection_layer": 3},
+            r"select layer 3 is out of range: vLLM builds the vision layers 0..2",
+        ),
         ({"method": "hired", "colour": 1}, r"HiRED has no option colour"),
         ({"method": "prumerge", "budget": 0.2}, r"select layer 3 is out of range: .* layer option"),
-        ({"method": "hired", "regions": 2}, r"hf_overrides\['hired'\]: HiRED\(regions=2\) shares the budget over "
-                                            r"regions of an image that is one grid"),
+        (
+            {"method": "hired", "regions": 2},
+            r"hf_overrides\['hired'\]: HiRED\(regions=2\) shares the budget over "
+            r"regions of an image that is one grid",
+        ),
     ],
 )
 def test_bad_override_fails_at_start_up(next_path, entry, message):
@@ -236,7 +246,9 @@ def test_adaptive_methods_are_refused_with_the_alternatives():
 def test_keep_positions_and_wrong_types_are_refused_with_the_reason():
     from hired.vllm.config import parse_method
 
-    with pytest.raises(ValueError, match=r"hf_overrides\['hired'\]: keep_positions is not available in vLLM: .*1-D RoPE"):
+    with pytest.raises(
+        ValueError, match=r"hf_overrides\['hired'\]: keep_positions is not available in vLLM: .*1-D RoPE"
+    ):
         parse_method({"method": "hired", "budget": 0.2, "keep_positions": True})
     with pytest.raises(ValueError, match=r"hf_overrides\['hired'\]: HiRED option keep_newline must be True or False"):
         parse_method({"method": "hired", "keep_newline": "yes"})
@@ -251,8 +263,14 @@ def test_query_aware_methods_are_refused_with_the_alternatives():
         parse_method({"method": "cdpruner", "budget": 0.2})
 
 
-@pytest.mark.parametrize("entry", [{"method": "cls_topk", "budget": 0.3, "score": "received"},
-                                   {"method": "hired", "budget": 0.3, "score": "received"}], ids=lambda e: e["method"])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"method": "cls_topk", "budget": 0.3, "score": "received"},
+        {"method": "hired", "budget": 0.3, "score": "received"},
+    ],
+    ids=lambda e: e["method"],
+)
 def test_received_scores_on_a_clip_tower_keep_what_the_transformers_adapter_keeps(engines, next_path, entry):
     """score='received' (attention each patch receives, from every query) on a CLIP tower: the plugin's
     rows from the fused qkv rank patches as the transformers adapter's."""
@@ -290,8 +308,9 @@ def test_oracle_feeds_the_same_count_without_selection(engines, next_path):
         make_llm(next_path, {"method": "hired", "oracle": "yes"})
 
 
-@pytest.mark.parametrize("entry", [{"method": "divprune", "budget": 0.3}, {"method": "dart", "budget": 0.3}],
-                         ids=lambda e: e["method"])
+@pytest.mark.parametrize(
+    "entry", [{"method": "divprune", "budget": 0.3}, {"method": "dart", "budget": 0.3}], ids=lambda e: e["method"]
+)
 def test_feature_methods_keep_what_the_transformers_adapter_keeps(engines, next_path, entry):
     """DivPrune and DART read the patch features (projected) and DART the tower's keys: vLLM passes them
     as the transformers adapter does, so the same image keeps the same patches."""

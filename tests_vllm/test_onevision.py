@@ -13,6 +13,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from conftest import ONEVISION_SIZES, PROMPT, greedy, make_image, make_llm, request
 
 import hired
 import hired.vllm
@@ -20,8 +21,6 @@ from hired.core.grid import Geometry, layout_for
 from hired.core.scores import received_attention
 from hired.methods.base import get_method, num_image_tokens
 from hired.tiny import onevision_pinpoints
-
-from conftest import ONEVISION_SIZES, PROMPT, greedy, make_image, make_llm, request
 
 PINS = tuple(tuple(p) for p in onevision_pinpoints(84))
 GEOMETRY = Geometry(crop_size=84, patch_size=14, grid_pinpoints=PINS, max_crops=4)  # the tiny config's
@@ -157,12 +156,17 @@ def test_video_and_text_prompts_run_as_stock(engines, onevision_path):
         assert out.outputs[0].token_ids == ref.outputs[0].token_ids
     assert sum(t == video_id(llm) for t in outs[0].prompt_token_ids) == 4 * 3 * 3 + 1  # frames x pooled 3x3 + newline
     # a video next to an image in one prompt: the image is reduced, the video is not
-    mixed = {"prompt": "USER: <image> <video>\nwhat ? ASSISTANT:",
-             "multi_modal_data": {"image": make_image(100, 150), "video": make_video(seed=2)}}
+    mixed = {
+        "prompt": "USER: <image> <video>\nwhat ? ASSISTANT:",
+        "multi_modal_data": {"image": make_image(100, 150), "video": make_video(seed=2)},
+    }
     out, ref = llm.generate([mixed], greedy(4))[0], stock.generate([mixed], greedy(4))[0]
-    assert sum(t == video_id(llm) for t in out.prompt_token_ids) == sum(t == video_id(llm) for t in ref.prompt_token_ids)
+    assert sum(t == video_id(llm) for t in out.prompt_token_ids) == sum(
+        t == video_id(llm) for t in ref.prompt_token_ids
+    )
     assert sum(t == image_id(llm) for t in out.prompt_token_ids) == num_image_tokens(
-        method_of({"method": "hired", "budget": 0.2}), layout_for((100, 150), GEOMETRY), True)
+        method_of({"method": "hired", "budget": 0.2}), layout_for((100, 150), GEOMETRY), True
+    )
 
 
 def _assert_same_kept(vllm_sel, tf_sel, tf_scores):
@@ -250,7 +254,9 @@ print("RESULT " + json.dumps({"module": cls.__module__, "outs": [[o.prompt_token
 def requests_for_stock() -> list:
     """Single images of every grid, a multi-image prompt, a video and a text-only prompt."""
     out = [request(make_image(h, w, seed=9)) for h, w in ONEVISION_SIZES]
-    out.append(request([make_image(100, 150, seed=9), make_image(84, 84, seed=9)], "USER: <image> <image>\nwhat ? ASSISTANT:"))
+    out.append(
+        request([make_image(100, 150, seed=9), make_image(84, 84, seed=9)], "USER: <image> <image>\nwhat ? ASSISTANT:")
+    )
     out += [video_request(seed=9), "USER: hello ASSISTANT:"]
     return out
 
@@ -258,12 +264,15 @@ def requests_for_stock() -> list:
 def test_stock_path_equals_vllm_without_the_plugin(engines, onevision_path):
     env = {**os.environ, "VLLM_PLUGINS": "none"}  # an allow-list naming no installed plugin
     proc = subprocess.run(
-        [sys.executable, "-c", _NO_PLUGIN, onevision_path, __file__], env=env, capture_output=True, text=True,
+        [sys.executable, "-c", _NO_PLUGIN, onevision_path, __file__],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    reference = json.loads(lines[-1][len("RESULT "):])
+    reference = json.loads(lines[-1][len("RESULT ") :])
     assert reference["module"].startswith("vllm.")  # vLLM's own class ran
     llm = engines(onevision_path)  # plugin loaded, no "hired" key
     outs = llm.generate(requests_for_stock(), greedy(6))
@@ -275,9 +284,15 @@ def test_stock_path_equals_vllm_without_the_plugin(engines, onevision_path):
 @pytest.mark.parametrize(
     "entry, message",
     [
-        ({"method": "cls_topk", "score": "cls"}, r"hf_overrides\['hired'\]: ClsTopK\(score='cls'\) reads \[CLS\] "
-                                                 r"attention, but this vision tower has no \[CLS\] token"),
-        ({"method": "hired", "selection_layer": 4}, r"select layer 4 is out of range: vLLM builds the vision layers 0..3"),
+        (
+            {"method": "cls_topk", "score": "cls"},
+            r"hf_overrides\['hired'\]: ClsTopK\(score='cls'\) reads \[CLS\] "
+            r"attention, but this vision tower has no \[CLS\] token",
+        ),
+        (
+            {"method": "hired", "selection_layer": 4},
+            r"select layer 4 is out of range: vLLM builds the vision layers 0..3",
+        ),
         ({"method": "cdpruner", "budget": 0.2}, r"method 'cdpruner' reads the prompt"),
         ({"method": "prumerge"}, r"method 'prumerge' keeps a content-dependent number of tokens"),
     ],
@@ -292,8 +307,11 @@ def test_bad_override_fails_at_start_up(onevision_path, entry, message):
     "config, message",
     [
         ({"vision_aspect_ratio": "anyres"}, r"hf_overrides\['hired'\]: vision_aspect_ratio must be 'anyres_max_N'"),
-        ({"vision_feature_select_strategy": "default"}, r"hf_overrides\['hired'\]: this LLaVA-OneVision config drops "
-                                                        r"the first patch as \[CLS\]"),
+        (
+            {"vision_feature_select_strategy": "default"},
+            r"hf_overrides\['hired'\]: this LLaVA-OneVision config drops "
+            r"the first patch as \[CLS\]",
+        ),
     ],
     ids=["aspect", "strategy"],
 )
@@ -301,8 +319,14 @@ def test_a_config_hired_cannot_serve_fails_at_start_up(onevision_path, config, m
     from vllm import LLM
 
     with pytest.raises(ValueError, match=message):
-        LLM(model=onevision_path, max_model_len=2048, dtype="float32", enforce_eager=True,
-            hf_overrides={**config, "hired": {"method": "hired", "budget": 0.2}}, limit_mm_per_prompt={"image": 1})
+        LLM(
+            model=onevision_path,
+            max_model_len=2048,
+            dtype="float32",
+            enforce_eager=True,
+            hf_overrides={**config, "hired": {"method": "hired", "budget": 0.2}},
+            limit_mm_per_prompt={"image": 1},
+        )
 
 
 def test_oracle_feeds_the_same_count_without_selection(engines, onevision_path):
@@ -325,8 +349,12 @@ def test_spec_refuses_other_towers_and_families_with_one_message():
     from hired.vllm.config import spec_from_config
 
     def onevision(vision, strategy):
-        cfg = LlavaOnevisionConfig(vision_config=vision, image_grid_pinpoints=[list(p) for p in PINS],
-                                   vision_feature_select_strategy=strategy, vision_feature_layer=-1)
+        cfg = LlavaOnevisionConfig(
+            vision_config=vision,
+            image_grid_pinpoints=[list(p) for p in PINS],
+            vision_feature_select_strategy=strategy,
+            vision_feature_layer=-1,
+        )
         cfg.hired = {"method": "hired", "budget": 0.2}
         return cfg
 
@@ -338,11 +366,17 @@ def test_spec_refuses_other_towers_and_families_with_one_message():
         spec_from_config(cfg, "qwen")
     spec = spec_from_config(cfg, "onevision")
     assert spec.score_kind == "cls" and spec.info.has_cls and spec.newline and spec.geometry.max_crops == 9
-    with pytest.raises(ValueError, match=r"hf_overrides\['hired'\]: LLaVA-OneVision with vision_feature_select_strategy='full' "
-                                         r"and a tower with a \[CLS\] token"):
+    with pytest.raises(
+        ValueError,
+        match=r"hf_overrides\['hired'\]: LLaVA-OneVision with vision_feature_select_strategy='full' "
+        r"and a tower with a \[CLS\] token",
+    ):
         spec_from_config(onevision(clip, "full"), "onevision")
-    nxt = LlavaNextConfig(vision_config=clip, vision_feature_select_strategy="full",
-                          image_grid_pinpoints=[[84, 168], [168, 84]])
+    nxt = LlavaNextConfig(
+        vision_config=clip, vision_feature_select_strategy="full", image_grid_pinpoints=[[84, 168], [168, 84]]
+    )
     nxt.hired = {"method": "hired"}
-    with pytest.raises(ValueError, match=r"hf_overrides\['hired'\]: LLaVA-NeXT needs vision_feature_select_strategy='default'"):
+    with pytest.raises(
+        ValueError, match=r"hf_overrides\['hired'\]: LLaVA-NeXT needs vision_feature_select_strategy='default'"
+    ):
         spec_from_config(nxt, "llava_next")

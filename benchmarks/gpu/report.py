@@ -73,8 +73,11 @@ def combine(results: list[dict]) -> dict:
     batch sizes and dates of all of them, every row."""
     meta = dict(results[0]["meta"])
     meta["combined_from"] = [
-        {"command": r["meta"].get("command"), "date": r["meta"].get("date"),
-         "batch_sizes": sorted({row["batch"] for row in r["rows"]})}
+        {
+            "command": r["meta"].get("command"),
+            "date": r["meta"].get("date"),
+            "batch_sizes": sorted({row["batch"] for row in r["rows"]}),
+        }
         for r in results
     ]
     rows = [row for r in results for row in r["rows"]]
@@ -113,8 +116,17 @@ def goal_rows(name: str, result: dict) -> list[dict]:
     for row in rows:
         if row["kind"] != "method":
             continue
-        oracle = next((r for r in rows if r["kind"] == "oracle" and r["batch"] == row["batch"]
-                       and r["budget"] == row["budget"] and r["method"] == row["method"]), None)
+        oracle = next(
+            (
+                r
+                for r in rows
+                if r["kind"] == "oracle"
+                and r["batch"] == row["batch"]
+                and r["budget"] == row["budget"]
+                and r["method"] == row["method"]
+            ),
+            None,
+        )
         s = row["summary"]
         vision = s["vision"]["median"]
         selection = s["selection"]["median"] / vision if vision > 0 else None
@@ -122,23 +134,28 @@ def goal_rows(name: str, result: dict) -> list[dict]:
         if oracle is not None:
             memory = s["peak_memory"]["median"] / oracle["summary"]["peak_memory"]["median"] - 1.0
         ttft = row.get("overhead_vs_oracle")
-        out.append({
-            "bench": name,
-            "batch": row["batch"],
-            "label": row["label"],
-            "budget": row["budget"],
-            "ttft_vs_oracle": ttft,
-            "ttft_vs_oracle_min": row.get("overhead_vs_oracle_min"),
-            "selection_ms": 1000 * s["selection"]["median"],
-            "vision_ms": 1000 * vision,
-            "selection_vs_vision": selection,
-            "memory_vs_oracle": memory,
-            "ok": {
-                key: None if value is None else value <= GOALS[key]
-                for key, value in (("ttft_vs_oracle", ttft), ("selection_vs_vision", selection),
-                                   ("memory_vs_oracle", memory))
-            },
-        })
+        out.append(
+            {
+                "bench": name,
+                "batch": row["batch"],
+                "label": row["label"],
+                "budget": row["budget"],
+                "ttft_vs_oracle": ttft,
+                "ttft_vs_oracle_min": row.get("overhead_vs_oracle_min"),
+                "selection_ms": 1000 * s["selection"]["median"],
+                "vision_ms": 1000 * vision,
+                "selection_vs_vision": selection,
+                "memory_vs_oracle": memory,
+                "ok": {
+                    key: None if value is None else value <= GOALS[key]
+                    for key, value in (
+                        ("ttft_vs_oracle", ttft),
+                        ("selection_vs_vision", selection),
+                        ("memory_vs_oracle", memory),
+                    )
+                },
+            }
+        )
     return out
 
 
@@ -150,8 +167,17 @@ def speedup_rows(name: str, result: dict, arch) -> list[dict]:
         if row["kind"] != "method":
             continue
         full = next((r for r in rows if r["kind"] == "full" and r["batch"] == row["batch"]), None)
-        oracle = next((r for r in rows if r["kind"] == "oracle" and r["batch"] == row["batch"]
-                       and r["budget"] == row["budget"] and r["method"] == row["method"]), None)
+        oracle = next(
+            (
+                r
+                for r in rows
+                if r["kind"] == "oracle"
+                and r["batch"] == row["batch"]
+                and r["budget"] == row["budget"]
+                and r["method"] == row["method"]
+            ),
+            None,
+        )
         if full is None:
             continue
         t_full = full["summary"]["ttft"]["median"]
@@ -161,16 +187,18 @@ def speedup_rows(name: str, result: dict, arch) -> list[dict]:
         if arch is not None:
             stock_features = _partitions(arch, result["meta"]["image_size"]) * (arch.crop_size // arch.patch_size) ** 2
             bound = speedup_bound(arch, result["meta"]["image_size"], kept, stock, stock_features)
-        out.append({
-            "bench": name,
-            "batch": row["batch"],
-            "label": row["label"],
-            "budget": row["budget"],
-            "tokens": f"{kept} of {stock}",
-            "speedup": t_full / row["summary"]["ttft"]["median"],
-            "oracle_speedup": None if oracle is None else t_full / oracle["summary"]["ttft"]["median"],
-            "flop_bound": bound,
-        })
+        out.append(
+            {
+                "bench": name,
+                "batch": row["batch"],
+                "label": row["label"],
+                "budget": row["budget"],
+                "tokens": f"{kept} of {stock}",
+                "speedup": t_full / row["summary"]["ttft"]["median"],
+                "oracle_speedup": None if oracle is None else t_full / oracle["summary"]["ttft"]["median"],
+                "flop_bound": bound,
+            }
+        )
     return out
 
 
@@ -179,14 +207,20 @@ def sync_lines(sync: dict | None) -> list[str]:
         return ["No sync check result."]
     if not sync.get("counted"):
         return [f"Sync check ran on {sync.get('device')}: {sync.get('note')}."]
-    lines = [f"Synchronising CUDA calls in one prefill forward on `{sync['arch']}` ({sync['dtype']}, "
-             f"{sync['device_name']}), by batch size:", "",
-             "| model | " + " | ".join(f"batch {b}" for b in sync["batch_sizes"]) + " | extra per added image |",
-             "|---|" + "---:|" * (len(sync["batch_sizes"]) + 1)]
+    lines = [
+        f"Synchronising CUDA calls in one prefill forward on `{sync['arch']}` ({sync['dtype']}, "
+        f"{sync['device_name']}), by batch size:",
+        "",
+        "| model | " + " | ".join(f"batch {b}" for b in sync["batch_sizes"]) + " | extra per added image |",
+        "|---|" + "---:|" * (len(sync["batch_sizes"]) + 1),
+    ]
     for label, counts in sync["sync_counts"].items():
         extra = sync["extra_syncs_per_added_image"].get(label)
-        lines.append(f"| {label} | " + " | ".join(str(counts[str(b)]) for b in sync["batch_sizes"])
-                     + f" | {'-' if extra is None else f'{extra:g}'} |")
+        lines.append(
+            f"| {label} | "
+            + " | ".join(str(counts[str(b)]) for b in sync["batch_sizes"])
+            + f" | {'-' if extra is None else f'{extra:g}'} |"
+        )
     lines += ["", f"Goal *no host-device sync per image*: {_mark(sync.get('no_sync_per_image'))}."]
     return lines
 
@@ -195,18 +229,28 @@ def findings(benches: list[tuple[str, dict, object]], sync: dict | None, small: 
     """Markdown: the goals table, the speed-up table and the sync check."""
     lines = []
     if small:
-        lines += ["*Small models, one short run each (a dry run): these figures test the script; they say "
-                  "nothing about the 7B models on a GPU.*", ""]
+        lines += [
+            "*Small models, one short run each (a dry run): these figures test the script; they say "
+            "nothing about the 7B models on a GPU.*",
+            "",
+        ]
     goals = [g for name, result, _ in benches for g in goal_rows(name, result)]
-    lines += ["### Goals (method rows against their oracle)", "",
-              "Goals: TTFT within 3% of the oracle (ratio of medians; of minima in brackets), selection under 1% "
-              "of the vision tower, peak memory at most 1% above the oracle.", "",
-              "| bench | batch | method | budget | TTFT vs oracle | ok | selection ms / vision ms | ok "
-              "| peak memory vs oracle | ok |",
-              "|---|---:|---|---:|---:|---|---:|---|---:|---|"]
+    lines += [
+        "### Goals (method rows against their oracle)",
+        "",
+        "Goals: TTFT within 3% of the oracle (ratio of medians; of minima in brackets), selection under 1% "
+        "of the vision tower, peak memory at most 1% above the oracle.",
+        "",
+        "| bench | batch | method | budget | TTFT vs oracle | ok | selection ms / vision ms | ok "
+        "| peak memory vs oracle | ok |",
+        "|---|---:|---|---:|---:|---|---:|---|---:|---|",
+    ]
     for g in goals:
-        sel = "-" if g["selection_vs_vision"] is None else f"{g['selection_ms']:.2f} / {g['vision_ms']:.1f} " \
-            f"({100 * g['selection_vs_vision']:.2f}%)"
+        sel = (
+            "-"
+            if g["selection_vs_vision"] is None
+            else f"{g['selection_ms']:.2f} / {g['vision_ms']:.1f} ({100 * g['selection_vs_vision']:.2f}%)"
+        )
         lines.append(
             f"| {g['bench']} | {g['batch']} | {g['label']} | {g['budget']} | {_pct(g['ttft_vs_oracle'])} "
             f"({_pct(g['ttft_vs_oracle_min'])}) | {_mark(g['ok']['ttft_vs_oracle'])} | {sel} "
@@ -214,16 +258,23 @@ def findings(benches: list[tuple[str, dict, object]], sync: dict | None, small: 
             f"| {_mark(g['ok']['memory_vs_oracle'])} |"
         )
     speed = [s for name, result, arch in benches for s in speedup_rows(name, result, arch)]
-    lines += ["", "### TTFT speed-up over the full model", "",
-              "Full model's median TTFT / the row's; *FLOP bound*: the same ratio of prefill FLOPs (vision "
-              "tower, projector, language model; text tokens left out), the most a compute-bound stack can gain.",
-              "", "| bench | batch | method | budget | visual tokens | speed-up | oracle speed-up | FLOP bound |",
-              "|---|---:|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "### TTFT speed-up over the full model",
+        "",
+        "Full model's median TTFT / the row's; *FLOP bound*: the same ratio of prefill FLOPs (vision "
+        "tower, projector, language model; text tokens left out), the most a compute-bound stack can gain.",
+        "",
+        "| bench | batch | method | budget | visual tokens | speed-up | oracle speed-up | FLOP bound |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
     for s in speed:
         oracle = "-" if s["oracle_speedup"] is None else f"{s['oracle_speedup']:.2f}x"
         bound = "-" if s["flop_bound"] is None else f"{s['flop_bound']:.2f}x"
-        lines.append(f"| {s['bench']} | {s['batch']} | {s['label']} | {s['budget']} | {s['tokens']} "
-                     f"| {s['speedup']:.2f}x | {oracle} | {bound} |")
+        lines.append(
+            f"| {s['bench']} | {s['batch']} | {s['label']} | {s['budget']} | {s['tokens']} "
+            f"| {s['speedup']:.2f}x | {oracle} | {bound} |"
+        )
     lines += ["", "### Host-device synchronisation", ""] + sync_lines(sync)
     return "\n".join(lines) + "\n"
 
@@ -236,5 +287,7 @@ if __name__ == "__main__":  # the bound of the README: llava-next-7b, 600x600, 2
         parts = _partitions(a, (600, 600))
         full = prefill_flops(a, parts, 2928, 2880, text)
         kept = prefill_flops(a, parts, 576, 576, text)
-        print(f"text tokens {text}: full {full['total'] / 1e12:.2f} TFLOP (vision {full['vision'] / 1e12:.2f}), "
-              f"20% {kept['total'] / 1e12:.2f} TFLOP: bound {full['total'] / kept['total']:.2f}x")
+        print(
+            f"text tokens {text}: full {full['total'] / 1e12:.2f} TFLOP (vision {full['vision'] / 1e12:.2f}), "
+            f"20% {kept['total'] / 1e12:.2f} TFLOP: bound {full['total'] / kept['total']:.2f}x"
+        )

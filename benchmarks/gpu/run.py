@@ -61,9 +61,9 @@ import tempfile
 import time
 import traceback
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -133,7 +133,7 @@ class Step:
     name: str
     title: str
     limit: float
-    run: Callable[["Runner", "Step", float], "Outcome"]
+    run: Callable[[Runner, Step, float], Outcome]
     files: list[str] = field(default_factory=list)
 
 
@@ -193,8 +193,14 @@ class Runner:
         with open(log, "a" if append else "w") as f:
             f.write(f"$ {text}\n")
             f.flush()
-            self.child = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=self.env, stdout=f,
-                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.child = subprocess.Popen(
+                [str(c) for c in cmd],
+                cwd=ROOT,
+                env=self.env,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
             try:
                 rc = self.child.wait(timeout=max(timeout, 1.0))
             except subprocess.TimeoutExpired:
@@ -241,8 +247,10 @@ class Runner:
             if only is not None and step.name not in only:
                 outcome = Outcome(NA, "not selected (--only)")
             elif step.name != "report" and timeout < 5:
-                outcome = Outcome("skipped", f"out of time: {max(self.left(), 0):.0f} s left of the "
-                                             f"{self.args.time_limit:.0f} s limit")
+                outcome = Outcome(
+                    "skipped",
+                    f"out of time: {max(self.left(), 0):.0f} s left of the {self.args.time_limit:.0f} s limit",
+                )
             else:
                 self.log(f"== {step.name}: {step.title}" + (f" (limit {timeout:.0f} s)" if step.limit else ""))
                 try:
@@ -252,15 +260,24 @@ class Runner:
                     outcome = Outcome("failed", f"{type(err).__name__}: {err}")
             seconds = time.monotonic() - start
             files = [f for f in step.files if (self.out / f).is_file()]
-            self.records.append({
-                "name": step.name, "title": step.title, "status": outcome.status, "rc": outcome.rc,
-                "seconds": round(seconds, 1), "limit": round(max(timeout, 0), 1) if step.limit else None,
-                "note": outcome.note,
-                "files": files, "command": outcome.command,
-            })
-            self.log(f"-> {step.name}: {outcome.status} in {seconds:.1f} s"
-                     + (f" (exit code {outcome.rc})" if outcome.rc is not None else "")
-                     + (f": {outcome.note}" if outcome.note else ""))
+            self.records.append(
+                {
+                    "name": step.name,
+                    "title": step.title,
+                    "status": outcome.status,
+                    "rc": outcome.rc,
+                    "seconds": round(seconds, 1),
+                    "limit": round(max(timeout, 0), 1) if step.limit else None,
+                    "note": outcome.note,
+                    "files": files,
+                    "command": outcome.command,
+                }
+            )
+            self.log(
+                f"-> {step.name}: {outcome.status} in {seconds:.1f} s"
+                + (f" (exit code {outcome.rc})" if outcome.rc is not None else "")
+                + (f": {outcome.note}" if outcome.note else "")
+            )
             self.write_summary(done=False)
         self.write_summary(done=True)
         return all(r["status"] in GOOD for r in self.records)
@@ -288,7 +305,8 @@ class Runner:
             "",
             f"Started {self.started}; {'finished' if done else 'still running'} after {total:.0f} s "
             f"(limit {self.args.time_limit:.0f} s). Result: "
-            + ("**all steps ok**" if ok and done else ("**some steps did not succeed**" if done else "running")) + ".",
+            + ("**all steps ok**" if ok and done else ("**some steps did not succeed**" if done else "running"))
+            + ".",
             "",
             f"Device: {', '.join(d['name'] for d in v.get('devices', [])) or 'no CUDA device'}. "
             f"Python {v.get('python', '?')}, torch {v.get('torch', pk.get('torch', '?'))} "
@@ -302,8 +320,10 @@ class Runner:
         for r in self.records:
             note = r["note"].replace("|", "\\|").replace("\n", " ")
             limit = "-" if r["limit"] is None else f"{r['limit']:.0f}"
-            lines.append(f"| {r['name']} | {r['status']} | {'-' if r['rc'] is None else r['rc']} | {r['seconds']:.1f} "
-                         f"| {limit} | {note} | {', '.join(r['files'])} |")
+            lines.append(
+                f"| {r['name']} | {r['status']} | {'-' if r['rc'] is None else r['rc']} | {r['seconds']:.1f} "
+                f"| {limit} | {note} | {', '.join(r['files'])} |"
+            )
         if self.findings:
             lines += ["", "## Findings", "", self.findings]
         (self.out / "summary.md").write_text("\n".join(lines) + "\n")
@@ -315,10 +335,15 @@ class Runner:
 def step_env(r: Runner, step: Step, timeout: float) -> Outcome:
     notes = []
     try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         commit = (commit + (" (with uncommitted changes)" if dirty else "")) if commit else None
     except (OSError, subprocess.SubprocessError):
         commit = None
@@ -335,8 +360,11 @@ def step_env(r: Runner, step: Step, timeout: float) -> Outcome:
     versions["run_py"] = {"argv": sys.argv, "python": sys.executable, "pythonpath": r.env["PYTHONPATH"]}
     r.versions = versions
     (r.out / "versions.json").write_text(json.dumps(versions, indent=1) + "\n")
-    prc, _ = r.call(r.python("-m", "pip", "freeze", "--disable-pip-version-check"), r.out / "pip-freeze.txt",
-                    min(20.0, max(timeout - 10, 5)))
+    prc, _ = r.call(
+        r.python("-m", "pip", "freeze", "--disable-pip-version-check"),
+        r.out / "pip-freeze.txt",
+        min(20.0, max(timeout - 10, 5)),
+    )
     if prc != 0:
         notes.append("pip freeze failed (pip-freeze.txt)")
     if rc != 0:
@@ -376,7 +404,8 @@ def cuda_tests(root: Path = ROOT) -> list[str]:
 
     def cuda_skip(decorators) -> bool:
         return any(
-            isinstance(d, ast.Call) and getattr(d.func, "attr", getattr(d.func, "id", "")) == "skipif"
+            isinstance(d, ast.Call)
+            and getattr(d.func, "attr", getattr(d.func, "id", "")) == "skipif"
             and "cuda" in ast.unparse(d).lower()
             for d in decorators
         )
@@ -386,7 +415,8 @@ def cuda_tests(root: Path = ROOT) -> list[str]:
         rel = path.relative_to(root).as_posix()
         tree = ast.parse(path.read_text())
         module_marks = [
-            n.value for n in tree.body
+            n.value
+            for n in tree.body
             if isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "pytestmark" for t in n.targets)
         ]
         marks = [e for v in module_marks for e in (v.elts if isinstance(v, (ast.List, ast.Tuple)) else [v])]
@@ -401,9 +431,13 @@ def cuda_tests(root: Path = ROOT) -> list[str]:
                 if cuda_skip(node.decorator_list):
                     ids.append(f"{rel}::{node.name}")
                 else:
-                    ids += [f"{rel}::{node.name}::{m.name}" for m in node.body
-                            if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef)) and m.name.startswith("test")
-                            and cuda_skip(m.decorator_list)]
+                    ids += [
+                        f"{rel}::{node.name}::{m.name}"
+                        for m in node.body
+                        if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))
+                        and m.name.startswith("test")
+                        and cuda_skip(m.decorator_list)
+                    ]
     return ids
 
 
@@ -436,8 +470,17 @@ def _junit(path: Path, cuda_ids: list[str]) -> dict:
                 return tag
         return "passed"
 
-    counts = {"total": len(cases), "passed": 0, "failure": 0, "error": 0, "skipped": 0,
-              "cuda_total": 0, "cuda_passed": 0, "cuda_skipped": 0, "cuda_failed": 0}
+    counts = {
+        "total": len(cases),
+        "passed": 0,
+        "failure": 0,
+        "error": 0,
+        "skipped": 0,
+        "cuda_total": 0,
+        "cuda_passed": 0,
+        "cuda_skipped": 0,
+        "cuda_failed": 0,
+    }
     for case in cases:
         o = outcome(case)
         counts[o] += 1
@@ -456,20 +499,26 @@ def step_tests(r: Runner, step: Step, timeout: float) -> Outcome:
     ids = cuda_tests()
     if not ids:
         return Outcome("failed", "found no CUDA tests (skipif on torch.cuda.is_available) in tests/")
-    core = ["tests/test_core_select.py"] if r.small else sorted(
-        p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").glob("test_core_*.py"))
+    core = (
+        ["tests/test_core_select.py"]
+        if r.small
+        else sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").glob("test_core_*.py"))
+    )
     junit = r.out / "pytest-junit.xml"
-    cmd = r.python("-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=", "-v", "-rs",
-                   f"--junitxml={junit}", *ids, *core)
+    cmd = r.python(
+        "-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=", "-v", "-rs", f"--junitxml={junit}", *ids, *core
+    )
     rc, text = r.call(cmd, r.out / "pytest.log", timeout)
     if rc is None:
         return Outcome("timeout", f"pytest killed after {timeout:.0f} s", None, text)
     if not junit.is_file():
         return Outcome("failed", "pytest wrote no JUnit XML", rc, text)
     c = _junit(junit, ids)
-    note = (f"{c['total']} tests: {c['passed']} passed, {c['failure'] + c['error']} failed, {c['skipped']} skipped; "
-            f"CUDA tests ({len(ids)} functions): {c['cuda_passed']} passed, {c['cuda_skipped']} skipped, "
-            f"{c['cuda_failed']} failed")
+    note = (
+        f"{c['total']} tests: {c['passed']} passed, {c['failure'] + c['error']} failed, {c['skipped']} skipped; "
+        f"CUDA tests ({len(ids)} functions): {c['cuda_passed']} passed, {c['cuda_skipped']} skipped, "
+        f"{c['cuda_failed']} failed"
+    )
     if rc != 0:
         return Outcome("failed", note, rc, text)
     if c["cuda_total"] == 0:
@@ -498,10 +547,31 @@ def bench_step(name: str, source: list[str], batch: int, prepare: Callable[..., 
         json_path = r.out / f"{name}.json"
         for suffix in (".json", ".md", ".png"):  # never report a previous run's file as this one's
             (r.out / f"{name}{suffix}").unlink(missing_ok=True)
-        cmd = r.python("-m", "hired.cli", "bench", *src, "--batch-sizes", str(batch), "--budgets", a.budgets,
-                       "--runs", str(a.runs), "--warmup", str(a.warmup), "--new-tokens", str(a.new_tokens),
-                       "--device", a.device, "--dtype", "float32" if r.cpu else "float16",
-                       "--json", json_path, "--markdown", r.out / f"{name}.md", "--no-progress")
+        cmd = r.python(
+            "-m",
+            "hired.cli",
+            "bench",
+            *src,
+            "--batch-sizes",
+            str(batch),
+            "--budgets",
+            a.budgets,
+            "--runs",
+            str(a.runs),
+            "--warmup",
+            str(a.warmup),
+            "--new-tokens",
+            str(a.new_tokens),
+            "--device",
+            a.device,
+            "--dtype",
+            "float32" if r.cpu else "float16",
+            "--json",
+            json_path,
+            "--markdown",
+            r.out / f"{name}.md",
+            "--no-progress",
+        )
         if r.cpu:
             cmd += ["--threads", "1"]
         note = ""
@@ -561,8 +631,9 @@ def step_sync(r: Runner, step: Step, timeout: float) -> Outcome:
     if not result["counted"]:
         return Outcome(OK, "ran on the CPU: nothing to count", rc, text)
     extra_syncs = result["extra_syncs_per_added_image"]
-    return Outcome(OK, "extra syncs per added image: " + ", ".join(f"{k} {v:g}" for k, v in extra_syncs.items()),
-                   rc, text)
+    return Outcome(
+        OK, "extra syncs per added image: " + ", ".join(f"{k} {v:g}" for k, v in extra_syncs.items()), rc, text
+    )
 
 
 def report_step(groups: dict[str, list[str]], archs: dict[str, str | None]):
@@ -616,40 +687,85 @@ def plan(small: bool) -> list[Step]:
         return [f"{stem}{s}" for s in (".json", ".md", ".png", ".log")]
 
     steps = [
-        Step("env", "versions (Python, torch, CUDA, transformers, hired), git commit, pip freeze", limit["env"],
-             step_env, ["versions.json", "pip-freeze.txt"]),
-        Step("nvidia-smi", "nvidia-smi and nvidia-smi -q", limit["nvidia-smi"], step_nvidia_smi,
-             ["nvidia-smi.txt", "nvidia-smi-q.txt"]),
-        Step("tests", "CUDA tests (must not skip on a GPU) and tests/test_core_*.py", limit["tests"], step_tests,
-             ["pytest.log", "pytest-junit.xml"]),
+        Step(
+            "env",
+            "versions (Python, torch, CUDA, transformers, hired), git commit, pip freeze",
+            limit["env"],
+            step_env,
+            ["versions.json", "pip-freeze.txt"],
+        ),
+        Step(
+            "nvidia-smi",
+            "nvidia-smi and nvidia-smi -q",
+            limit["nvidia-smi"],
+            step_nvidia_smi,
+            ["nvidia-smi.txt", "nvidia-smi-q.txt"],
+        ),
+        Step(
+            "tests",
+            "CUDA tests (must not skip on a GPU) and tests/test_core_*.py",
+            limit["tests"],
+            step_tests,
+            ["pytest.log", "pytest-junit.xml"],
+        ),
     ]
     if small:
         groups = {"bench-small": ["bench-small-b1"]}
         archs = {"bench-small": "small", "bench-tiny-llava-b1": None}
         steps += [
-            Step("bench-small-b1", "hired bench --arch small (CPU), batch 1", limit["bench-b1"],
-                 bench_step("bench-small-b1", ["--arch", "small", "--random-weights"], 1), files("bench-small-b1")),
-            Step("bench-tiny-llava-b1", "hired bench on hired.tiny's LLaVA-1.5 (CPU), batch 1", limit["bench-1.5"],
-                 bench_step("bench-tiny-llava-b1", [], 1, prepare=_tiny_llava), files("bench-tiny-llava-b1")),
+            Step(
+                "bench-small-b1",
+                "hired bench --arch small (CPU), batch 1",
+                limit["bench-b1"],
+                bench_step("bench-small-b1", ["--arch", "small", "--random-weights"], 1),
+                files("bench-small-b1"),
+            ),
+            Step(
+                "bench-tiny-llava-b1",
+                "hired bench on hired.tiny's LLaVA-1.5 (CPU), batch 1",
+                limit["bench-1.5"],
+                bench_step("bench-tiny-llava-b1", [], 1, prepare=_tiny_llava),
+                files("bench-tiny-llava-b1"),
+            ),
         ]
     else:
         groups = {"bench-llava-next-7b": [f"bench-llava-next-7b-b{b}" for b in (1, 2, 4)]}
         archs = {"bench-llava-next-7b": "llava-next-7b", "bench-llava-1.5-7b-b1": "llava-1.5-7b"}
         for b in (1, 2, 4):
             name = f"bench-llava-next-7b-b{b}"
-            steps.append(Step(name, f"hired bench --arch llava-next-7b --random-weights, batch {b}",
-                              limit[f"bench-b{b}"],
-                              bench_step(name, ["--arch", "llava-next-7b", "--random-weights"], b), files(name)))
-        steps.append(Step("bench-llava-1.5-7b-b1", "hired bench --arch llava-1.5-7b --random-weights, batch 1",
-                          limit["bench-1.5"],
-                          bench_step("bench-llava-1.5-7b-b1", ["--arch", "llava-1.5-7b", "--random-weights"], 1),
-                          files("bench-llava-1.5-7b-b1")))
+            steps.append(
+                Step(
+                    name,
+                    f"hired bench --arch llava-next-7b --random-weights, batch {b}",
+                    limit[f"bench-b{b}"],
+                    bench_step(name, ["--arch", "llava-next-7b", "--random-weights"], b),
+                    files(name),
+                )
+            )
+        steps.append(
+            Step(
+                "bench-llava-1.5-7b-b1",
+                "hired bench --arch llava-1.5-7b --random-weights, batch 1",
+                limit["bench-1.5"],
+                bench_step("bench-llava-1.5-7b-b1", ["--arch", "llava-1.5-7b", "--random-weights"], 1),
+                files("bench-llava-1.5-7b-b1"),
+            )
+        )
     steps += [
-        Step("sync-check", "host-device syncs of one prefill forward, stock vs methods (set_sync_debug_mode)",
-             limit["sync-check"], step_sync, ["sync-check.json", "sync-check.log"]),
-        Step("report", "combined tables and plots, goals, speed-up vs the FLOP bound", 0.0,
-             report_step(groups, archs),
-             [f"{c}{s}" for c in groups for s in (".json", ".md", ".png")] + ["findings.md"]),
+        Step(
+            "sync-check",
+            "host-device syncs of one prefill forward, stock vs methods (set_sync_debug_mode)",
+            limit["sync-check"],
+            step_sync,
+            ["sync-check.json", "sync-check.log"],
+        ),
+        Step(
+            "report",
+            "combined tables and plots, goals, speed-up vs the FLOP bound",
+            0.0,
+            report_step(groups, archs),
+            [f"{c}{s}" for c in groups for s in (".json", ".md", ".png")] + ["findings.md"],
+        ),
     ]
     return steps
 
@@ -659,25 +775,38 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p = argparse.ArgumentParser(
         prog="benchmarks/gpu/run.sh",
         description="GPU figures in one command: CUDA tests, hired bench on llava-next-7b and llava-1.5-7b "
-                    "(random weights), versions and nvidia-smi, into one folder, in under 8 minutes.",
+        "(random weights), versions and nvidia-smi, into one folder, in under 8 minutes.",
     )
     p.add_argument("out", nargs="?", help="output folder (default $OUT, else gpu-results/)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="CPU mode for CI (= --device cpu --arch small): the same steps on small models (hired bench "
-                        "--arch small, hired.tiny's LLaVA-1.5), one budget, batch 1, one run")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="CPU mode for CI (= --device cpu --arch small): the same steps on small models (hired bench "
+        "--arch small, hired.tiny's LLaVA-1.5), one budget, batch 1, one run",
+    )
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu implies --arch small")
-    p.add_argument("--arch", choices=("7b", "small"), default="7b",
-                   help="7b: llava-next-7b and llava-1.5-7b (default); small: --arch small and hired.tiny's "
-                        "LLaVA-1.5 (with --device cuda: a quick look at the script on a GPU)")
+    p.add_argument(
+        "--arch",
+        choices=("7b", "small"),
+        default="7b",
+        help="7b: llava-next-7b and llava-1.5-7b (default); small: --arch small and hired.tiny's "
+        "LLaVA-1.5 (with --device cuda: a quick look at the script on a GPU)",
+    )
     p.add_argument("--budgets", help=f"hired bench --budgets (default {GPU_BUDGETS}; small: 0.2)")
     p.add_argument("--runs", type=int, help=f"timed runs per row (default {GPU_RUNS}; small: 1)")
     p.add_argument("--warmup", type=int, help=f"warm-up runs per row (default {GPU_WARMUP}; small: 0)")
     p.add_argument("--new-tokens", type=int, help="greedy tokens per run (default 15, the paper's; small: 2)")
-    p.add_argument("--time-limit", type=float,
-                   help=f"seconds for the whole run (default {GPU_DEADLINE:.0f}; small: {DRY_DEADLINE:.0f})")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        help=f"seconds for the whole run (default {GPU_DEADLINE:.0f}; small: {DRY_DEADLINE:.0f})",
+    )
     p.add_argument("--only", help="comma-separated step names to run (the others are listed as n/a)")
-    p.add_argument("--tar", metavar="PATH.tar.gz",
-                   help="also pack the output folder into one archive (for runners that bring back few files)")
+    p.add_argument(
+        "--tar",
+        metavar="PATH.tar.gz",
+        help="also pack the output folder into one archive (for runners that bring back few files)",
+    )
     args = p.parse_args(argv)
     if args.dry_run:
         args.device = "cpu"
@@ -714,14 +843,18 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    r.log(f"mode {r.mode}; output {args.out}; limit {args.time_limit:.0f} s; "
-          f"budgets {args.budgets}, {args.warmup} warm-up + {args.runs} runs, {args.new_tokens} new tokens")
+    r.log(
+        f"mode {r.mode}; output {args.out}; limit {args.time_limit:.0f} s; "
+        f"budgets {args.budgets}, {args.warmup} warm-up + {args.runs} runs, {args.new_tokens} new tokens"
+    )
     try:
         ok = r.execute(steps)
     finally:
         shutil.rmtree(r.tmp, ignore_errors=True)
-    r.log(f"done in {time.monotonic() - r.t0:.1f} s: {'all steps ok' if ok else 'some steps did not succeed'}; "
-          f"summary in {args.out / 'summary.md'}")
+    r.log(
+        f"done in {time.monotonic() - r.t0:.1f} s: {'all steps ok' if ok else 'some steps did not succeed'}; "
+        f"summary in {args.out / 'summary.md'}"
+    )
     if args.tar:
         ok = _pack(args.out, Path(args.tar).resolve(), r) and ok
     print((args.out / "summary.md").read_text())

@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     sites: dict[str, collections.Counter] = {}
     for label, method in [("stock", None)] + [
         (f"{name}@{args.budget:g}", hired.get_method(name, budget=args.budget))
-        for name in args.methods.split(",") if name.strip()
+        for name in args.methods.split(",")
+        if name.strip()
     ]:
         counts[label], sites[label] = {}, collections.Counter()
         if method is not None:

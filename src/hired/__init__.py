@@ -1,11 +1,11 @@
 """hired: drop visual tokens before the language model of a high-resolution VLM (HiRED and baselines).
 
-    import hired
-    hired.apply(model, processor, hired.HiRED(budget=0.2, alpha=0.5))
-    out = model.generate(**processor(images=img, text=prompt, return_tensors="pt"), max_new_tokens=32)
-    hired.last_selection(model)   # what was kept, per image and partition
-    hired.last_scores(model)      # the attention scores that decided it ([CLS] row or received)
-    hired.remove(model, processor)
+import hired
+hired.apply(model, processor, hired.HiRED(budget=0.2, alpha=0.5))
+out = model.generate(**processor(images=img, text=prompt, return_tensors="pt"), max_new_tokens=32)
+hired.last_selection(model)   # what was kept, per image and partition
+hired.last_scores(model)      # the attention scores that decided it ([CLS] row or received)
+hired.remove(model, processor)
 """
 
 from hired.adapters.transformers import (
@@ -34,7 +34,7 @@ from hired.methods import (
 )
 from hired.selection import ImageSelection, PartitionSelection
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CDPruner",

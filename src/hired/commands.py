@@ -13,8 +13,9 @@ import os
 import re
 import statistics
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 """The ``--dtype`` choices; ``auto`` is float16 on CUDA, float32 elsewhere."""
@@ -105,8 +106,9 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
 
     from huggingface_hub import constants
 
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
-                                       "all_proxy")):
+    if any(
+        os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    ):
         return None
     url = urlparse(constants.ENDPOINT)
     port = url.port or (443 if url.scheme == "https" else 80)
@@ -193,7 +195,7 @@ def need_torchvision(family, what: str = "") -> None:
     except ImportError as err:
         raise ImportError(
             f"{what}{family.title}'s processor needs torchvision (its video processor imports it): "
-            f'pip install "hired[{family.torchvision_extra}]"'
+            f'pip install "hired-vlm[{family.torchvision_extra}]"'
         ) from err
 
 
@@ -219,7 +221,9 @@ def load_model(model_id: str, device: str = "cpu", dtype: str = "auto"):
     except ValueError as err:
         raise CommandError(str(err)) from None
     try:
-        processor = load_processor(source, family, **kwargs)  # first: a missing torchvision fails before the weights load
+        processor = load_processor(
+            source, family, **kwargs
+        )  # first: a missing torchvision fails before the weights load
     except ImportError as err:
         raise CommandError(str(err)) from None
     model = cls.from_pretrained(source, dtype=torch_dtype(dtype, device), **kwargs).to(device).eval()
@@ -270,9 +274,13 @@ def answer(model, processor, image, prompt: str, max_new_tokens: int) -> tuple[s
     return text.strip(), n_image, seconds
 
 
-def median_times(fns: Mapping[str, Callable[[], Any]], runs: int = 3, warmup: int = 1,
-                 clock: Callable[[], float] = time.perf_counter,
-                 setup: Mapping[str, Callable[[], Any]] | None = None) -> dict[str, tuple[Any, float, list[float]]]:
+def median_times(
+    fns: Mapping[str, Callable[[], Any]],
+    runs: int = 3,
+    warmup: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
+    setup: Mapping[str, Callable[[], Any]] | None = None,
+) -> dict[str, tuple[Any, float, list[float]]]:
     """Time several configurations fairly: each of ``fns`` is called ``warmup`` times untimed, then all are
     called in turn ``runs`` rounds over (interleaved, so a change of machine load hits all alike).
     ``setup[name]``, if given, runs untimed before every call of ``fns[name]`` (e.g. applying a method).
@@ -302,8 +310,9 @@ def _nothing() -> None:
     pass
 
 
-def median_time(fn: Callable[[], Any], runs: int = 3, warmup: int = 1,
-                clock: Callable[[], float] = time.perf_counter) -> tuple[Any, float, list[float]]:
+def median_time(
+    fn: Callable[[], Any], runs: int = 3, warmup: int = 1, clock: Callable[[], float] = time.perf_counter
+) -> tuple[Any, float, list[float]]:
     """:func:`median_times` of one function: ``(last result, median seconds, the timed seconds)``."""
     return median_times({"fn": fn}, runs, warmup, clock)["fn"]
 
@@ -370,8 +379,9 @@ def split_option(item: str, where: str = "--option", targeted: bool = True) -> t
     return (target.strip() if target else None), key.strip().replace("-", "_"), value
 
 
-def assign_options(items: Sequence[str] | None, methods: Sequence[str], where: str = "--option",
-                   methods_flag: str = "--method") -> list[dict]:
+def assign_options(
+    items: Sequence[str] | None, methods: Sequence[str], where: str = "--option", methods_flag: str = "--method"
+) -> list[dict]:
     """Typed options for each of ``methods`` (names, repeats allowed) from ``[NAME:]KEY=VALUE`` items.
 
     ``NAME:KEY=VALUE`` goes to every chosen method called NAME, ``KEY=VALUE`` to every chosen method that
@@ -479,8 +489,12 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="hired", help="method name (see 'hired methods'), default: hired")
     p.add_argument("--budget", type=float, default=None, help="token budget rate in (0, 1] (default 0.2)")
     p.add_argument("--alpha", type=float, default=None, help="full-image share of the budget (HiRED, default 0.5)")
-    p.add_argument("--option", action="append", metavar="[NAME:]KEY=VALUE",
-                   help="any other method option, parsed by its type; repeatable")
+    p.add_argument(
+        "--option",
+        action="append",
+        metavar="[NAME:]KEY=VALUE",
+        help="any other method option, parsed by its type; repeatable",
+    )
 
 
 def method_from_args(args):

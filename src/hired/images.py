@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 
-def load_image(source: "str | Path | Image.Image") -> Image.Image:
+def load_image(source: str | Path | Image.Image) -> Image.Image:
     """An RGB PIL image from a path, an http(s) URL or a PIL image.
 
     Raises ``FileNotFoundError`` for a missing file, ``IsADirectoryError`` for a directory and

@@ -262,7 +262,9 @@ def tiny_llava_onevision(
     torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(config).eval()
     model.set_attn_implementation(attn_implementation)
-    image_cls = getattr(transformers, "LlavaOnevisionImageProcessorPil", None) or transformers.LlavaOnevisionImageProcessor
+    image_cls = (
+        getattr(transformers, "LlavaOnevisionImageProcessorPil", None) or transformers.LlavaOnevisionImageProcessor
+    )
     size = {"height": crop_size, "width": crop_size}
     processor = LlavaOnevisionProcessor(
         image_processor=image_cls(size=size, image_grid_pinpoints=pinpoints),
@@ -275,7 +277,8 @@ def tiny_llava_onevision(
     return model, processor
 
 
-from hired.families.qwen2_5_vl import VISION_END as QWEN_VISION_END, VISION_START as QWEN_VISION_START  # noqa: E402
+from hired.families.qwen2_5_vl import VISION_END as QWEN_VISION_END  # noqa: E402
+from hired.families.qwen2_5_vl import VISION_START as QWEN_VISION_START  # noqa: E402
 
 QWEN_VIDEO = "<|video_pad|>"
 
@@ -303,11 +306,24 @@ def tiny_qwen2_5_vl(
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     tokenizer = qwen_tokenizer()
-    vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
-                  num_heads=vision_heads, window_size=window_size, fullatt_block_indexes=list(fullatt_blocks))
-    text = dict(vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
-                num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_heads,
-                max_position_embeddings=4096, rope_theta=10000.0)
+    vision = dict(
+        depth=vision_depth,
+        hidden_size=vision_hidden,
+        intermediate_size=vision_hidden * 2,
+        num_heads=vision_heads,
+        window_size=window_size,
+        fullatt_block_indexes=list(fullatt_blocks),
+    )
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=text_hidden,
+        intermediate_size=text_hidden * 2,
+        num_hidden_layers=text_layers,
+        num_attention_heads=text_heads,
+        num_key_value_heads=text_heads,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+    )
     config = qwen2_5_vl_config(tokenizer, vision, text)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
@@ -339,12 +355,21 @@ def qwen2_5_vl_config(tokenizer, vision: dict, text: dict):
     head_dim = text["hidden_size"] // text["num_attention_heads"]
     rope = {"rope_type": "default", "mrope_section": _mrope_section(head_dim), "rope_theta": text.pop("rope_theta")}
     return Qwen2_5_VLConfig(
-        vision_config=dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
-                           out_hidden_size=text["hidden_size"], **vision),
-        text_config=dict(rope_parameters=rope, pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2,
-                         **text),
-        image_token_id=ids[IMAGE_TOKEN], video_token_id=ids[QWEN_VIDEO],
-        vision_start_token_id=ids[QWEN_VISION_START], vision_end_token_id=ids[QWEN_VISION_END],
+        vision_config=dict(
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
+            out_hidden_size=text["hidden_size"],
+            **vision,
+        ),
+        text_config=dict(
+            rope_parameters=rope, pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2, **text
+        ),
+        image_token_id=ids[IMAGE_TOKEN],
+        video_token_id=ids[QWEN_VIDEO],
+        vision_start_token_id=ids[QWEN_VISION_START],
+        vision_end_token_id=ids[QWEN_VISION_END],
     )
 
 
@@ -383,19 +408,44 @@ def tiny_qwen3_vl(
     tokenizer = qwen_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (IMAGE_TOKEN, QWEN_VIDEO, QWEN_VISION_START, QWEN_VISION_END)}
     head_dim = text_hidden // text_heads
-    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_interleaved": True,
-            "mrope_section": _mrope_section(head_dim)}
+    rope = {
+        "rope_type": "default",
+        "rope_theta": 10000.0,
+        "mrope_interleaved": True,
+        "mrope_section": _mrope_section(head_dim),
+    }
     config = transformers.Qwen3VLConfig(
-        vision_config=dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
-                           num_heads=vision_heads, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
-                           in_channels=3, out_hidden_size=text_hidden, num_position_embeddings=64,
-                           deepstack_visual_indexes=list(deepstack_blocks)),
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
-                         num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_heads,
-                         head_dim=head_dim, max_position_embeddings=4096, rope_parameters=rope,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2),
-        image_token_id=ids[IMAGE_TOKEN], video_token_id=ids[QWEN_VIDEO],
-        vision_start_token_id=ids[QWEN_VISION_START], vision_end_token_id=ids[QWEN_VISION_END],
+        vision_config=dict(
+            depth=vision_depth,
+            hidden_size=vision_hidden,
+            intermediate_size=vision_hidden * 2,
+            num_heads=vision_heads,
+            patch_size=16,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
+            out_hidden_size=text_hidden,
+            num_position_embeddings=64,
+            deepstack_visual_indexes=list(deepstack_blocks),
+        ),
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=text_hidden,
+            intermediate_size=text_hidden * 2,
+            num_hidden_layers=text_layers,
+            num_attention_heads=text_heads,
+            num_key_value_heads=text_heads,
+            head_dim=head_dim,
+            max_position_embeddings=4096,
+            rope_parameters=rope,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        image_token_id=ids[IMAGE_TOKEN],
+        video_token_id=ids[QWEN_VIDEO],
+        vision_start_token_id=ids[QWEN_VISION_START],
+        vision_end_token_id=ids[QWEN_VISION_END],
     )
     torch.manual_seed(seed)
     model = transformers.Qwen3VLForConditionalGeneration(config).eval()
@@ -412,8 +462,13 @@ def tiny_qwen3_vl(
 
 def save_tiny(path: str | Path, family: str = "llava_next", **kwargs) -> Path:
     """Write a tiny model and its processor to ``path`` (``from_pretrained`` reads it back)."""
-    builders = {"llava_next": tiny_llava_next, "llava": tiny_llava, "onevision": tiny_llava_onevision,
-                "qwen2_5_vl": tiny_qwen2_5_vl, "qwen3_vl": tiny_qwen3_vl}
+    builders = {
+        "llava_next": tiny_llava_next,
+        "llava": tiny_llava,
+        "onevision": tiny_llava_onevision,
+        "qwen2_5_vl": tiny_qwen2_5_vl,
+        "qwen3_vl": tiny_qwen3_vl,
+    }
     build = builders.get(family)
     if build is None:
         raise ValueError(f"family must be one of {', '.join(map(repr, builders))}, got {family!r}")

@@ -6,7 +6,7 @@
                                    score_kind=run.kind)
     fig.savefig("selection.png")
 
-matplotlib is optional (``pip install 'hired[viz]'``). Figures are built with the object-oriented API on
+matplotlib is optional (``pip install 'hired-vlm[viz]'``). Figures are built with the object-oriented API on
 an Agg canvas, so nothing here touches pyplot or the global backend.
 """
 
@@ -15,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -25,7 +26,9 @@ from hired.core.grid import Geometry, Layout, layout_for
 from hired.images import load_image
 from hired.selection import ImageSelection
 
-MISSING_MATPLOTLIB = "hired show and hired.viz need matplotlib: pip install 'hired[viz]' (or pip install matplotlib)"
+MISSING_MATPLOTLIB = (
+    "hired show and hired.viz need matplotlib: pip install 'hired-vlm[viz]' (or pip install matplotlib)"
+)
 
 FULL_COLOR = "#00e5ff"  # kept full-image patches
 SUB_COLOR = "#ffb300"  # kept sub-image patches
@@ -637,7 +640,11 @@ def add_show_parser(subparsers) -> None:
     from hired.commands import DTYPES
 
     p = subparsers.add_parser("show", help=SHOW_HELP, description=SHOW_HELP + " (needs matplotlib).")
-    p.add_argument("--model", required=True, help="local model folder or hub id org/name (LLaVA-NeXT, LLaVA-1.5 or LLaVA-OneVision)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="local model folder or hub id org/name (LLaVA-NeXT, LLaVA-1.5 or LLaVA-OneVision)",
+    )
     p.add_argument("--image", required=True, help="image file path or http(s) URL")
     p.add_argument("--out", required=True, help="figure to write: .png (or .pdf, .svg, ...)")
     p.add_argument(
@@ -648,12 +655,19 @@ def add_show_parser(subparsers) -> None:
     )
     p.add_argument("--budget", type=float, default=None, help="token budget rate in (0, 1], for every method")
     p.add_argument("--alpha", type=float, default=None, help="full-image share of the budget (methods that have it)")
-    p.add_argument("--option", action="append", metavar="[NAME:]KEY=VALUE",
-                   help="option for every method that has it (NAME: only for method NAME), parsed by its type")
+    p.add_argument(
+        "--option",
+        action="append",
+        metavar="[NAME:]KEY=VALUE",
+        help="option for every method that has it (NAME: only for method NAME), parsed by its type",
+    )
     p.add_argument("--prompt", default="Describe the image.", help="text that goes with the image (one forward pass)")
-    p.add_argument("--heatmap", action="store_true",
-                   help="also draw the attention maps the method used ([CLS] attention, or on towers without "
-                   "[CLS] such as OneVision's SigLIP the attention each patch receives)")
+    p.add_argument(
+        "--heatmap",
+        action="store_true",
+        help="also draw the attention maps the method used ([CLS] attention, or on towers without "
+        "[CLS] such as OneVision's SigLIP the attention each patch receives)",
+    )
     p.add_argument("--title", default=None, help="figure title (default: model and image names)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda (default cpu)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: float16 on CUDA, float32 on CPU")

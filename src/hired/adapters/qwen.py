@@ -91,8 +91,11 @@ def merged_order(visual: nn.Module, grid_thw: torch.Tensor) -> torch.Tensor:
         return torch.arange(int((grid_thw.prod(-1) // visual.spatial_merge_size**2).sum()))
 
     window_index, _ = get_vision_window_index(
-        grid_thw, spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size,
-        patch_size=visual.patch_size)
+        grid_thw,
+        spatial_merge_size=visual.spatial_merge_size,
+        window_size=visual.window_size,
+        patch_size=visual.patch_size,
+    )
     return torch.argsort(window_index)
 
 
@@ -103,8 +106,9 @@ def pool_to_merged(values: torch.Tensor, unit: int, order: torch.Tensor, reduce:
     return pooled[order.to(pooled.device)]
 
 
-def select_merged(method, info, layouts: list, merged: torch.Tensor, scores: dict, keys: dict,
-                  prompts=None) -> list[tuple]:
+def select_merged(
+    method, info, layouts: list, merged: torch.Tensor, scores: dict, keys: dict, prompts=None
+) -> list[tuple]:
     """Select the merged tokens of a batch of images, one method call per token count (images of one count
     are selected together). Shared by the transformers adapter and the vLLM plugin.
 
@@ -124,18 +128,22 @@ def select_merged(method, info, layouts: list, merged: torch.Tensor, scores: dic
         groups.setdefault(layout.tokens, []).append(i)
     out: list = [None] * len(layouts)
     for tokens, idx in groups.items():
-        rows = lambda values: torch.stack([values[starts[i]: starts[i] + tokens] for i in idx])  # noqa: E731
+        rows = lambda values, tokens=tokens, idx=idx: torch.stack([values[starts[i] : starts[i] + tokens] for i in idx])  # noqa: E731
         group = [layouts[i] for i in idx]
         feats = rows(merged)  # (G, N, D)
         g_scores, g_keys = {r: rows(v) for r, v in scores.items()}, {r: rows(v) for r, v in keys.items()}
         extra = feature_inputs(method, feats, lambda f: f)
         if getattr(method, "query_aware", False):
-            extra["prompts"] = None if prompts is None else dataclasses.replace(
-                prompts, owner=prompts.owner[torch.tensor(idx, device=prompts.owner.device)])
+            extra["prompts"] = (
+                None
+                if prompts is None
+                else dataclasses.replace(prompts, owner=prompts.owner[torch.tensor(idx, device=prompts.owner.device)])
+            )
         selection = method.select(group, g_scores, info, keys=g_keys, **extra)
         packed = pack_features(method, group, selection, feats, newline=False)
-        for j, (i, features, index) in enumerate(zip(idx, packed.features.split(packed.lengths),
-                                                     packed.stock_index.split(packed.lengths))):
+        for j, (i, features, index) in enumerate(
+            zip(idx, packed.features.split(packed.lengths), packed.stock_index.split(packed.lengths))
+        ):
             out[i] = (features, index, selection.keep[j], selection.budgets[j])
     return out
 
@@ -146,8 +154,17 @@ def mrope_offsets(index: torch.Tensor, width: int) -> torch.Tensor:
     return torch.stack([torch.zeros_like(index), index // width, index % width])
 
 
-def rope_index(inner: nn.Module, state, input_ids, mm_token_type_ids=None, image_grid_thw=None,
-               video_grid_thw=None, second_per_grid_ts=None, attention_mask=None, **kwargs):
+def rope_index(
+    inner: nn.Module,
+    state,
+    input_ids,
+    mm_token_type_ids=None,
+    image_grid_thw=None,
+    video_grid_thw=None,
+    second_per_grid_ts=None,
+    attention_mask=None,
+    **kwargs,
+):
     """Replacement for ``get_rope_index``: the stock ids of a prompt whose images hold the method's counts.
 
     Each image's placeholder run is widened to its stock token count, transformers' own ``get_rope_index``
@@ -156,8 +173,13 @@ def rope_index(inner: nn.Module, state, input_ids, mm_token_type_ids=None, image
     ids there once they are known), and ``rope_deltas`` continue decoding from the stock sequence.
     """
     original = state.saved.get("get_rope_index") or functools.partial(type(inner).get_rope_index, inner)
-    call = dict(image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw,
-                second_per_grid_ts=second_per_grid_ts, attention_mask=attention_mask, **kwargs)
+    call = dict(
+        image_grid_thw=image_grid_thw,
+        video_grid_thw=video_grid_thw,
+        second_per_grid_ts=second_per_grid_ts,
+        attention_mask=attention_mask,
+        **kwargs,
+    )
     if image_grid_thw is None or mm_token_type_ids is None:
         return original(input_ids, mm_token_type_ids, **call)
     layouts = [state.family.grid_layout(state.geometry, g) for g in image_grid_thw.tolist()]

@@ -40,10 +40,11 @@ import dataclasses
 import functools
 import inspect
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,8 +52,8 @@ from torch import nn
 from hired.adapters import qwen
 from hired.adapters.vision import ScoreHooks, encoder_layers, has_cls_token
 from hired.core.grid import Geometry, Layout
-from hired.families import Family, family_of
 from hired.core.positions import stock_position_ids
+from hired.families import Family, family_of
 from hired.methods.base import (
     Method,
     ModelInfo,
@@ -160,7 +161,7 @@ class _Record:
     selection: Selection
     scores: dict[str, torch.Tensor]  # role → (sum P, T) fp32 [CLS] rows
     lengths: list[int]  # tokens each image gives the language model
-    images: tuple["_StockIndex", ...]  # where each image's tokens sit in its stock sequence
+    images: tuple[_StockIndex, ...]  # where each image's tokens sit in its stock sequence
     # with keep_positions, once a prompt of exactly these images used it: (B, S) ids given, (B, S) placeholders
     positions: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -184,7 +185,7 @@ _STOCK = "_hired_stock"
 class _Forward:
     """One forward pass of a model with ``keep_positions``: its images' stock indices and placeholders."""
 
-    state: "_State"
+    state: _State
     images: tuple[_StockIndex, ...] | None = None
     record: _Record | None = None  # the vision step that made these features, if exactly these
     image_mask: torch.Tensor | None = None  # (B, S) bool
@@ -221,7 +222,7 @@ class _Pending:
     Rides on the image's feature tensor (attribute ``_hired_pending``); when the features reach the model's
     forward with a prompt (``mm_encoder_outputs``), the image is selected again for that prompt."""
 
-    state: "_State"
+    state: _State
     layout: Layout
     scores: dict[str, torch.Tensor]  # role → (P, T)
     keys: dict[str, torch.Tensor]  # role → (P, T, H * D)
@@ -247,17 +248,34 @@ def _hand_on(state: _State, record: _Record) -> None:
         forward.images, forward.record = record.images, record
 
 
-def _attach_pending(state: _State, outs: list[torch.Tensor], layouts: list[Layout], sizes: list[int],
-                    scores: dict, keys: dict, features: torch.Tensor, deep: list[torch.Tensor] = ()) -> None:
+def _attach_pending(
+    state: _State,
+    outs: list[torch.Tensor],
+    layouts: list[Layout],
+    sizes: list[int],
+    scores: dict,
+    keys: dict,
+    features: torch.Tensor,
+    deep: list[torch.Tensor] = (),
+) -> None:
     """Hang a :class:`_Pending` on each image's output features: image ``i`` owns the next ``sizes[i]`` rows
     of ``features``, ``scores``, ``keys`` and each DeepStack level of ``deep`` (partitions, or Qwen's
     merged tokens)."""
     start = 0
     for out, layout, size in zip(outs, layouts, sizes):
         part = slice(start, start + size)
-        setattr(out, _PENDING, _Pending(state, layout, {r: v[part] for r, v in scores.items()},
-                                        {r: v[part] for r, v in keys.items()}, features[part].detach(),
-                                        tuple(ds[part].detach() for ds in deep)))
+        setattr(
+            out,
+            _PENDING,
+            _Pending(
+                state,
+                layout,
+                {r: v[part] for r, v in scores.items()},
+                {r: v[part] for r, v in keys.items()},
+                features[part].detach(),
+                tuple(ds[part].detach() for ds in deep),
+            ),
+        )
         start += size
 
 
@@ -323,18 +341,28 @@ def apply(model: nn.Module, processor, method: Method) -> nn.Module:
             remove(model, old.processor)
         hooks = qwen.QwenScoreHooks if state.family.mrope else ScoreHooks
         state.hooks = hooks(state.encoder, state.info.num_heads, state.roles, state.key_roles, kind=state.score_kind)
-        state.handles.append(inner.register_forward_pre_hook(
-            functools.partial(_on_forward, state, _positional_names(inner)), with_kwargs=True))
+        state.handles.append(
+            inner.register_forward_pre_hook(
+                functools.partial(_on_forward, state, _positional_names(inner)), with_kwargs=True
+            )
+        )
         lm = inner.language_model
         if state.family.mrope:  # kept tokens always keep their stock (t, h, w) ids
-            state.handles.append(lm.register_forward_pre_hook(functools.partial(_mrope_positions, state), with_kwargs=True))
-            patches = {"get_image_features": _qwen_image_features, "get_placeholder_mask": _placeholder_mask,
-                       "get_rope_index": qwen.rope_index}
+            state.handles.append(
+                lm.register_forward_pre_hook(functools.partial(_mrope_positions, state), with_kwargs=True)
+            )
+            patches = {
+                "get_image_features": _qwen_image_features,
+                "get_placeholder_mask": _placeholder_mask,
+                "get_rope_index": qwen.rope_index,
+            }
             if state.family.videos_via_image_features:  # Qwen3-VL: keep videos off the image path
                 patches["get_video_features"] = _qwen_video_features
         else:
             if method.keep_positions:
-                state.handles.append(lm.register_forward_pre_hook(functools.partial(_stock_positions, state), with_kwargs=True))
+                state.handles.append(
+                    lm.register_forward_pre_hook(functools.partial(_stock_positions, state), with_kwargs=True)
+                )
                 state.handles.append(lm.register_forward_hook(_keep_shift))
             patches = {"get_image_features": _image_features, "get_placeholder_mask": _placeholder_mask}
         for name, fn in patches.items():
@@ -497,8 +525,10 @@ def last_scores(model: nn.Module) -> list[dict[str, torch.Tensor]]:
         return []
     sizes = [layout.num_partitions for layout in record.layouts]
     per_role = {role: s.detach().float().cpu().split(sizes) for role, s in record.scores.items()}
-    return [{role: parts[i][:, : layout.tokens] for role, parts in per_role.items()}
-            for i, layout in enumerate(record.layouts)]
+    return [
+        {role: parts[i][:, : layout.tokens] for role, parts in per_role.items()}
+        for i, layout in enumerate(record.layouts)
+    ]
 
 
 def score_layers(model: nn.Module) -> dict[str, int]:
@@ -554,8 +584,11 @@ def _encode_in_processor(encoding: dict, image_inputs: dict):
         if isinstance(pixel_values, (list, tuple)):
             pixel_values = torch.stack([torch.as_tensor(pv) for pv in pixel_values])
         pixel_values = torch.as_tensor(pixel_values).to(param.device, param.dtype)
-        extra = {name: torch.as_tensor(image_inputs[name]).to(param.device)
-                 for name in encoding["state"].family.image_kwargs() if image_inputs.get(name) is not None}
+        extra = {
+            name: torch.as_tensor(image_inputs[name]).to(param.device)
+            for name in encoding["state"].family.image_kwargs()
+            if image_inputs.get(name) is not None
+        }
         prompt = _PROMPT.set(encoding.get("prompts"))
         try:
             with torch.no_grad():
@@ -583,7 +616,9 @@ def _image_features(
     if vision_feature_layer is not None and vision_feature_layer != config.vision_feature_layer:
         raise ValueError("hired was applied for the config's vision_feature_layer; pass None or the same value")
     if vision_feature_select_strategy not in (None, config.vision_feature_select_strategy):
-        raise ValueError("hired was applied for the config's vision_feature_select_strategy; pass None or the same value")
+        raise ValueError(
+            "hired was applied for the config's vision_feature_select_strategy; pass None or the same value"
+        )
     extra = {name: kwargs.pop(name) for name in state.family.image_kwargs() if name in kwargs}
     aspect = kwargs.pop("vision_aspect_ratio", None)
     if aspect is not None and aspect != getattr(config, "vision_aspect_ratio", None):
@@ -608,14 +643,22 @@ def _image_features(
     tower_out.pooler_output, record = _select_and_pack(inner, state, layouts, scores, keys, feats, prompts)
     _hand_on(state, record)
     if state.method.query_aware and prompts is None:  # encoded without its prompt: select again with one
-        _attach_pending(state, tower_out.pooler_output, layouts, [lay.num_partitions for lay in layouts],
-                        scores, keys, feats)
+        _attach_pending(
+            state, tower_out.pooler_output, layouts, [lay.num_partitions for lay in layouts], scores, keys, feats
+        )
     tower_out._hired_record = record
     return tower_out
 
 
-def _select_and_pack(inner: nn.Module, state: _State, layouts: list[Layout], scores: dict, keys: dict,
-                     feats: torch.Tensor, prompts: Prompts | None) -> tuple[list[torch.Tensor], _Record]:
+def _select_and_pack(
+    inner: nn.Module,
+    state: _State,
+    layouts: list[Layout],
+    scores: dict,
+    keys: dict,
+    feats: torch.Tensor,
+    prompts: Prompts | None,
+) -> tuple[list[torch.Tensor], _Record]:
     """Select the kept patches of ``feats`` ``(sum P, T, Dv)``, project them and pack them in LLaVA's order.
 
     Returns one ``(tokens_i, D)`` tensor per image (each carrying its stock indices) and the step's record.
@@ -629,8 +672,9 @@ def _select_and_pack(inner: nn.Module, state: _State, layouts: list[Layout], sco
     selection = method.select(layouts, scores, state.info, keys=keys, **extra)
 
     packed = pack_features(method, layouts, selection, feats, state.newline)
-    images = tuple(_StockIndex(index, n) for index, n in
-                   zip(packed.stock_index.split(packed.lengths), packed.stock_lengths))
+    images = tuple(
+        _StockIndex(index, n) for index, n in zip(packed.stock_index.split(packed.lengths), packed.stock_lengths)
+    )
     record = _Record(layouts, selection, scores, packed.lengths, images)
     projected = inner.multi_modal_projector(packed.features)  # (L, D)
     if keeps_newline(method, state.newline):
@@ -645,8 +689,9 @@ def _select_and_pack(inner: nn.Module, state: _State, layouts: list[Layout], sco
 # ------------------------------------------------------------------------------------------- Qwen2.5-VL
 
 
-def _qwen_image_features(inner: nn.Module, state: _State, pixel_values: torch.Tensor,
-                         image_grid_thw: torch.Tensor | None = None, **kwargs):
+def _qwen_image_features(
+    inner: nn.Module, state: _State, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None, **kwargs
+):
     """Replacement for Qwen2.5-VL's ``get_image_features``: run the tower (merger included) with the score
     hooks, select merged tokens per image, hand on the kept ones in raster order. A query-aware method
     reads the prompt of the forward this step runs in (or ``hired.prepare_inputs``'); encoded without one,
@@ -679,16 +724,28 @@ def _qwen_image_features(inner: nn.Module, state: _State, pixel_values: torch.Te
     return out
 
 
-def _qwen_video_features(inner: nn.Module, state: _State, pixel_values_videos: torch.Tensor,
-                         video_grid_thw: torch.Tensor | None = None, **kwargs):
+def _qwen_video_features(
+    inner: nn.Module,
+    state: _State,
+    pixel_values_videos: torch.Tensor,
+    video_grid_thw: torch.Tensor | None = None,
+    **kwargs,
+):
     """Replacement for Qwen3-VL's ``get_video_features``, which calls ``get_image_features``: videos run the
     stock image features (the class's own, not hired's replacement), untouched."""
     original = functools.partial(type(inner).get_image_features, inner)
     return original(pixel_values_videos, video_grid_thw, **kwargs)
 
 
-def _qwen_select(state: _State, layouts: list[Layout], merged: torch.Tensor, scores: dict, keys: dict,
-                 prompts: Prompts | None, deep: list[torch.Tensor] = ()) -> tuple[list[torch.Tensor], _Record, list]:
+def _qwen_select(
+    state: _State,
+    layouts: list[Layout],
+    merged: torch.Tensor,
+    scores: dict,
+    keys: dict,
+    prompts: Prompts | None,
+    deep: list[torch.Tensor] = (),
+) -> tuple[list[torch.Tensor], _Record, list]:
     """Select the merged tokens of a batch of images (``merged`` ``(sum N, D)``, ``scores[role]`` ``(sum N,)``,
     ``keys[role]`` ``(sum N, H * D)``, image after image, raster order): one ``(kept_i, D)`` tensor per
     image, carrying its stock indices and M-RoPE offsets, the step's record, and per DeepStack level of
@@ -708,13 +765,16 @@ def _qwen_select(state: _State, layouts: list[Layout], merged: torch.Tensor, sco
         keep[i, :tokens] = kept.cpu()
         budgets[i] = budget
         for r in scores:
-            padded[r][i, :tokens] = scores[r][start: start + tokens].float().cpu()
+            padded[r][i, :tokens] = scores[r][start : start + tokens].float().cpu()
         index_of[i] = start + index
         start += tokens
     images = tuple(getattr(f, _STOCK) for f in outs)
     deep_kept = [tuple(ds[rows.to(ds.device)] for rows in index_of) for ds in deep]
-    return (outs, _Record(layouts, Selection(keep=keep, budgets=budgets), padded, [len(f) for f in outs], images),
-            deep_kept)
+    return (
+        outs,
+        _Record(layouts, Selection(keep=keep, budgets=budgets), padded, [len(f) for f in outs], images),
+        deep_kept,
+    )
 
 
 def _mrope_positions(state: _State, _module, args, kwargs):
@@ -724,8 +784,13 @@ def _mrope_positions(state: _State, _module, args, kwargs):
         return None
     forward = _FORWARD.get()
     position_ids = kwargs.get("position_ids")
-    if (forward is None or forward.state is not state or forward.images is None or forward.image_mask is None
-            or position_ids is None):
+    if (
+        forward is None
+        or forward.state is not state
+        or forward.images is None
+        or forward.image_mask is None
+        or position_ids is None
+    ):
         return None
     if position_ids.dim() != 3:
         raise ValueError(f"Qwen2.5-VL needs (3 or 4, batch, sequence) position_ids, got {tuple(position_ids.shape)}")
@@ -748,8 +813,13 @@ def _take_prompt(inner: nn.Module, state: _State, layouts: list[Layout], pixel_v
     if isinstance(raw, _RawPrompt):
         if raw.pixel_values is not pixel_values:
             return None  # a prompt for other images (a forward that never reached its vision step)
-        prompts = _prompts_from_inputs(inner, raw.input_ids, raw.inputs_embeds, raw.attention_mask,
-                                       [state.token_count(layout) for layout in layouts])
+        prompts = _prompts_from_inputs(
+            inner,
+            raw.input_ids,
+            raw.inputs_embeds,
+            raw.attention_mask,
+            [state.token_count(layout) for layout in layouts],
+        )
     else:
         prompts = raw
     if prompts.owner.numel() != len(layouts):
@@ -809,14 +879,17 @@ def _reselect(inner: nn.Module, state: _State, encoded, given: dict):
     idx = [i for i, p in enumerate(pending) if p is not None and p.state is state]
     if not idx:
         return None
-    prompts = _prompts_from_inputs(inner, given.get("input_ids"), given.get("inputs_embeds"),
-                                   given.get("attention_mask"), [len(f) for f in outs])
+    prompts = _prompts_from_inputs(
+        inner, given.get("input_ids"), given.get("inputs_embeds"), given.get("attention_mask"), [len(f) for f in outs]
+    )
     picked = [pending[i] for i in idx]
     layouts = [p.layout for p in picked]
     scores = {r: torch.cat([p.scores[r] for p in picked]) for r in picked[0].scores}
     keys = {r: torch.cat([p.keys[r] for p in picked]) for r in picked[0].keys}
     feats = torch.cat([p.features for p in picked])
-    sub = Prompts(embeds=prompts.embeds, mask=prompts.mask, owner=prompts.owner[torch.tensor(idx, device=prompts.owner.device)])
+    sub = Prompts(
+        embeds=prompts.embeds, mask=prompts.mask, owner=prompts.owner[torch.tensor(idx, device=prompts.owner.device)]
+    )
     with state.calls.running():
         deep_fresh = []
         if state.family.mrope:  # merged tokens: (N,) scores, (N, D) features per image
@@ -826,8 +899,10 @@ def _reselect(inner: nn.Module, state: _State, encoded, given: dict):
             fresh, record = _select_and_pack(inner, state, layouts, scores, keys, feats, sub)
     for i, features in zip(idx, fresh):
         if len(features) != len(outs[i]):
-            raise RuntimeError(f"{type(state.method).__name__} selected {len(features)} tokens again for an image "
-                               f"that had {len(outs[i])}")
+            raise RuntimeError(
+                f"{type(state.method).__name__} selected {len(features)} tokens again for an image "
+                f"that had {len(outs[i])}"
+            )
         outs[i] = features.to(outs[i].device, outs[i].dtype)
         setattr(outs[i], _STOCK, getattr(features, _STOCK))
     _remember(state, record)
@@ -837,8 +912,10 @@ def _reselect(inner: nn.Module, state: _State, encoded, given: dict):
     if deep_fresh:  # Qwen3-VL: the DeepStack levels of the images selected again, the others as given
         given_levels = getattr(encoded, "deepstack_features", None)
         if given_levels is None:
-            raise ValueError(f"{state.family.title}'s mm_encoder_outputs['image'] needs the deepstack_features that "
-                             "get_image_features returned, one entry per image in every level")
+            raise ValueError(
+                f"{state.family.title}'s mm_encoder_outputs['image'] needs the deepstack_features that "
+                "get_image_features returned, one entry per image in every level"
+            )
         levels = [list(level) for level in given_levels]
         for level, kept_rows in zip(levels, deep_fresh):
             for i, rows in zip(idx, kept_rows):
@@ -887,13 +964,19 @@ def _on_forward(state: _State, names: list[str], _module, args, kwargs):
     changed = None
     if state.method.query_aware:
         pixel_values = given.get("pixel_values")
-        _PROMPT.set(None if pixel_values is None else _RawPrompt(
-            pixel_values, given.get("input_ids"), given.get("inputs_embeds"), given.get("attention_mask")))
+        _PROMPT.set(
+            None
+            if pixel_values is None
+            else _RawPrompt(
+                pixel_values, given.get("input_ids"), given.get("inputs_embeds"), given.get("attention_mask")
+            )
+        )
         fresh = None if encoded is None else _reselect(_module, state, encoded, given)
         if fresh is not None:
             encoded = fresh
-            changed = _with_argument(names, args, kwargs, "mm_encoder_outputs",
-                                     {**given["mm_encoder_outputs"], "image": fresh})
+            changed = _with_argument(
+                names, args, kwargs, "mm_encoder_outputs", {**given["mm_encoder_outputs"], "image": fresh}
+            )
     if state.method.keep_positions or state.family.mrope:
         _FORWARD.set(_encoded_forward(state, encoded) if encoded is not None else _Forward(state))
     if given.get("pixel_values") is not None or encoded is not None:
@@ -921,7 +1004,9 @@ def _encoded_forward(state: _State, encoded) -> _Forward:
             "get_image_features (or hired.prepare_inputs) unchanged; the list may be reordered, repeated or cut"
         )
     record = getattr(encoded, "_hired_record", None)
-    if record is not None and (len(record.images) != len(images) or any(a is not b for a, b in zip(record.images, images))):
+    if record is not None and (
+        len(record.images) != len(images) or any(a is not b for a, b in zip(record.images, images))
+    ):
         record = None  # another arrangement of the images: last_selection keeps describing the encoding
     return _Forward(state, images=images, record=record)
 
@@ -948,7 +1033,9 @@ def _stock_positions(state: _State, _module, args, kwargs):
         if shift is not None:
             if position_ids is None:
                 embeds = kwargs["inputs_embeds"]
-                position_ids = torch.arange(past, past + embeds.shape[1], device=embeds.device).expand(embeds.shape[0], -1)
+                position_ids = torch.arange(past, past + embeds.shape[1], device=embeds.device).expand(
+                    embeds.shape[0], -1
+                )
             kwargs["position_ids"] = position_ids + shift[:, None]
         return args, kwargs
     forward = _FORWARD.get()
@@ -959,8 +1046,13 @@ def _stock_positions(state: _State, _module, args, kwargs):
         position_ids = torch.arange(mask.shape[1], device=mask.device).expand(mask.shape[0], -1)
     if position_ids.dim() != 2:
         raise ValueError(f"keep_positions needs (batch, sequence) position_ids, got shape {tuple(position_ids.shape)}")
-    new, shift = stock_position_ids(position_ids, mask, torch.cat([i.index for i in images]),
-                                    [len(i.index) for i in images], [i.length for i in images])
+    new, shift = stock_position_ids(
+        position_ids,
+        mask,
+        torch.cat([i.index for i in images]),
+        [len(i.index) for i in images],
+        [i.length for i in images],
+    )
     kwargs["position_ids"] = new
     if cache is not None:
         setattr(cache, _SHIFT, shift)

@@ -8,10 +8,10 @@ patched model can serve many threads.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
 
 import torch
 from torch import nn
@@ -28,9 +28,7 @@ def encoder_layers(vision_tower: nn.Module, num_layers: int) -> nn.ModuleList:
         leaf = name.rsplit(".", 1)[-1]
         if isinstance(module, nn.ModuleList) and leaf in ("layers", "layer", "blocks") and len(module) == num_layers:
             return module
-    raise ValueError(
-        f"could not find the {num_layers} encoder layers of vision tower {type(vision_tower).__name__}"
-    )
+    raise ValueError(f"could not find the {num_layers} encoder layers of vision tower {type(vision_tower).__name__}")
 
 
 def qk_projections(layer: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -64,7 +62,7 @@ class Recording:
     """What the hooks recorded during one call: ``rows[role]`` ``(B, N)`` fp32 attention scores
     (summed over heads) and ``keys[role]`` ``(B, N, H * D)`` projected keys."""
 
-    owner: "ScoreHooks"
+    owner: ScoreHooks
     rows: dict[str, torch.Tensor] = field(default_factory=dict)
     keys: dict[str, torch.Tensor] = field(default_factory=dict)
     pending: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)  # ("q" | "k", layer) → half of a row
@@ -84,8 +82,14 @@ class ScoreHooks:
     once.
     """
 
-    def __init__(self, layers: nn.ModuleList, num_heads: int, rows: Mapping[str, int],
-                 keys: Mapping[str, int] | None = None, kind: str = "cls"):
+    def __init__(
+        self,
+        layers: nn.ModuleList,
+        num_heads: int,
+        rows: Mapping[str, int],
+        keys: Mapping[str, int] | None = None,
+        kind: str = "cls",
+    ):
         if kind not in ("cls", "received"):
             raise ValueError(f"score kind must be 'cls' or 'received', got {kind!r}")
         self.num_heads = num_heads

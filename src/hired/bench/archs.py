@@ -21,7 +21,7 @@ checkpoint's cost offline. ``build_arch(name, device, dtype)`` returns ``(model,
   partitions, 3645 patches, 3699 stock tokens) and ``small``'s widths, depths and vocabulary (SigLIP tower
   8x128, Qwen2 language model 8x512 with 2 key/value heads, 32064 ids: the output layer stays a minor
   part of a decode step, as in the 7B model). Its processor needs torchvision
-  (``pip install "hired[onevision]"``), as every OneVision processor does.
+  (``pip install "hired-vlm[onevision]"``), as every OneVision processor does.
 
 The processor uses a small local byte-level tokenizer (``hired.tiny.tiny_tokenizer``) that knows
 ``<image>`` and some English; its ids all lie inside the configs' vocabularies, so the embedding and
@@ -77,8 +77,16 @@ class Arch:
 
 # the CPU-sized architectures' widths and depths (small, onevision-small, qwen2.5-vl-small): a language model
 # that dominates the cost, as in the 7B models
-_SMALL_SIZES = dict(vision_hidden=128, vision_intermediate=512, vision_layers=8, vision_heads=2,
-                    text_hidden=512, text_intermediate=1376, text_layers=8, text_heads=8)
+_SMALL_SIZES = dict(
+    vision_hidden=128,
+    vision_intermediate=512,
+    vision_layers=8,
+    vision_heads=2,
+    text_hidden=512,
+    text_intermediate=1376,
+    text_layers=8,
+    text_heads=8,
+)
 
 ARCHS: dict[str, Arch] = {
     a.name: a
@@ -211,14 +219,26 @@ def _qwen_config(arch: Arch, tokenizer):
     """Qwen2.5-VL-*-Instruct's config at ``arch``'s sizes (SiLU MLPs, RMSNorm, rope theta 1e6)."""
     from hired.tiny import qwen2_5_vl_config
 
-    vision = dict(depth=arch.vision_layers, hidden_size=arch.vision_hidden, intermediate_size=arch.vision_intermediate,
-                  num_heads=arch.vision_heads, window_size=arch.window_size,
-                  fullatt_block_indexes=list(arch.fullatt_blocks))
-    text = dict(vocab_size=arch.vocab_size, hidden_size=arch.text_hidden, intermediate_size=arch.text_intermediate,
-                num_hidden_layers=arch.text_layers, num_attention_heads=arch.text_heads,
-                num_key_value_heads=arch.text_kv_heads or arch.text_heads,
-                max_position_embeddings=arch.max_position_embeddings, rms_norm_eps=1e-6, rope_theta=1000000.0,
-                tie_word_embeddings=False)
+    vision = dict(
+        depth=arch.vision_layers,
+        hidden_size=arch.vision_hidden,
+        intermediate_size=arch.vision_intermediate,
+        num_heads=arch.vision_heads,
+        window_size=arch.window_size,
+        fullatt_block_indexes=list(arch.fullatt_blocks),
+    )
+    text = dict(
+        vocab_size=arch.vocab_size,
+        hidden_size=arch.text_hidden,
+        intermediate_size=arch.text_intermediate,
+        num_hidden_layers=arch.text_layers,
+        num_attention_heads=arch.text_heads,
+        num_key_value_heads=arch.text_kv_heads or arch.text_heads,
+        max_position_embeddings=arch.max_position_embeddings,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        tie_word_embeddings=False,
+    )
     return qwen2_5_vl_config(tokenizer, vision, text)
 
 

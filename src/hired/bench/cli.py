@@ -35,19 +35,36 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
         ),
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="local model folder or hub id org/name (LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision, Qwen2.5-VL or Qwen3-VL)")
+    src.add_argument(
+        "--model",
+        help="local model folder or hub id org/name (LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision, Qwen2.5-VL or Qwen3-VL)",
+    )
     src.add_argument(
         "--arch", choices=sorted(ARCHS), help="a known architecture with random weights (needs --random-weights)"
     )
     p.add_argument("--random-weights", action="store_true", help="confirm --arch: random weights, nothing downloaded")
     p.add_argument("--methods", default="hired", help="comma-separated method names ('hired methods'), default hired")
-    p.add_argument("--option", action="append", metavar="[NAME:]KEY=VALUE",
-                   help="method option, parsed by its type: NAME:KEY=VALUE for method NAME, KEY=VALUE for every "
-                   "method that has it; repeatable")
-    add_list_argument(p, "--budgets", float, default=PAPER_BUDGETS,
-                      help="budgets, separated by commas or spaces (default 1.0,0.4,0.2)")
-    add_list_argument(p, "--batch-sizes", int, default=None,
-                      help="batch sizes, separated by commas or spaces (default 1,2,4 on CUDA, 1 on CPU)")
+    p.add_argument(
+        "--option",
+        action="append",
+        metavar="[NAME:]KEY=VALUE",
+        help="method option, parsed by its type: NAME:KEY=VALUE for method NAME, KEY=VALUE for every "
+        "method that has it; repeatable",
+    )
+    add_list_argument(
+        p,
+        "--budgets",
+        float,
+        default=PAPER_BUDGETS,
+        help="budgets, separated by commas or spaces (default 1.0,0.4,0.2)",
+    )
+    add_list_argument(
+        p,
+        "--batch-sizes",
+        int,
+        default=None,
+        help="batch sizes, separated by commas or spaces (default 1,2,4 on CUDA, 1 on CPU)",
+    )
     p.add_argument("--runs", type=int, default=3, help="timed runs per row (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up runs per row, not timed (default 1)")
     p.add_argument("--new-tokens", type=int, default=15, help="greedy tokens per run, exactly (default 15)")
@@ -58,11 +75,12 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-full", action="store_true", help="skip the full (stock) model rows")
     p.add_argument("--no-oracle", action="store_true", help="skip the oracle rows")
-    p.add_argument("--no-reference-attention", action="store_true",
-                   help="skip the reference attention path (full N x N maps) rows")
+    p.add_argument(
+        "--no-reference-attention", action="store_true", help="skip the reference attention path (full N x N maps) rows"
+    )
     p.add_argument("--json", metavar="PATH", help="also write the results (with every run) as JSON")
     p.add_argument("--markdown", metavar="PATH", help="also write the Markdown table to a file")
-    p.add_argument("--plot", metavar="PATH.png", help="TTFT and memory vs budget (needs matplotlib: hired[viz])")
+    p.add_argument("--plot", metavar="PATH.png", help="TTFT and memory vs budget (needs matplotlib: hired-vlm[viz])")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
     return p
@@ -108,8 +126,15 @@ def _command(args, settings: Settings, device: str) -> str:
         parts += ["--image", args.image]
     if args.prompt:
         parts += ["--prompt", args.prompt]
-    parts += [flag for flag, on in (("--no-full", args.no_full), ("--no-oracle", args.no_oracle),
-                                    ("--no-reference-attention", args.no_reference_attention)) if on]
+    parts += [
+        flag
+        for flag, on in (
+            ("--no-full", args.no_full),
+            ("--no-oracle", args.no_oracle),
+            ("--no-reference-attention", args.no_reference_attention),
+        )
+        if on
+    ]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -152,7 +177,7 @@ def cmd_bench(args) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise CommandError('--plot needs matplotlib: pip install "hired[viz]"') from None
+            raise CommandError('--plot needs matplotlib: pip install "hired-vlm[viz]"') from None
     threads = torch.get_num_threads()
     try:
         if args.threads is not None:

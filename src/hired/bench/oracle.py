@@ -20,9 +20,9 @@ Both set instance attributes or hooks only and restore the model (and processor)
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -94,8 +94,14 @@ def _oracle_features(
     return out
 
 
-def _qwen_oracle_features(inner: nn.Module, counts: Sequence[int], record: OracleRecord, pixel_values: torch.Tensor,
-                          image_grid_thw: torch.Tensor | None = None, **kwargs):
+def _qwen_oracle_features(
+    inner: nn.Module,
+    counts: Sequence[int],
+    record: OracleRecord,
+    pixel_values: torch.Tensor,
+    image_grid_thw: torch.Tensor | None = None,
+    **kwargs,
+):
     """Qwen2.5-VL's / Qwen3-VL's ``get_image_features`` for the oracle: the stock tower and merger, then the
     first ``counts[i]`` merged tokens of image ``i`` (raster order), of every DeepStack level too."""
     out = type(inner).get_image_features(inner, pixel_values, image_grid_thw, **kwargs)
@@ -107,7 +113,9 @@ def _qwen_oracle_features(inner: nn.Module, counts: Sequence[int], record: Oracl
             raise ValueError(f"the oracle cannot feed {n} tokens from an image of {feats.shape[0]} merged tokens")
     out.pooler_output = tuple(feats[:n] for feats, n in zip(per_image, counts))
     if getattr(out, "deepstack_features", None):  # Qwen3-VL: every DeepStack level fed the same tokens
-        out.deepstack_features = [tuple(feats[:n] for feats, n in zip(level, counts)) for level in out.deepstack_features]
+        out.deepstack_features = [
+            tuple(feats[:n] for feats, n in zip(level, counts)) for level in out.deepstack_features
+        ]
     record.features_per_image = [int(n) for n in counts]
     return out
 
@@ -151,8 +159,10 @@ def oracle(model: nn.Module, processor, counts: Sequence[int]) -> Iterator[Oracl
     inner, family = _inner(model)
     record = OracleRecord()
     if family.mrope:
-        patches = {(inner, _FEATURES): functools.partial(_qwen_oracle_features, inner, counts, record),
-                   (inner, "get_rope_index"): functools.partial(_qwen_oracle_rope_index, inner, counts)}
+        patches = {
+            (inner, _FEATURES): functools.partial(_qwen_oracle_features, inner, counts, record),
+            (inner, "get_rope_index"): functools.partial(_qwen_oracle_rope_index, inner, counts),
+        }
     else:
         patches = {(inner, _FEATURES): functools.partial(_oracle_features, inner, family, counts, record)}
     patches[(processor, _PLACEHOLDERS)] = functools.partial(_oracle_placeholders, processor, counts)

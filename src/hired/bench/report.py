@@ -101,14 +101,14 @@ def markdown(result: dict) -> str:
 
 def plot(result: dict, path: str | Path) -> Path:
     """TTFT and peak memory against the budget, one line per method and batch size, the oracle dashed and
-    the full model dotted. Needs matplotlib (``pip install "hired[viz]"``)."""
+    the full model dotted. Needs matplotlib (``pip install "hired-vlm[viz]"``)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ImportError('--plot needs matplotlib: pip install "hired[viz]"') from None
+        raise ImportError('--plot needs matplotlib: pip install "hired-vlm[viz]"') from None
 
     rows = result["rows"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -117,9 +117,7 @@ def plot(result: dict, path: str | Path) -> Path:
     styles = {"method": "-", "oracle": "--", "reference": ":"}
     markers = {"method": "o", "oracle": "s", "reference": "^"}
     for bi, batch in enumerate(batches):
-        for ki, (metric, scale, ax) in enumerate(
-            (("ttft", 1.0, axes[0]), ("peak_memory", 1 / _GIB, axes[1]))
-        ):
+        for metric, scale, ax in (("ttft", 1.0, axes[0]), ("peak_memory", 1 / _GIB, axes[1])):
             series: dict[str, list] = {}
             for r in rows:
                 if r["batch"] != batch or r["budget"] is None or r["kind"] == "full":

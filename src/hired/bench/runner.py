@@ -16,9 +16,10 @@ import os
 import platform
 import statistics
 import sys
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -222,9 +223,7 @@ def _inputs(model, processor, case: _Case, images, prompts):
     import hired
 
     if case.kind in ("method", "reference") and is_adaptive(case.method):
-        inputs = hired.prepare_inputs(
-            model, processor, images=images, text=prompts, return_tensors="pt", padding=True
-        )
+        inputs = hired.prepare_inputs(model, processor, images=images, text=prompts, return_tensors="pt", padding=True)
     else:
         inputs = processor(images=images, text=prompts, return_tensors="pt", padding=True)
     inputs = {k: (v.to(model.device) if torch.is_tensor(v) else v) for k, v in dict(inputs).items()}
@@ -233,8 +232,16 @@ def _inputs(model, processor, case: _Case, images, prompts):
     return inputs
 
 
-def run_once(model: nn.Module, processor, images: list, prompts: list[str], new_tokens: int, probes: Probes,
-             meter, case: _Case | None = None) -> tuple[dict[str, float], torch.Tensor]:
+def run_once(
+    model: nn.Module,
+    processor,
+    images: list,
+    prompts: list[str],
+    new_tokens: int,
+    probes: Probes,
+    meter,
+    case: _Case | None = None,
+) -> tuple[dict[str, float], torch.Tensor]:
     """One timed ``generate`` of exactly ``new_tokens`` greedy tokens; returns the run's figures and the
     prompt's ``input_ids`` ``(batch, length)``. The model and processor are used as they are."""
     case = case or _Case("run", "full", len(images))
@@ -290,8 +297,16 @@ def _load() -> list[float] | None:
         return None
 
 
-def run_benchmark(model: nn.Module, processor, image, settings: Settings | None = None, *,
-                  model_name: str = "model", image_name: str = "image", command: str | None = None) -> dict:
+def run_benchmark(
+    model: nn.Module,
+    processor,
+    image,
+    settings: Settings | None = None,
+    *,
+    model_name: str = "model",
+    image_name: str = "image",
+    command: str | None = None,
+) -> dict:
     """Time ``model`` on ``image`` as ``settings`` say; returns a JSON-ready dict (``meta`` and ``rows``).
 
     The model must be a stock LLaVA-NeXT / LLaVA-1.5 / LLaVA-OneVision (no method applied); it is stock

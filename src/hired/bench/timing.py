@@ -92,7 +92,7 @@ class Clock:
 class _FirstToken:
     """A ``generate`` streamer that marks the first generated token (the first ``put`` is the prompt)."""
 
-    def __init__(self, probes: "Probes"):
+    def __init__(self, probes: Probes):
         self.probes = probes
         self.calls = 0
 

@@ -18,9 +18,9 @@ order LLaVA-NeXT stacks them. Inside a partition, patch ``t`` sits at row ``t //
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Sequence
 
 import torch
 
@@ -60,12 +60,11 @@ class Geometry:
                 raise ValueError("grid_pinpoints must not be empty")
             for h, w in pins:
                 if h <= 0 or w <= 0 or h % self.crop_size or w % self.crop_size:
-                    raise ValueError(
-                        f"grid pinpoint {(h, w)} is not a positive multiple of crop_size {self.crop_size}"
-                    )
+                    raise ValueError(f"grid pinpoint {(h, w)} is not a positive multiple of crop_size {self.crop_size}")
             object.__setattr__(self, "grid_pinpoints", pins)
-        if self.max_crops is not None and (isinstance(self.max_crops, bool) or not isinstance(self.max_crops, int)
-                                           or self.max_crops < 1):
+        if self.max_crops is not None and (
+            isinstance(self.max_crops, bool) or not isinstance(self.max_crops, int) or self.max_crops < 1
+        ):
             raise ValueError(f"max_crops must be a positive integer or None, got {self.max_crops!r}")
 
     @property
@@ -272,8 +271,16 @@ def layout_for(image_size: tuple[int, int], geometry: Geometry, *, single: bool 
         ratio = math.sqrt(h * w / (geometry.max_crops * side**2))
         if ratio > 1.1:
             scaled = (int(h // ratio), int(w // ratio))
-    return Layout(image_size=(height, width), side=side, grid=(rows, cols), top=top, bottom=bottom, left=left,
-                  right=right, scaled=scaled)
+    return Layout(
+        image_size=(height, width),
+        side=side,
+        grid=(rows, cols),
+        top=top,
+        bottom=bottom,
+        left=left,
+        right=right,
+        scaled=scaled,
+    )
 
 
 def full_to_subimage(layout: Layout) -> torch.Tensor:

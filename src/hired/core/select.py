@@ -72,8 +72,15 @@ def region_of(rows: int, cols: int, regions: int) -> torch.Tensor:
     return (r[:, None] * regions + c[None, :]).flatten()
 
 
-def region_topk(select: torch.Tensor, early: torch.Tensor, region: torch.Tensor, valid: torch.Tensor,
-                total: list[int], spread: list[int], regions: int) -> torch.Tensor:
+def region_topk(
+    select: torch.Tensor,
+    early: torch.Tensor,
+    region: torch.Tensor,
+    valid: torch.Tensor,
+    total: list[int],
+    spread: list[int],
+    regions: int,
+) -> torch.Tensor:
     """Keep ``total[i]`` tokens of row ``i``: ``spread[i]`` of them shared over its regions by content, the
     rest the best of those left (a global share).
 

@@ -1,14 +1,14 @@
 """``hired_llava``: an lmms-eval model (LLaVA-NeXT / LLaVA-1.5 / LLaVA-OneVision / Qwen2.5-VL on
 transformers) with a ``hired`` method applied.
 
-Registered with lmms-eval through the entry-point group ``lmms_eval.models`` (``pip install "hired[eval]"``)::
+Registered with lmms-eval through the entry-point group ``lmms_eval.models`` (``pip install "hired-vlm[eval]"``)::
 
     python -m lmms_eval --model hired_llava \\
         --model_args pretrained=llava-hf/llava-v1.6-vicuna-7b-hf,method=hired,budget=0.2,alpha=0.5 \\
         --tasks textvqa_val --batch_size 4 --log_samples --output_path results/
 
 ``pretrained`` may be a LLaVA-OneVision checkpoint too (e.g. ``llava-hf/llava-onevision-qwen2-7b-ov-hf``;
-needs torchvision: ``pip install "hired[eval,onevision]"``): the model class follows the config's
+needs torchvision: ``pip install "hired-vlm[eval,onevision]"``): the model class follows the config's
 ``model_type`` (``llava_next``, ``llava``, ``llava_onevision``), so the same model name serves all three::
 
     python -m lmms_eval --model hired_llava \\
@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import torch
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
@@ -67,10 +67,10 @@ def lmms_eval_models():
 class VisualTokenCounts(TokenCounts):
     """lmms-eval's per-sample token counts plus the visual tokens the language model received."""
 
-    visual_tokens: Optional[int] = None
-    visual_tokens_stock: Optional[int] = None
+    visual_tokens: int | None = None
+    visual_tokens_stock: int | None = None
 
-    def to_dict(self) -> Dict[str, Optional[int]]:
+    def to_dict(self) -> dict[str, int | None]:
         d = super().to_dict()
         if self.visual_tokens is not None:
             d["visual_tokens"] = self.visual_tokens
@@ -79,7 +79,7 @@ class VisualTokenCounts(TokenCounts):
         return d
 
 
-def parse_options(method: str, options: Dict[str, Any]) -> Dict[str, Any]:
+def parse_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
     """``--model_args`` values of ``method``'s options parsed by their declared types (``true``/``false``,
     ``none`` where allowed, ints, floats, literal choices); values that are not strings are kept."""
     from hired.commands import parse_method_options
@@ -87,7 +87,7 @@ def parse_options(method: str, options: Dict[str, Any]) -> Dict[str, Any]:
     return parse_method_options(method, options)
 
 
-def resolve_method(method: Any, options: Dict[str, Any]) -> Optional[hired.Method]:
+def resolve_method(method: Any, options: dict[str, Any]) -> hired.Method | None:
     """The method a ``--model_args`` string asks for; ``None`` for the stock model.
 
     ``method`` is a registry name, ``none``/``full``, or a ``hired.Method`` instance (Python API).
@@ -159,12 +159,12 @@ class HiredLlava(lmms):
         self,
         pretrained: str,
         method: Any = "hired",
-        device: Optional[str] = None,
+        device: str | None = None,
         dtype: Any = "auto",
         batch_size: Any = 1,
         max_batch_size: Any = None,
-        attn_implementation: Optional[str] = None,
-        revision: Optional[str] = None,
+        attn_implementation: str | None = None,
+        revision: str | None = None,
         max_new_tokens: int = _DEFAULT_MAX_NEW_TOKENS,
         **method_options: Any,
     ) -> None:
@@ -270,8 +270,13 @@ class HiredLlava(lmms):
         prefix = "" if has_tokens else f"{self.family.image_placeholder(self.processor)}\n" * num_images
         return f"USER: {prefix}{context} ASSISTANT:"
 
-    def _encode(self, texts: List[str], images: list, query_text: Optional[List[str]] = None,
-                per_row: Optional[List[int]] = None) -> dict:
+    def _encode(
+        self,
+        texts: list[str],
+        images: list,
+        query_text: list[str] | None = None,
+        per_row: list[int] | None = None,
+    ) -> dict:
         """Processor output on the model's device; ``hired.prepare_inputs`` for adaptive methods, and for
         query-aware ones (CDPruner) when ``query_text`` (the prompts without what is scored) is given, so
         the selection never reads the continuation being scored.
@@ -297,7 +302,7 @@ class HiredLlava(lmms):
             inputs["pixel_values"] = inputs["pixel_values"].to(self._model.dtype)
         return inputs
 
-    def _visual_counts(self, input_ids: torch.Tensor, images_per_row: List[int]) -> List[Tuple[int, int]]:
+    def _visual_counts(self, input_ids: torch.Tensor, images_per_row: list[int]) -> list[tuple[int, int]]:
         """``(received, stock)`` visual tokens of every row of the batch just run.
 
         With a method applied, from ``hired.last_selection`` (checked against the placeholders in
@@ -321,9 +326,9 @@ class HiredLlava(lmms):
 
     # -------------------------------------------------------------------------------------------- batching
 
-    def _batches(self, requests: List[Instance], key_fn, length_fn) -> List[List[int]]:
+    def _batches(self, requests: list[Instance], key_fn, length_fn) -> list[list[int]]:
         """Request indices in batches of ``batch_size``: same ``key_fn`` per batch, longest prompts first."""
-        groups: Dict[str, List[int]] = {}
+        groups: dict[str, list[int]] = {}
         for i, req in enumerate(requests):
             groups.setdefault(key_fn(req), []).append(i)
         batches = []
@@ -337,9 +342,9 @@ class HiredLlava(lmms):
 
     # ---------------------------------------------------------------------------------------- lmms API
 
-    def generate_until(self, requests: List[Instance]) -> List[GenerationResult]:
+    def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         """Greedy (or sampled, when a task asks) answers, batched with left padding; see the module doc."""
-        results: List[Optional[GenerationResult]] = [None] * len(requests)
+        results: list[GenerationResult | None] = [None] * len(requests)
         stats = _TaskStats()
 
         def key(req):
@@ -393,7 +398,7 @@ class HiredLlava(lmms):
         stats.log(self)
         return results
 
-    def _generation_kwargs(self, gen_kwargs: Dict[str, Any]) -> Tuple[List[str], Dict[str, Any]]:
+    def _generation_kwargs(self, gen_kwargs: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         """``(stop strings, model.generate kwargs)`` from a task's ``generation_kwargs``."""
         unknown = sorted(set(gen_kwargs) - _GEN_KEYS)
         if unknown:
@@ -422,9 +427,9 @@ class HiredLlava(lmms):
                 kwargs["top_p"] = float(gen_kwargs["top_p"])
         return list(until), kwargs
 
-    def loglikelihood(self, requests: List[Instance]) -> List[Tuple[float, bool]]:
+    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         """Sum of log-probabilities of each continuation after its context, and whether it is the greedy one."""
-        results: List[Optional[Tuple[float, bool]]] = [None] * len(requests)
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
         stats = _TaskStats()
         batches = self._batches(requests, lambda r: r.args[4], self._prompt_length)
         pbar = tqdm(total=len(requests), disable=self._rank != 0, desc=f"{MODEL_NAME} scoring")
@@ -467,11 +472,11 @@ class HiredLlava(lmms):
         stats.log(self)
         return results
 
-    def generate_until_multi_round(self, requests) -> List[str]:
+    def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError(f"{MODEL_NAME} does not implement multi-round generation")
 
 
-def _generated_length(ids: List[int], eos_id: Optional[int], pad_id: Optional[int]) -> int:
+def _generated_length(ids: list[int], eos_id: int | None, pad_id: int | None) -> int:
     """Tokens generated for one row: up to and including the first end-of-sequence, without padding."""
     for n, t in enumerate(ids):
         if t == eos_id:
@@ -486,9 +491,9 @@ class _TaskStats:
     """Per-task sums of visual tokens, generation time and generated tokens over one lmms API call."""
 
     def __init__(self) -> None:
-        self.sums: Dict[str, List[float]] = {}  # task -> [samples, kept, stock, seconds, new tokens]
+        self.sums: dict[str, list[float]] = {}  # task -> [samples, kept, stock, seconds, new tokens]
 
-    def _row(self, task: str) -> List[float]:
+    def _row(self, task: str) -> list[float]:
         return self.sums.setdefault(task, [0, 0, 0, 0.0, 0])
 
     def add(self, task: str, kept: int, stock: int) -> None:
@@ -502,15 +507,15 @@ class _TaskStats:
         row[3] += seconds
         row[4] += new_tokens
 
-    def gathered(self, lm: HiredLlava) -> Dict[str, List[float]]:
+    def gathered(self, lm: HiredLlava) -> dict[str, list[float]]:
         """The sums over every rank (lmms-eval calls the model on all ranks at once)."""
         import torch.distributed as dist
 
         if lm.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
             return self.sums
-        parts: List[Any] = [None] * dist.get_world_size()
+        parts: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(parts, self.sums)
-        total: Dict[str, List[float]] = {}
+        total: dict[str, list[float]] = {}
         for part in parts:
             for task, row in (part or {}).items():
                 acc = total.setdefault(task, [0, 0, 0, 0.0, 0])

@@ -33,8 +33,10 @@ from pathlib import Path
 BUDGETS = (0.05, 0.1, 0.2, 0.4, 1.0)
 QUICK = {"images": 4, "budgets": (0.1, 1.0)}
 TASKS = ("first", "dense", "both")
-FAMILIES = {"first": "shapes on photos (hired.models.task)",
-            "dense": "dense tables of shapes or cells (hired.models.dense)"}
+FAMILIES = {
+    "first": "shapes on photos (hired.models.task)",
+    "dense": "dense tables of shapes or cells (hired.models.dense)",
+}
 
 
 def family(kind: str) -> str:
@@ -115,9 +117,19 @@ def by_family(results: list[Result], task: str = "both") -> dict[str, list[Resul
             # a "both" split holds the first family's questions, then the dense family's (dense.combine)
             start = 0 if name == "first" else r.families.get("first", {}).get("questions", 0)
             correct = r.correct[start : start + figures["questions"]] if r.correct else ""
-            rows.append(Result(r.label, r.budget, figures["accuracy"],
-                               {k: v for k, v in r.by_kind.items() if family(k) == name}, figures["visual_tokens"],
-                               r.seconds, None, {name: figures}, correct))
+            rows.append(
+                Result(
+                    r.label,
+                    r.budget,
+                    figures["accuracy"],
+                    {k: v for k, v in r.by_kind.items() if family(k) == name},
+                    figures["visual_tokens"],
+                    r.seconds,
+                    None,
+                    {name: figures},
+                    correct,
+                )
+            )
         full = next((r.accuracy for r in rows if r.label == "all tokens"), None)
         for r in rows:
             if full and r.accuracy is not None:
@@ -127,8 +139,12 @@ def by_family(results: list[Result], task: str = "both") -> dict[str, list[Resul
     return out
 
 
-def configs(budgets=BUDGETS, methods: list[str] | None = None, options: dict[str, dict] | None = None,
-            variants: list[dict[str, dict]] | None = None) -> list[Config]:
+def configs(
+    budgets=BUDGETS,
+    methods: list[str] | None = None,
+    options: dict[str, dict] | None = None,
+    variants: list[dict[str, dict]] | None = None,
+) -> list[Config]:
     """All tokens, then every registered method at every budget, HiRED's reference mapping, and the
     adaptive form of every method that has one. ``options``: method name → more options of that method.
     ``variants``: each a method name → options map; every method it names runs again with those options
@@ -162,8 +178,14 @@ def _method_configs(name: str, budgets, extra: dict, suffix: str) -> list[Config
 
     out = [Config(label(name), hired.get_method(name, **{**extra, "budget": b}), b) for b in budgets]
     if name == "hired":
-        out += [Config(label(name, "reference mapping"), hired.get_method(name, **{**extra, "budget": b, "mapping": "reference"}), b)
-                for b in budgets]
+        out += [
+            Config(
+                label(name, "reference mapping"),
+                hired.get_method(name, **{**extra, "budget": b, "mapping": "reference"}),
+                b,
+            )
+            for b in budgets
+        ]
     try:
         adaptive = hired.get_method(name, **{**extra, "budget": None})
     except (TypeError, ValueError):
@@ -173,8 +195,9 @@ def _method_configs(name: str, budgets, extra: dict, suffix: str) -> list[Config
     return out
 
 
-def answer(model, processor, images: list, questions: list[list[str]], check_count: bool = False,
-           max_new_tokens: int = 4) -> tuple[list[list[str]], list[int]]:
+def answer(
+    model, processor, images: list, questions: list[list[str]], check_count: bool = False, max_new_tokens: int = 4
+) -> tuple[list[list[str]], list[int]]:
     """Greedy answers to ``questions[i]`` about ``images[i]``, and the visual tokens of each image.
 
     Each image is encoded once by the model's own ``get_image_features`` (patched by ``hired.apply``, if
@@ -189,8 +212,9 @@ def answer(model, processor, images: list, questions: list[list[str]], check_cou
 
     pixels = processor.image_processor(images, return_tensors="pt")
     with torch.inference_mode():
-        encoded = model.model.get_image_features(pixel_values=pixels["pixel_values"],
-                                                 image_sizes=pixels["image_sizes"], return_dict=True)
+        encoded = model.model.get_image_features(
+            pixel_values=pixels["pixel_values"], image_sizes=pixels["image_sizes"], return_dict=True
+        )
     counts = [len(f) for f in encoded.pooler_output]
     if check_count:
         promised = processor(images=images, text=[prompt("?")] * len(images), return_tensors="pt", padding=True)
@@ -202,9 +226,14 @@ def answer(model, processor, images: list, questions: list[list[str]], check_cou
     inputs = processor.tokenizer(texts, return_tensors="pt", padding=True)
     mm = BaseModelOutputWithPooling(pooler_output=[encoded.pooler_output[i] for i in owner])
     with torch.inference_mode():
-        out = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                             mm_encoder_outputs={"image": mm}, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=processor.tokenizer.pad_token_id)
+        out = model.generate(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            mm_encoder_outputs={"image": mm},
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=processor.tokenizer.pad_token_id,
+        )
     flat = [a.strip() for a in processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)]
     grouped, at = [], 0
     for qs in questions:
@@ -213,8 +242,9 @@ def answer(model, processor, images: list, questions: list[list[str]], check_cou
     return grouped, counts
 
 
-def evaluate(model, processor, split, cfgs: list[Config], batch_size: int = 16, max_new_tokens: int = 4,
-             progress: bool = True) -> list[Result]:
+def evaluate(
+    model, processor, split, cfgs: list[Config], batch_size: int = 16, max_new_tokens: int = 4, progress: bool = True
+) -> list[Result]:
     """Greedy exact-match accuracy of every config on every question of ``split`` (see :func:`answer`).
 
     A batch holds all questions of ``batch_size // questions per image`` images; for fixed-count methods
@@ -248,9 +278,14 @@ def evaluate(model, processor, split, cfgs: list[Config], batch_size: int = 16, 
         start = time.perf_counter()
         for s in range(0, len(order), per_batch):
             ids = order[s : s + per_batch]
-            got, counts = answer(model, processor, [images[i] for i in ids],
-                                 [[q.question for q in by_image[i]] for i in ids],
-                                 check_count=s == 0 and not cfg.adaptive, max_new_tokens=max_new_tokens)
+            got, counts = answer(
+                model,
+                processor,
+                [images[i] for i in ids],
+                [[q.question for q in by_image[i]] for i in ids],
+                check_count=s == 0 and not cfg.adaptive,
+                max_new_tokens=max_new_tokens,
+            )
             for i, replies, count in zip(ids, got, counts):
                 for q, reply in zip(by_image[i], replies):
                     ok = reply == q.answer
@@ -268,8 +303,10 @@ def evaluate(model, processor, split, cfgs: list[Config], batch_size: int = 16, 
         result.by_kind = {k: sum(v) / len(v) for k, v in sorted(kinds.items())}
         result.visual_tokens = tokens / len(split.questions)
         result.correct = "".join(correct)
-        result.families = {name: {"accuracy": r / n, "visual_tokens": t / n, "questions": n}
-                           for name, (r, t, n) in sorted(families.items())}
+        result.families = {
+            name: {"accuracy": r / n, "visual_tokens": t / n, "questions": n}
+            for name, (r, t, n) in sorted(families.items())
+        }
     bar.close()
     if hired.applied_method(model) is not None:
         hired.remove(model, processor)
@@ -284,8 +321,14 @@ def markdown(results: list[Result], budgets=BUDGETS) -> str:
     """Accuracy (retention = accuracy / all-token accuracy) per method and budget, as a Markdown table."""
     full = next(r for r in results if r.label == "all tokens")
     head = "| method | " + " | ".join(f"{b:g}" for b in budgets) + " |"
-    lines = [f"All tokens: accuracy {full.accuracy:.3f} ({full.visual_tokens:.0f} visual tokens per question on average)",
-             "", "Accuracy (retention) per budget:", "", head, "|---" * (len(budgets) + 1) + "|"]
+    lines = [
+        f"All tokens: accuracy {full.accuracy:.3f} ({full.visual_tokens:.0f} visual tokens per question on average)",
+        "",
+        "Accuracy (retention) per budget:",
+        "",
+        head,
+        "|---" * (len(budgets) + 1) + "|",
+    ]
     rows: dict[str, dict] = {}
     for r in results:
         if r.label != "all tokens" and r.budget is not None:
@@ -298,21 +341,30 @@ def markdown(results: list[Result], budgets=BUDGETS) -> str:
         lines.append(f"| {label} | " + " | ".join(text) + " |")
     tokens = [next((r.visual_tokens for r in results if r.budget == b and r.label == "hired"), None) for b in budgets]
     if any(t is not None for t in tokens):
-        lines.append("| *visual tokens (hired)* | " + " | ".join("—" if t is None else f"{t:.0f}" for t in tokens) + " |")
+        lines.append(
+            "| *visual tokens (hired)* | " + " | ".join("—" if t is None else f"{t:.0f}" for t in tokens) + " |"
+        )
     at = 0.2 if 0.2 in budgets else min((b for b in budgets if b < 1), default=None)
     kinds = sorted({k for r in results for k in r.by_kind})
     if at is not None and kinds:
-        lines += ["", f"Accuracy per question kind, all tokens and every method at budget {at:g}:", "",
-                  "| method | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+        lines += [
+            "",
+            f"Accuracy per question kind, all tokens and every method at budget {at:g}:",
+            "",
+            "| method | " + " | ".join(kinds) + " |",
+            "|---" * (len(kinds) + 1) + "|",
+        ]
         for r in [full, *(r for r in results if r.budget == at)]:
             lines.append(f"| {r.label} | " + " | ".join(f"{r.by_kind.get(k, float('nan')):.2f}" for k in kinds) + " |")
     extra = [r for r in results if r.budget is None and r.label != "all tokens"]
     if extra:
         lines += ["", "Adaptive token count:", ""]
         for r in extra:
-            lines.append(f"- {r.label}: accuracy {r.accuracy:.3f} (retention {r.retention:.2f}), "
-                         f"{r.visual_tokens:.0f} visual tokens per question on average "
-                         f"({r.visual_tokens / full.visual_tokens:.0%} of all)")
+            lines.append(
+                f"- {r.label}: accuracy {r.accuracy:.3f} (retention {r.retention:.2f}), "
+                f"{r.visual_tokens:.0f} visual tokens per question on average "
+                f"({r.visual_tokens / full.visual_tokens:.0%} of all)"
+            )
     return "\n".join(lines)
 
 
@@ -332,10 +384,10 @@ def plot(results: list[Result], path: str | Path, budgets=BUDGETS, title: str | 
     def base(label: str) -> str:
         return label.replace(f", {note}", "").replace(f" ({note})", "")
 
-    panels = [("packed positions (as the paper)", [l for l in lines if note not in l])]
-    if any(note in l for l in lines):
-        panels.append((note, [l for l in lines if note in l]))
-    colours = {key: f"C{i % 10}" for i, key in enumerate(dict.fromkeys(base(l) for l in lines))}
+    panels = [("packed positions (as the paper)", [line for line in lines if note not in line])]
+    if any(note in line for line in lines):
+        panels.append((note, [line for line in lines if note in line]))
+    colours = {key: f"C{i % 10}" for i, key in enumerate(dict.fromkeys(base(line) for line in lines))}
     styles = {key: ("-", "--", ":")[i // 10 % 3] for i, key in enumerate(colours)}
     fig = Figure(figsize=(6.5 * len(panels) + 3.0, 4.8), dpi=110)
     FigureCanvasAgg(fig)
@@ -457,13 +509,23 @@ def cmd_merge(args) -> int:
         raise CommandError(f"--merge: {err}") from None
     dates = sorted(p.get("date", "") for p in payloads)
     task = task_of(payloads[0])
-    print(f"hired-tiny, task {task}, {payloads[0]['questions']} test questions (seed {payloads[0]['seed']}), "
-          f"{len(payloads)} runs merged ({', '.join(args.merge)}), {dates[0]} to {dates[-1]}")
+    print(
+        f"hired-tiny, task {task}, {payloads[0]['questions']} test questions (seed {payloads[0]['seed']}), "
+        f"{len(payloads)} runs merged ({', '.join(args.merge)}), {dates[0]} to {dates[-1]}"
+    )
     print()
     print(report(results, budgets, task, family_counts(results)))
     if args.json:
-        merged = {**payloads[0], "task": task, "budgets": budgets, "options": {}, "variants": [], "merged_from": list(args.merge),
-                  "date": dates[-1], "results": [dataclasses.asdict(r) for r in results]}
+        merged = {
+            **payloads[0],
+            "task": task,
+            "budgets": budgets,
+            "options": {},
+            "variants": [],
+            "merged_from": list(args.merge),
+            "date": dates[-1],
+            "results": [dataclasses.asdict(r) for r in results],
+        }
         Path(args.json).write_text(json.dumps(merged, indent=1) + "\n")
         print(f"\nwrote {args.json}")
     if args.plot:
@@ -521,12 +583,17 @@ def cmd_eval(args) -> int:
     model, processor = load_hired_tiny(args.model)
     started = datetime.now(timezone.utc)
     results = evaluate(model, processor, split, cfgs, batch_size=args.batch_size, progress=not args.no_progress)
-    print(f"hired-tiny, task {args.task}, {len(split.questions)} test questions (seed {args.seed}), {machine()}, "
-          f"{torch.get_num_threads()} torch threads, {started:%Y-%m-%d %H:%M} UTC")
+    print(
+        f"hired-tiny, task {args.task}, {len(split.questions)} test questions (seed {args.seed}), {machine()}, "
+        f"{torch.get_num_threads()} torch threads, {started:%Y-%m-%d %H:%M} UTC"
+    )
     for name, opts in options.items():
         print(f"options of {name}: " + ", ".join(f"{k}={v!r}" for k, v in sorted(opts.items())))
     for variant in variants:
-        print("also with " + "; ".join(f"{n}: " + ", ".join(f"{k}={v!r}" for k, v in o.items()) for n, o in variant.items()))
+        print(
+            "also with "
+            + "; ".join(f"{n}: " + ", ".join(f"{k}={v!r}" for k, v in o.items()) for n, o in variant.items())
+        )
     print()
     print(report(results, budgets, args.task, family_counts(results)))
     if args.json:
@@ -556,24 +623,48 @@ def add_eval_parser(sub) -> None:
 
     p = sub.add_parser("eval", help="accuracy of every method vs budget on hired-tiny (--offline)")
     p.add_argument("--offline", action="store_true", help="the offline benchmark on hired-tiny (required)")
-    p.add_argument("--task", choices=TASKS, default="both",
-                   help="test questions: the first family (shapes on photos), the dense family (tables of shapes "
-                        "or cells) or both, reported separately and together (default: both)")
-    p.add_argument("--quick", action="store_true", help=f"{QUICK['images'] * 4} questions per family, budgets "
-                   f"{' '.join(map(str, QUICK['budgets']))} (CI)")
-    p.add_argument("--images", type=int, default=None,
-                   help="test images per family, 4 questions each (default 250)")
-    add_list_argument(p, "--budgets", float, default=None,
-                      help="budgets, separated by commas or spaces (default 0.05,0.1,0.2,0.4,1.0)")
+    p.add_argument(
+        "--task",
+        choices=TASKS,
+        default="both",
+        help="test questions: the first family (shapes on photos), the dense family (tables of shapes "
+        "or cells) or both, reported separately and together (default: both)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK['images'] * 4} questions per family, budgets {' '.join(map(str, QUICK['budgets']))} (CI)",
+    )
+    p.add_argument("--images", type=int, default=None, help="test images per family, 4 questions each (default 250)")
+    add_list_argument(
+        p,
+        "--budgets",
+        float,
+        default=None,
+        help="budgets, separated by commas or spaces (default 0.05,0.1,0.2,0.4,1.0)",
+    )
     p.add_argument("--methods", default=None, help="comma-separated method names (default: all registered)")
-    p.add_argument("--option", action="append", metavar="[NAME:]KEY=VALUE",
-                   help="method option, parsed by its type: NAME:KEY=VALUE for method NAME, KEY=VALUE for every "
-                   "chosen method that has it; repeatable")
-    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                   help="run nothing: print one table (and --json, --plot) from the --json files of several runs")
-    p.add_argument("--variant", action="append", metavar="[NAME:]KEY=VALUE[,...]",
-                   help="also run the chosen methods (or NAME) with these options, in the same run, e.g. "
-                        "--variant keep_positions=true; repeatable, one variant each")
+    p.add_argument(
+        "--option",
+        action="append",
+        metavar="[NAME:]KEY=VALUE",
+        help="method option, parsed by its type: NAME:KEY=VALUE for method NAME, KEY=VALUE for every "
+        "chosen method that has it; repeatable",
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="run nothing: print one table (and --json, --plot) from the --json files of several runs",
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        metavar="[NAME:]KEY=VALUE[,...]",
+        help="also run the chosen methods (or NAME) with these options, in the same run, e.g. "
+        "--variant keep_positions=true; repeatable, one variant each",
+    )
     p.add_argument("--seed", type=int, default=0, help="test split seed")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--model", default=None, help="a folder written by python -m hired.models.train (default: packaged)")

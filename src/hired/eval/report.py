@@ -240,7 +240,9 @@ def build_table(runs: list[Run], baseline: str = "full", metrics: dict[str, tupl
         "the tasks (share of the stock count). Metrics: " + "; ".join(used) + "."
     )
     if not any(lab == baseline for _, lab in cells):
-        lines.append(f"No `{baseline}` run found, so no retention; labels: {', '.join(sorted({lab for _, lab in cells}))}.")
+        lines.append(
+            f"No `{baseline}` run found, so no retention; labels: {', '.join(sorted({lab for _, lab in cells}))}."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -275,4 +277,3 @@ def add_report_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the table to this file instead of printing it")
     p.set_defaults(func=cmd_report)
     return p
-

@@ -28,7 +28,9 @@ def family_of(model):
             if isinstance(model, cls):
                 return (getattr(model, attr) if attr else model), family
             classes.append(cls.__name__)
-    raise TypeError(f"hired does not support {type(model).__name__}; supported model classes: {', '.join(sorted(classes))}")
+    raise TypeError(
+        f"hired does not support {type(model).__name__}; supported model classes: {', '.join(sorted(classes))}"
+    )
 
 
 def family_of_processor(processor) -> Family | None:

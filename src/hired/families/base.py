@@ -9,7 +9,8 @@ placeholder count, the packing and the stock positions agree by construction.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from hired.core.grid import Geometry, Layout, layout_for
 from hired.methods.base import ModelInfo
@@ -78,8 +79,13 @@ class Family:
                     f"vision_feature_layer {f} does not name the output of one of the {num_layers} encoder layers"
                 )
             hidden.append(idx)
-        info = ModelInfo(num_layers=num_layers, num_heads=num_heads, feature_layer=max(hidden) - 1, has_cls=has_cls,
-                         subimages=self.anyres)
+        info = ModelInfo(
+            num_layers=num_layers,
+            num_heads=num_heads,
+            feature_layer=max(hidden) - 1,
+            has_cls=has_cls,
+            subimages=self.anyres,
+        )
         return info, hidden
 
     def position_kwargs(self) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ Differences from LLaVA-NeXT that matter here:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from hired.core.grid import Geometry
 from hired.families.base import Family
@@ -25,9 +25,9 @@ _PREFIX = "anyres_max_"
 def max_crops(vision_aspect_ratio) -> int:
     """N of ``"anyres_max_N"``; a clear error for anything else."""
     text = str(vision_aspect_ratio)
-    if not text.startswith(_PREFIX) or not text[len(_PREFIX):].isdigit() or int(text[len(_PREFIX):]) < 1:
+    if not text.startswith(_PREFIX) or not text[len(_PREFIX) :].isdigit() or int(text[len(_PREFIX) :]) < 1:
         raise ValueError(f"vision_aspect_ratio must be 'anyres_max_N' with N >= 1, got {vision_aspect_ratio!r}")
-    return int(text[len(_PREFIX):])
+    return int(text[len(_PREFIX) :])
 
 
 class Onevision(Family):
@@ -56,8 +56,12 @@ class Onevision(Family):
     def geometry(self, config) -> Geometry:
         vc = config.vision_config
         pins = tuple(tuple(int(v) for v in p) for p in config.image_grid_pinpoints)
-        return Geometry(crop_size=int(vc.image_size), patch_size=int(vc.patch_size), grid_pinpoints=pins,
-                        max_crops=max_crops(config.vision_aspect_ratio))
+        return Geometry(
+            crop_size=int(vc.image_size),
+            patch_size=int(vc.patch_size),
+            grid_pinpoints=pins,
+            max_crops=max_crops(config.vision_aspect_ratio),
+        )
 
     def single_crops(self, num_images: int, batch_num_images: Sequence[int] | None) -> list[bool]:
         """OneVision encodes an image as one crop when its prompt holds more than one image."""

@@ -12,7 +12,8 @@ keep their stock (t, h, w) M-RoPE ids, always: there is no packed alternative fo
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from hired.core.grid import Geometry, Layout
 from hired.families.base import Family
@@ -39,8 +40,9 @@ class Qwen25VL(Family):
     def model_info(self, config, has_cls: bool) -> tuple[ModelInfo, list[int]]:
         vc = config.vision_config
         depth = int(vc.depth)  # the merger reads the last block's output
-        return ModelInfo(num_layers=depth, num_heads=int(vc.num_heads), feature_layer=depth - 1, has_cls=False,
-                         subimages=False), [depth]
+        return ModelInfo(
+            num_layers=depth, num_heads=int(vc.num_heads), feature_layer=depth - 1, has_cls=False, subimages=False
+        ), [depth]
 
     def tower(self, inner):
         return inner.visual
@@ -94,7 +96,9 @@ class Qwen25VL(Family):
         layouts = [self.grid_layout(geometry, g) for g in grids]
         patches = sum(int(g[0]) * int(g[1]) * int(g[2]) for g in grids)
         if pixel_values.dim() != 2 or pixel_values.shape[0] != patches:
-            raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)}: image_grid_thw implies {patches} patches")
+            raise ValueError(
+                f"pixel_values of shape {tuple(pixel_values.shape)}: image_grid_thw implies {patches} patches"
+            )
         return layouts, pixel_values
 
     def model_classes(self):
@@ -113,7 +117,10 @@ class Qwen25VL(Family):
             raise TypeError(f"a {self.title} model needs a {expected.__name__}, got {type(processor).__name__}")
         vc = config.vision_config
         ip = processor.image_processor
-        for name, value in (("patch_size", vc.patch_size), ("merge_size", vc.spatial_merge_size),
-                            ("temporal_patch_size", vc.temporal_patch_size)):
+        for name, value in (
+            ("patch_size", vc.patch_size),
+            ("merge_size", vc.spatial_merge_size),
+            ("temporal_patch_size", vc.temporal_patch_size),
+        ):
             if int(getattr(ip, name)) != int(value):
                 raise ValueError(f"processor {name} {getattr(ip, name)} differs from the model's {value}")

@@ -1,6 +1,15 @@
 """Method configs and their registry."""
 
-from hired.methods.base import Method, ModelInfo, Prompts, Selection, get_method, list_methods, num_image_tokens, register
+from hired.methods.base import (
+    Method,
+    ModelInfo,
+    Prompts,
+    Selection,
+    get_method,
+    list_methods,
+    num_image_tokens,
+    register,
+)
 from hired.methods.diverse import DART, CDPruner, DivPrune
 from hired.methods.hired import HiRED
 from hired.methods.merging import PruMerge, PruMergePlus, VisionZip

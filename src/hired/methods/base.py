@@ -5,18 +5,19 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Mapping, Union
+from typing import Any, ClassVar, Literal, Union
 
 import torch
 
 from hired.core.grid import Layout
 from hired.core.select import topk_mask
 
-_REGISTRY: dict[str, type["Method"]] = {}
+_REGISTRY: dict[str, type[Method]] = {}
 
 
-def register(cls: type["Method"]) -> type["Method"]:
+def register(cls: type[Method]) -> type[Method]:
     """Class decorator: make a method config available by its ``name``."""
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"a method named {cls.name!r} is already registered")
@@ -29,7 +30,7 @@ def list_methods() -> dict[str, str]:
     return {name: cls.summary for name, cls in sorted(_REGISTRY.items())}
 
 
-def get_method(name: str, **options) -> "Method":
+def get_method(name: str, **options) -> Method:
     """Build a method config from its registry name and options (``get_method("hired", budget=0.2)``)."""
     cls = method_class(name)
     fields = option_types(cls)
@@ -39,7 +40,7 @@ def get_method(name: str, **options) -> "Method":
     return cls(**options)
 
 
-def method_class(name: str) -> type["Method"]:
+def method_class(name: str) -> type[Method]:
     """The registered method config class called ``name`` (``"hired"``, ``"cls-topk"``, ...)."""
     key = name.strip().lower().replace("-", "_")
     if key not in _REGISTRY:
@@ -47,7 +48,7 @@ def method_class(name: str) -> type["Method"]:
     return _REGISTRY[key]
 
 
-def option_types(cls: type["Method"]) -> dict[str, Any]:
+def option_types(cls: type[Method]) -> dict[str, Any]:
     """Option name → declared type of a method config class (``float``, ``int | None``, ``Literal[...]``)."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -60,7 +61,8 @@ def describe_type(tp) -> str:
     if _is_union(tp):
         return " or ".join(describe_type(a) for a in typing.get_args(tp))
     return {bool: "True or False", int: "an integer", float: "a number", str: "a string", type(None): "None"}.get(
-        tp, getattr(tp, "__name__", str(tp)))
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
 def _is_union(tp) -> bool:
@@ -103,7 +105,7 @@ class OptionTypeError(TypeError, ValueError):
     """A method option of the wrong type (a ``TypeError``, and a ``ValueError`` like every bad option)."""
 
 
-def check_option_types(config: "Method") -> None:
+def check_option_types(config: Method) -> None:
     """Raise :class:`OptionTypeError` naming the first option whose value is not of its declared type; ints given
     for float options become floats."""
     for name, tp in option_types(type(config)).items():
@@ -121,7 +123,7 @@ def check_option_types(config: "Method") -> None:
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
-def parse_option(cls: type["Method"], name: str, text: str):
+def parse_option(cls: type[Method], name: str, text: str):
     """Parse the command-line text of option ``name`` of method ``cls`` by its declared type.
 
     ``"true"``/``"false"`` (also yes/no, on/off, 1/0) for booleans, ``"none"`` where ``None`` is allowed,

@@ -12,8 +12,9 @@ selection of k tokens loops k times over batched tensor operations.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Literal
 
 import torch
 
@@ -212,7 +213,9 @@ class DART(_WholeImage, Method):
         image's ``P * T`` patches, and the grouping index."""
         feats = _features(self, layouts, features)
         if not keys or "pivot" not in keys:
-            raise ValueError("DART ranks its pivots by the keys of one encoder layer: pass select(..., keys={'pivot': ...})")
+            raise ValueError(
+                "DART ranks its pivots by the keys of one encoder layer: pass select(..., keys={'pivot': ...})"
+            )
         norms = torch.linalg.vector_norm(keys["pivot"].float(), ord=1, dim=-1)  # (sum P, T) L1 norm of each key
         grouped, valid, index = _grouped(layouts, feats)
         grouped_norms, _, _ = _grouped(layouts, norms.to(feats.device))
@@ -281,8 +284,9 @@ class CDPruner(_EvenSplit, Method):
     def feature_space(self) -> Literal["projected"]:
         return "projected"
 
-    def relevance(self, layouts: list[Layout], features: torch.Tensor, prompts: Prompts | None,
-                  normalized: bool = False) -> torch.Tensor:
+    def relevance(
+        self, layouts: list[Layout], features: torch.Tensor, prompts: Prompts | None, normalized: bool = False
+    ) -> torch.Tensor:
         """``(sum P, T)`` fp32 normalised relevance of every patch to its image's prompt (0 on padding);
         ``features`` already unit rows with ``normalized``."""
         valid = torch.cat([lay.valid_mask for lay in layouts]).to(features.device, non_blocking=True)
@@ -292,7 +296,9 @@ class CDPruner(_EvenSplit, Method):
             query = prompts.mean_unit().to(features.device)  # (n, D)
             if query.shape[0] != len(layouts):
                 raise ValueError(f"prompts name {query.shape[0]} images' prompts, the batch has {len(layouts)} images")
-            part = torch.repeat_interleave(torch.arange(len(layouts)), torch.tensor([lay.num_partitions for lay in layouts]))
+            part = torch.repeat_interleave(
+                torch.arange(len(layouts)), torch.tensor([lay.num_partitions for lay in layouts])
+            )
             unit = features.float() if normalized else unit_rows(features)
             raw = torch.bmm(unit, query[part.to(features.device)][:, :, None])[:, :, 0]
             if self.invert_relevance:
@@ -325,4 +331,3 @@ class CDPruner(_EvenSplit, Method):
         weights = self.weights(self.relevance(layouts, unit, prompts, normalized=True))
         kernel = conditional_kernel(unit, weights, normalized=True)
         return greedy_map(kernel, valid, k), budgets
-

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Literal
 
 import torch
 
 from hired.core.budget import allocate, scaled_floor, total_budget
 from hired.core.grid import Layout, full_to_subimage, row_chunk_to_subimage
 from hired.core.select import region_of, region_topk
-from hired.methods.base import Method, ModelInfo, ScoreKind, Selection, check_layer, check_rate, register, topk_selection
+from hired.methods.base import (
+    Method,
+    ModelInfo,
+    ScoreKind,
+    Selection,
+    check_layer,
+    check_rate,
+    register,
+    topk_selection,
+)
 
 
 @register
@@ -102,8 +112,10 @@ class HiRED(Method):
         # sub-image of every full-image patch, offset per image into one (n * width) histogram
         # (an image without sub-images credits its own slot 0, which the slicing below drops)
         mapping = torch.stack(
-            [(to_sub(lay) if lay.num_subimages else torch.zeros(lay.tokens, dtype=torch.long)) + i * width
-             for i, lay in enumerate(layouts)]
+            [
+                (to_sub(lay) if lay.num_subimages else torch.zeros(lay.tokens, dtype=torch.long)) + i * width
+                for i, lay in enumerate(layouts)
+            ]
         ).to(device, non_blocking=True)
         idx = torch.sort(full_scores.float(), dim=1, descending=True, stable=True).indices[:, :top]
         hits = mapping.gather(1, idx).flatten()
@@ -118,7 +130,9 @@ class HiRED(Method):
             return self._allocate(layout, [])
         return self._allocate(layout, self.content(layout, scores["budget"][0]))
 
-    def select(self, layouts: list[Layout], scores: Mapping[str, torch.Tensor], info: ModelInfo, keys=None) -> Selection:
+    def select(
+        self, layouts: list[Layout], scores: Mapping[str, torch.Tensor], info: ModelInfo, keys=None
+    ) -> Selection:
         if self.regions is not None:
             return self._select_regions(layouts, scores)
         if "budget" not in scores:  # one grid per image (score_layers): its whole budget, global top-k

@@ -9,8 +9,8 @@ attention maps). On LLaVA-NeXT every partition is reduced on its own, as each is
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 
@@ -193,9 +193,7 @@ class PruMergePlus(_PruMergeBase):
         if self.adaptive:
             outliers = self._outliers(scores, valid)
             n_out = kept_counts(layouts, outliers)
-            spread = [
-                [min(3 * n, v) for n, v in zip(per, lay.valid_counts)] for per, lay in zip(n_out, layouts)
-            ]
+            spread = [[min(3 * n, v) for n, v in zip(per, lay.valid_counts)] for per, lay in zip(n_out, layouts)]
             keep = outliers | _lattice(layouts, spread, scores.device)
             return keep, kept_counts(layouts, keep)
         budgets = [self._budgets(lay) for lay in layouts]

@@ -44,7 +44,9 @@ def feature_inputs(method: Method, features: torch.Tensor, project) -> dict:
     if space == "projected":
         with torch.no_grad():
             return {"features": project(features)}
-    raise ValueError(f"{type(method).__name__}.feature_space() returned {space!r}: expected None, 'vision' or 'projected'")
+    raise ValueError(
+        f"{type(method).__name__}.feature_space() returned {space!r}: expected None, 'vision' or 'projected'"
+    )
 
 
 def keeps_newline(method: Method, newline: bool) -> bool:

@@ -11,9 +11,9 @@ the right number of placeholders before the model runs.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Mapping
 
 import torch
 
@@ -105,7 +105,9 @@ class Spatial(_EvenSplit, Method):
     def validate(self) -> None:
         check_rate("budget", self.budget, low_open=True)
 
-    def select(self, layouts: list[Layout], scores: Mapping[str, torch.Tensor], info: ModelInfo, keys=None) -> Selection:
+    def select(
+        self, layouts: list[Layout], scores: Mapping[str, torch.Tensor], info: ModelInfo, keys=None
+    ) -> Selection:
         budgets = [self._budgets(layout) for layout in layouts]
         keep = torch.cat([_lattice_mask(layout, tuple(b)) for layout, b in zip(layouts, budgets)])
         return Selection(keep=keep.to(_device(scores)), budgets=budgets)
@@ -160,7 +162,9 @@ class Random(_EvenSplit, Method):
         gen = torch.Generator().manual_seed(_image_seed(self.seed, layout))
         return torch.rand(layout.num_partitions, layout.tokens, generator=gen)
 
-    def select(self, layouts: list[Layout], scores: Mapping[str, torch.Tensor], info: ModelInfo, keys=None) -> Selection:
+    def select(
+        self, layouts: list[Layout], scores: Mapping[str, torch.Tensor], info: ModelInfo, keys=None
+    ) -> Selection:
         budgets = [self._budgets(layout) for layout in layouts]
         draws = torch.cat([self.random_scores(layout) for layout in layouts])
         return topk_selection(layouts, budgets, draws.to(_device(scores), non_blocking=True))

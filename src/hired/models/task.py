@@ -35,8 +35,18 @@ KINDS = ("colour", "presence", "count", "quadrant")
 GRIDS = ((2, 2), (1, 2), (2, 1), (1, 3), (3, 1))  # (rows, cols)
 
 # scikit-image sample photos that are part of the wheel (no download)
-TRAIN_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "grass", "brick", "moon", "coins",
-                "immunohistochemistry")
+TRAIN_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "camera",
+    "grass",
+    "brick",
+    "moon",
+    "coins",
+    "immunohistochemistry",
+)
 TEST_PHOTOS = ("stereo_motorcycle", "hubble_deep_field", "retina", "gravel", "clock")
 SPLITS = {"train": (TRAIN_PHOTOS, 0), "test": (TEST_PHOTOS, 1)}
 
@@ -94,13 +104,13 @@ class Split:
         return render(self.scenes[index])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def photo(name: str) -> np.ndarray:
     """(H, W, 3) uint8: a scikit-image sample photo, grey ones repeated over three channels."""
     try:
         from skimage import data
     except ImportError as err:
-        raise ImportError("the task's photos come from scikit-image: pip install 'hired[bench]'") from err
+        raise ImportError("the task's photos come from scikit-image: pip install 'hired-vlm[bench]'") from err
     if name == "stereo_motorcycle":
         array = data.stereo_motorcycle()[0]
     else:
@@ -111,7 +121,7 @@ def photo(name: str) -> np.ndarray:
     return np.ascontiguousarray(array[:, :, :3]).astype(np.uint8)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _geometry():
     from hired.core.grid import Geometry
     from hired.models.tiny_vlm import CROP, PATCH, pinpoints

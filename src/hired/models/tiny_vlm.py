@@ -162,8 +162,10 @@ def load_hired_tiny(folder: str | Path | None = None, attn_implementation: str =
     folder = Path(folder) if folder else WEIGHTS_DIR
     missing = [f for f in (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE) if not (folder / f).is_file()]
     if missing:
-        raise FileNotFoundError(f"hired-tiny files missing in {folder}: {', '.join(missing)} "
-                                f"(train them with: python -m hired.models.train)")
+        raise FileNotFoundError(
+            f"hired-tiny files missing in {folder}: {', '.join(missing)} "
+            f"(train them with: python -m hired.models.train)"
+        )
     tokenizer = wrap_tokenizer(Tokenizer.from_file(str(folder / TOKENIZER_FILE)))
     config = LlavaNextConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
     model = LlavaNextForConditionalGeneration(config).eval()
@@ -172,8 +174,9 @@ def load_hired_tiny(folder: str | Path | None = None, attn_implementation: str =
     unexpected = list(result.unexpected_keys)
     missing = [k for k in result.missing_keys if ".vision_tower." not in f".{k}"]
     if unexpected or missing:
-        raise ValueError(f"{folder / WEIGHTS_FILE} does not fit the config: missing {missing[:4]}, "
-                         f"unexpected {unexpected[:4]}")
+        raise ValueError(
+            f"{folder / WEIGHTS_FILE} does not fit the config: missing {missing[:4]}, unexpected {unexpected[:4]}"
+        )
     model.requires_grad_(False)
     model.set_attn_implementation(attn_implementation)
     return model, build_processor(tokenizer)

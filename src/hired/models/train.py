@@ -281,8 +281,12 @@ def batch_loss(model, encoded, split, rows, index: list[int], aux: Auxiliary | N
     if int(image_mask.sum()) != len(packed):
         raise RuntimeError(f"{int(image_mask.sum())} <image> tokens for {len(packed)} image features")
     embeds = embeds.masked_scatter(image_mask.unsqueeze(-1).expand_as(embeds), packed.to(embeds.dtype))
-    out = m.language_model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=aux is not None,
-                           output_attentions=aux is not None)
+    out = m.language_model(
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        output_hidden_states=aux is not None,
+        output_attentions=aux is not None,
+    )
     hidden = out.last_hidden_state
     if aux is not None:
         # the labels and the relevance marks (last column) go through LLaVA-NeXT's own packing (newline rows
@@ -299,7 +303,8 @@ def batch_loss(model, encoded, split, rows, index: list[int], aux: Auxiliary | N
         state = out.hidden_states[-2][image_mask]
         losses["content"] = _label_loss(aux.content(F.layer_norm(state, state.shape[-1:])), packed_labels)
         losses["relevance"] = F.binary_cross_entropy_with_logits(
-            logit[valid], marks[valid], pos_weight=torch.tensor(aux.pos_weight))
+            logit[valid], marks[valid], pos_weight=torch.tensor(aux.pos_weight)
+        )
         where = torch.zeros(ids.shape)
         where[image_mask] = marks
         at = torch.tensor([rows[i][1] - 1 for i in index])
@@ -324,17 +329,23 @@ def train(args) -> Path:
     torch.set_num_threads(args.threads)
     tokenizer = tiny_vlm.build_tokenizer()
     processor = tiny_vlm.build_processor(tokenizer)
-    model = tiny_vlm.build_model(tokenizer, seed=args.seed, hidden=args.hidden, layers=args.layers, heads=args.heads,
-                                 intermediate=args.intermediate)
+    model = tiny_vlm.build_model(
+        tokenizer,
+        seed=args.seed,
+        hidden=args.hidden,
+        layers=args.layers,
+        heads=args.heads,
+        intermediate=args.intermediate,
+    )
     # both families, each on its own seeds; the held-out images are training-style (training photos)
     parts_train = [task.make_split("train", args.images, seed=args.seed, questions_per_image=args.questions)]
     parts_val = [task.make_split("train", args.val_images, seed=args.seed + 1000, questions_per_image=4)]
     if args.dense_images:
-        parts_train.append(dense.make_split("train", args.dense_images, seed=args.seed,
-                                            questions_per_image=args.dense_questions))
+        parts_train.append(
+            dense.make_split("train", args.dense_images, seed=args.seed, questions_per_image=args.dense_questions)
+        )
     if args.dense_val_images:
-        parts_val.append(dense.make_split("train", args.dense_val_images, seed=args.seed + 1000,
-                                          questions_per_image=4))
+        parts_val.append(dense.make_split("train", args.dense_val_images, seed=args.seed + 1000, questions_per_image=4))
     train_split, val_split = dense.combine(*parts_train), dense.combine(*parts_val)
     cache = None if args.no_cache else cache_dir() / "features"
 
@@ -360,15 +371,24 @@ def train(args) -> Path:
         hidden = model.config.text_config.hidden_size
         layer = args.relevance_layer or max(1, model.config.text_config.num_hidden_layers // 2)
         n_labels = sum(dense.LABEL_CLASSES)
-        labels = [joint_labels(processor, scene) for scene in tqdm(train_split.scenes, desc="patch labels",
-                                                                   unit="image")]
-        aux = Auxiliary(patch=torch.nn.Linear(hidden, n_labels), content=torch.nn.Linear(hidden, n_labels),
-                        relevance=torch.nn.Linear(hidden, 1), layer=layer, labels=labels,
-                        marks=question_marks(train_split, labels))
+        labels = [
+            joint_labels(processor, scene) for scene in tqdm(train_split.scenes, desc="patch labels", unit="image")
+        ]
+        aux = Auxiliary(
+            patch=torch.nn.Linear(hidden, n_labels),
+            content=torch.nn.Linear(hidden, n_labels),
+            relevance=torch.nn.Linear(hidden, 1),
+            layer=layer,
+            labels=labels,
+            marks=question_marks(train_split, labels),
+        )
         params = params + aux.parameters()
         model.set_attn_implementation("eager")  # the attention loss reads the attention maps
-    print(f"trainable parameters: {sum(p.numel() for p in params):,}; train questions {len(rows_train)}, "
-          f"val {len(rows_val)}", flush=True)
+    print(
+        f"trainable parameters: {sum(p.numel() for p in params):,}; train questions {len(rows_train)}, "
+        f"val {len(rows_val)}",
+        flush=True,
+    )
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.98))
     # linear warm-up over a fixed number of steps, then constant: the checkpoint written at step N of a
     # longer run is exactly what ``--steps N`` gives
@@ -396,8 +416,11 @@ def train(args) -> Path:
             acc, kinds, families = evaluate(model, enc_val, val_split, rows_val)
             per_kind = ", ".join(f"{k} {v:.2f}" for k, v in kinds.items())
             per_family = ", ".join(f"{k} {v:.3f}" for k, v in families.items())
-            print(f"step {step}: loss {loss.item():.4f}, val accuracy {acc:.3f} ({per_family}; {per_kind}), "
-                  f"{time.time() - start:.0f} s", flush=True)
+            print(
+                f"step {step}: loss {loss.item():.4f}, val accuracy {acc:.3f} ({per_family}; {per_kind}), "
+                f"{time.time() - start:.0f} s",
+                flush=True,
+            )
             if args.checkpoints:
                 save(model, processor, Path(args.checkpoints) / f"step-{step}", mean, std)
             model.train()
@@ -446,8 +469,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=800, help="training images of the first family (hired.models.task)")
     p.add_argument("--questions", type=int, default=8, help="questions per training image of the first family")
     p.add_argument("--val-images", type=int, default=60, help="held-out images of the first family")
-    p.add_argument("--dense-images", type=int, default=800,
-                   help="training images of the dense family (hired.models.dense; 0 = first family only)")
+    p.add_argument(
+        "--dense-images",
+        type=int,
+        default=800,
+        help="training images of the dense family (hired.models.dense; 0 = first family only)",
+    )
     p.add_argument("--dense-questions", type=int, default=8, help="questions per dense training image")
     p.add_argument("--dense-val-images", type=int, default=60, help="held-out images of the dense family")
     p.add_argument("--steps", type=int, default=6000)
@@ -462,12 +489,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=4, help="decoder layers")
     p.add_argument("--heads", type=int, default=4, help="decoder attention heads")
     p.add_argument("--intermediate", type=int, default=384, help="decoder MLP width")
-    p.add_argument("--aux-weight", type=float, default=1.0,
-                   help="weight of the training-only losses (per-patch labels on the projector and the last "
-                        "layer's input, question relevance, the attention pull; 0 = off)")
-    p.add_argument("--relevance-layer", type=int, default=None,
-                   help="decoder layer whose output learns which visual tokens the question is about "
-                        "(default: half the layers)")
+    p.add_argument(
+        "--aux-weight",
+        type=float,
+        default=1.0,
+        help="weight of the training-only losses (per-patch labels on the projector and the last "
+        "layer's input, question relevance, the attention pull; 0 = off)",
+    )
+    p.add_argument(
+        "--relevance-layer",
+        type=int,
+        default=None,
+        help="decoder layer whose output learns which visual tokens the question is about (default: half the layers)",
+    )
     p.add_argument("--checkpoints", default=None, help="also write the model to DIR/step-N at every evaluation")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     train(p.parse_args(argv))

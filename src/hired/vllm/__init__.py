@@ -1,4 +1,4 @@
-"""HiRED inside vLLM, as an out-of-tree plugin (``pip install "hired[vllm]"``).
+"""HiRED inside vLLM, as an out-of-tree plugin (``pip install "hired-vlm[vllm]"``).
 
 vLLM loads :func:`register` from the ``vllm.general_plugins`` entry point in every process. It replaces
 the ``LlavaNextForConditionalGeneration``, ``LlavaForConditionalGeneration``,

@@ -54,22 +54,36 @@ def add_bench_vllm_parser(sub) -> argparse.ArgumentParser:
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="local model folder or hub id that vLLM loads (LLaVA-NeXT, LLaVA-1.5 or LLaVA-OneVision)")
-    src.add_argument("--arch", help="a `hired bench` architecture with random weights, e.g. small (needs --random-weights)")
+    src.add_argument(
+        "--model", help="local model folder or hub id that vLLM loads (LLaVA-NeXT, LLaVA-1.5 or LLaVA-OneVision)"
+    )
+    src.add_argument(
+        "--arch", help="a `hired bench` architecture with random weights, e.g. small (needs --random-weights)"
+    )
     p.add_argument("--random-weights", action="store_true", help="confirm --arch: random weights, nothing downloaded")
     p.add_argument("--method", default="hired", help="fixed-budget method name (default hired)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, repeatable")
-    p.add_argument("--budgets", type=_floats, default=DEFAULT_BUDGETS, help="comma-separated budgets, default 1.0,0.4,0.2")
+    p.add_argument(
+        "--budgets", type=_floats, default=DEFAULT_BUDGETS, help="comma-separated budgets, default 1.0,0.4,0.2"
+    )
     p.add_argument("--requests", type=int, default=8, help="requests per throughput run (default 8)")
     p.add_argument("--new-tokens", type=int, default=16, help="tokens generated per request, exactly (default 16)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per configuration (default 3)")
     p.add_argument("--image-size", type=int, default=600, help="side of the square synthetic images (default 600)")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                   help="vLLM dtype; auto: float32 on a CPU, float16 on CUDA")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="vLLM dtype; auto: float32 on a CPU, float16 on CUDA",
+    )
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--tensor-parallel-size", type=int, default=1)
-    p.add_argument("--gpu-memory-utilization", type=float, default=None,
-                   help="per engine (a method and its oracle run side by side); default 0.85 / engines on CUDA")
+    p.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=None,
+        help="per engine (a method and its oracle run side by side); default 0.85 / engines on CUDA",
+    )
     p.add_argument("--no-oracle", action="store_true", help="skip the oracle rows")
     p.add_argument("--json", metavar="PATH", help="write the results (every run) as JSON")
     p.add_argument("--markdown", metavar="PATH", help="write the Markdown table")
@@ -84,7 +98,9 @@ def _images(size: int, seeds: list[int]):
         rng = np.random.default_rng(seed)
         # smooth colour fields plus noise: a different picture per seed
         y, x = np.mgrid[0:size, 0:size] / size
-        base = np.stack([np.sin((x * rng.uniform(1, 6) + y * rng.uniform(1, 6)) * np.pi + rng.uniform(0, 6)) for _ in range(3)], -1)
+        base = np.stack(
+            [np.sin((x * rng.uniform(1, 6) + y * rng.uniform(1, 6)) * np.pi + rng.uniform(0, 6)) for _ in range(3)], -1
+        )
         pixels = ((base * 0.4 + 0.5 + rng.normal(0, 0.08, (size, size, 3))).clip(0, 1) * 255).astype("uint8")
         out.append(Image.fromarray(pixels))
     return out
@@ -182,8 +198,9 @@ class _Engine:
             seed=0,
             **extra,
         )
-        self.gen = SamplingParams(max_tokens=args.new_tokens, min_tokens=args.new_tokens, ignore_eos=True,
-                                  temperature=0.0, detokenize=False)
+        self.gen = SamplingParams(
+            max_tokens=args.new_tokens, min_tokens=args.new_tokens, ignore_eos=True, temperature=0.0, detokenize=False
+        )
         self.first = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
         try:  # the stage clock needs the model in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0)
             self.llm.apply_model(lambda model: model.hired_timing(True))
@@ -224,7 +241,10 @@ class _Engine:
         passes = self._timings()
         if not passes:
             return
-        stage = {name: sum(p[name] or 0.0 for p in passes) for name in ("encoder", "vision", "cls_rows", "selection", "projector")}
+        stage = {
+            name: sum(p[name] or 0.0 for p in passes)
+            for name in ("encoder", "vision", "cls_rows", "selection", "projector")
+        }
         stage["rest"] = ttft - stage["vision"] - stage["selection"]
         for name, value in stage.items():
             self.stages.setdefault(name, []).append(value * 1000)
@@ -303,20 +323,22 @@ def overheads(rows: list[dict]) -> list[dict]:
         paired = [a / b for a, b in zip(m["runs"], o["runs"])]
         stages = row.get("stages_ms", {})
 
-        def share(name):
+        def share(name, stages=stages):
             if name not in stages or "vision" not in stages or not stages["vision"]["median"]:
                 return None
             return stages[name]["median"] / stages["vision"]["median"]
 
-        out.append({
-            "config": row["config"],
-            "oracle": oracle["config"],
-            "ttft_median": m["median"] / o["median"] - 1,
-            "ttft_min": m["min"] / o["min"] - 1,
-            "ttft_paired_median": statistics.median(paired) - 1,
-            "cls_rows_of_vision": share("cls_rows"),
-            "selection_of_vision": share("selection"),
-        })
+        out.append(
+            {
+                "config": row["config"],
+                "oracle": oracle["config"],
+                "ttft_median": m["median"] / o["median"] - 1,
+                "ttft_min": m["min"] / o["min"] - 1,
+                "ttft_paired_median": statistics.median(paired) - 1,
+                "cls_rows_of_vision": share("cls_rows"),
+                "selection_of_vision": share("selection"),
+            }
+        )
     return out
 
 

@@ -44,7 +44,7 @@ def save_for_vllm(model, processor, path: str | Path, chat_template: str | None 
         new = {}
         for key, value in state.items():
             if key.startswith("vision_tower.") and not key.startswith("vision_tower.vision_model."):
-                key = "vision_tower.vision_model." + key[len("vision_tower."):]
+                key = "vision_tower.vision_model." + key[len("vision_tower.") :]
                 renamed[key] = file.name
             new[key] = value.contiguous()
         save_file(new, file, metadata={"format": "pt"})
@@ -53,7 +53,9 @@ def save_for_vllm(model, processor, path: str | Path, chat_template: str | None 
 
         data = json.loads(index.read_text())
         weight_map = data.get("weight_map", {})
-        for old in [k for k in weight_map if k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.")]:
-            weight_map["vision_tower.vision_model." + old[len("vision_tower."):]] = weight_map.pop(old)
+        for old in [
+            k for k in weight_map if k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.")
+        ]:
+            weight_map["vision_tower.vision_model." + old[len("vision_tower.") :]] = weight_map.pop(old)
         index.write_text(json.dumps(data, indent=2))
     return path

@@ -8,9 +8,10 @@ absent (stock behaviour), and raises one ``ValueError`` naming the problem other
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 from hired.core.grid import Geometry, Layout
 from hired.families import Family, get_family
@@ -89,8 +90,11 @@ def _grid_layout(family: str, grid_thw: tuple[int, int, int], geometry: Geometry
 def fixed_budget_methods() -> list[str]:
     """Registered methods the plugin can run: a token count known before the vision tower runs, and no
     need of the prompt (vLLM's encoder never sees it)."""
-    return [name for name in list_methods()
-            if not getattr(get_method(name), "adaptive", False) and not getattr(get_method(name), "query_aware", False)]
+    return [
+        name
+        for name in list_methods()
+        if not getattr(get_method(name), "adaptive", False) and not getattr(get_method(name), "query_aware", False)
+    ]
 
 
 def _error(message: str) -> ValueError:

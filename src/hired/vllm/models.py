@@ -32,9 +32,9 @@ switches on a per-pass stage clock (vision tower, [CLS] rows inside it, selectio
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -186,17 +186,20 @@ class StageClock(Clock):
             self.sync()
         out = []
         for p in self.passes:
-            def span(a, b):
+
+            def span(a, b, p=p):
                 return self.seconds(p[a], p[b]) if a in p and b in p else None
 
-            out.append({
-                "images": p["images"],
-                "encoder": span("start", "end"),
-                "vision": span("vision_start", "vision_end"),
-                "cls_rows": sum(self.seconds(a, b) for a, b in p["cls"]),
-                "selection": span("vision_end", "projector_start"),
-                "projector": span("projector_start", "projector_end"),
-            })
+            out.append(
+                {
+                    "images": p["images"],
+                    "encoder": span("start", "end"),
+                    "vision": span("vision_start", "vision_end"),
+                    "cls_rows": sum(self.seconds(a, b) for a, b in p["cls"]),
+                    "selection": span("vision_end", "projector_start"),
+                    "projector": span("projector_start", "projector_end"),
+                }
+            )
         self.passes = []
         return out
 
@@ -336,7 +339,10 @@ class _HiredModelMixin:
             parts = [_oracle_keep(lay, spec.method.count(lay)) for lay in layouts]
             selection = Selection(keep=torch.cat([k for k, _ in parts]).to(feats.device), budgets=[b for _, b in parts])
         else:
-            with record(self._hired_attns, spec.roles, spec.key_roles, self._hired_clock, spec.score_kind) as (rows, keys):
+            with record(self._hired_attns, spec.roles, spec.key_roles, self._hired_clock, spec.score_kind) as (
+                rows,
+                keys,
+            ):
                 feats = self._image_pixels_to_features(self.vision_tower, pixel_values)  # (sum P, T, Dv)
             scores = {role: row[:, -tokens:] for role, row in rows.items()}
             extra = feature_inputs(spec.method, feats, self.multi_modal_projector)
@@ -367,8 +373,10 @@ class _HiredModelMixin:
         if len(pixel_values) != len(layouts):
             raise ValueError(f"got pixel values for {len(pixel_values)} images but {len(layouts)} image sizes")
         # (P_i, C, H, W) per image; a batched tensor may be padded along P
-        crops = [pv.shape[0] for pv in pixel_values] if not isinstance(pixel_values, torch.Tensor) else (
-            [pixel_values.shape[1]] * pixel_values.shape[0]
+        crops = (
+            [pv.shape[0] for pv in pixel_values]
+            if not isinstance(pixel_values, torch.Tensor)
+            else ([pixel_values.shape[1]] * pixel_values.shape[0])
         )
         for i, (n, lay) in enumerate(zip(crops, layouts)):
             if n < lay.num_partitions:

@@ -43,8 +43,8 @@ the hooks).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -88,10 +88,17 @@ class HiredQwen2_5_VLProcessingInfo(Qwen2_5_VLProcessingInfo):
     def get_num_image_tokens(self, *, image_width: int, image_height: int, image_processor, mm_kwargs) -> int:
         spec = self.hired_spec()
         if spec is None:
-            return super().get_num_image_tokens(image_width=image_width, image_height=image_height,
-                                                image_processor=image_processor, mm_kwargs=mm_kwargs)
-        size, _ = self._get_vision_info(image_width=image_width, image_height=image_height, num_frames=1,
-                                        image_processor=image_processor, mm_kwargs=mm_kwargs, modality="image")
+            return super().get_num_image_tokens(
+                image_width=image_width, image_height=image_height, image_processor=image_processor, mm_kwargs=mm_kwargs
+            )
+        size, _ = self._get_vision_info(
+            image_width=image_width,
+            image_height=image_height,
+            num_frames=1,
+            image_processor=image_processor,
+            mm_kwargs=mm_kwargs,
+            modality="image",
+        )
         patch = spec.geometry.patch_size
         return spec.grid_tokens((1, size.height // patch, size.width // patch))
 
@@ -110,8 +117,10 @@ class HiredQwen2_5_VLMultiModalProcessor(Qwen2_5_VLMultiModalProcessor):
             grid = out_mm_kwargs["image"][item_idx]["image_grid_thw"].data
             return [token] * spec.grid_tokens(grid.tolist())
 
-        return [PromptReplacement(modality="image", target=[token], replacement=replacement) if u.modality == "image"
-                else u for u in updates]
+        return [
+            PromptReplacement(modality="image", target=[token], replacement=replacement) if u.modality == "image" else u
+            for u in updates
+        ]
 
 
 # ------------------------------------------------------------------------------------- score hooks
@@ -138,8 +147,9 @@ def record(visual: nn.Module, spec: Spec, bounds: dict[int, list[int]]) -> Itera
             cu = kwargs["cu_seqlens"]
             edges = bounds.get(id(cu)) or cu.tolist()
             q, k = q.flatten(1), k.flatten(1)
-            parts = [received_attention(q[a:b][None], k[a:b][None], heads)[0]
-                     for a, b in zip(edges, edges[1:]) if b > a]
+            parts = [
+                received_attention(q[a:b][None], k[a:b][None], heads)[0] for a, b in zip(edges, edges[1:]) if b > a
+            ]
             row = torch.cat(parts)
             for role in row_roles:
                 rows[role] = row
@@ -260,7 +270,7 @@ class HiredQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration
             for layout in layouts:
                 keep = _oracle_keep(layout, spec.method.count(layout))[0][0].to(merged.device)
                 index = keep.nonzero().flatten()
-                chosen.append((merged[start: start + layout.tokens][index], index, keep, [int(index.numel())]))
+                chosen.append((merged[start : start + layout.tokens][index], index, keep, [int(index.numel())]))
                 start += layout.tokens
         else:
             bounds = {id(metadata[k]): metadata[k].tolist() for k in ("cu_seqlens", "cu_window_seqlens")}
@@ -268,7 +278,9 @@ class HiredQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration
                 merged = visual(pixel_values, grid_thw=grids, encoder_metadata=metadata)  # (sum N, D) raster
             missing = sorted(set(spec.roles) - set(rows)) + sorted(set(spec.key_roles) - set(keys))
             if missing:
-                raise RuntimeError(f"the vision tower's forward did not reach the hooked blocks for {', '.join(missing)}")
+                raise RuntimeError(
+                    f"the vision tower's forward did not reach the hooked blocks for {', '.join(missing)}"
+                )
             if self._hired_clock is not None:
                 self._hired_clock.at("projector_start")  # no projector stage: the merger ran in the tower
             order, unit = metadata["reverse_indices"], visual.spatial_merge_unit
@@ -333,7 +345,7 @@ class HiredQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration
         for emb in embeddings:
             n = emb.shape[0]
             if emb.shape[-1] == width + CHANNELS:
-                where.append(slots[at: at + n])
+                where.append(slots[at : at + n])
                 codes.append(decode_positions(emb[:, width:]))
                 emb = emb[:, :width]
             out.append(emb)
@@ -365,8 +377,19 @@ class HiredQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration
         layouts, keeps, budgets = self._hired_last
         spec, out = self.hired_spec, []
         for layout, keep, budget in zip(layouts, keeps, budgets):
-            part = PartitionSelection(kept=torch.nonzero(keep.cpu()).flatten().tolist(), budget=budget[0],
-                                      grid=layout.partition_shape, valid=layout.valid_counts[0])
-            out.append(ImageSelection(image_size=layout.image_size, grid=layout.grid, partitions=[part],
-                                      num_tokens=spec.method.count(layout), num_tokens_stock=layout.tokens))
+            part = PartitionSelection(
+                kept=torch.nonzero(keep.cpu()).flatten().tolist(),
+                budget=budget[0],
+                grid=layout.partition_shape,
+                valid=layout.valid_counts[0],
+            )
+            out.append(
+                ImageSelection(
+                    image_size=layout.image_size,
+                    grid=layout.grid,
+                    partitions=[part],
+                    num_tokens=spec.method.count(layout),
+                    num_tokens_stock=layout.tokens,
+                )
+            )
         return out
