@@ -67,10 +67,9 @@ SCORE_NOTES = {
 
 def _applied_score_kind(model) -> str | None:
     """The score kind the applied method reads on this model's tower (``"cls"`` or ``"received"``)."""
-    from hired.adapters.transformers import _applied_state
+    from hired.adapters.transformers import score_kind
 
-    state = _applied_state(model, required=False)
-    return None if state is None else state.score_kind
+    return score_kind(model)
 
 
 def _matplotlib():

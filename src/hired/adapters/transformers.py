@@ -531,6 +531,13 @@ def last_scores(model: nn.Module) -> list[dict[str, torch.Tensor]]:
     ]
 
 
+def score_kind(model: nn.Module) -> str | None:
+    """The attention score the applied method reads on ``model``'s tower (``"cls"``: the [CLS] row,
+    ``"received"``: the attention each patch receives), or ``None`` when no method is applied."""
+    state = _applied_state(model, required=False)
+    return None if state is None else state.score_kind
+
+
 def score_layers(model: nn.Module) -> dict[str, int]:
     """Role → vision encoder layer whose [CLS] attention the applied method reads (``{}`` if none is)."""
     state = _applied_state(model, required=False)
