@@ -17,7 +17,7 @@ from hypothesis import settings
 from PIL import Image
 
 import hired
-from hired.tiny import save_tiny, tiny_llava, tiny_llava_next
+from hired.testing import save_tiny, tiny_llava, tiny_llava_next
 
 # property tests check results, not speed: no per-example deadline (CI machines may be busy)
 settings.register_profile("hired", deadline=None)
@@ -70,9 +70,10 @@ def placeholder_runs(input_ids: torch.Tensor, token_id: int) -> list[int]:
 
 def last_record(model):
     """The calling thread's last vision step on ``model`` (layouts, selection, scores): adapter internals."""
-    from hired.adapters.transformers import _applied_state, _recall
+    from hired.adapters.context import recall
+    from hired.adapters.transformers import _applied_state
 
-    return _recall(_applied_state(model))
+    return recall(_applied_state(model))
 
 
 def leftovers(model, processor) -> list[str]:
@@ -214,7 +215,7 @@ def load_without_torchvision(config, folder, monkeypatch) -> None:
     it with ``import torchvision`` failing."""
     import sys
 
-    from hired.commands import load_model
+    from hired.loading import load_model
 
     config.save_pretrained(folder)
     monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision → ImportError
@@ -236,7 +237,7 @@ def require_torchvision() -> None:
 @pytest.fixture(scope="session")
 def _onevision_session():
     require_torchvision()
-    from hired.tiny import tiny_llava_onevision
+    from hired.testing import tiny_llava_onevision
 
     with torch.no_grad():
         return tiny_llava_onevision(seed=0)
@@ -245,7 +246,7 @@ def _onevision_session():
 @pytest.fixture(scope="session")
 def _onevision_eager_session():
     require_torchvision()
-    from hired.tiny import tiny_llava_onevision
+    from hired.testing import tiny_llava_onevision
 
     with torch.no_grad():
         return tiny_llava_onevision(seed=0, attn_implementation="eager")

@@ -21,10 +21,11 @@ from hired.bench import (
     run_benchmark,
 )
 from hired.bench.timing import PARTS, CpuMemory
-from hired.cli import demo_image, main
+from hired.cli import main
 from hired.core.grid import Geometry, layout_for
+from hired.inference import demo_image
 from hired.methods.base import num_image_tokens
-from hired.tiny import save_tiny
+from hired.testing import save_tiny
 
 PROMPT = "USER: <image>\nWhat is this? ASSISTANT:"
 TINY = dict(runs=1, warmup=0, new_tokens=3, progress=False)
@@ -392,7 +393,7 @@ def test_projecting_every_patch_to_choose_counts_as_selection(llava_next):
 def onevision():
     """A tiny LLaVA-OneVision (SigLIP without [CLS]; its processor needs torchvision, else the tests skip)."""
     require_torchvision()
-    from hired.tiny import tiny_llava_onevision
+    from hired.testing import tiny_llava_onevision
 
     model, processor = tiny_llava_onevision(seed=0)
     yield model, processor
@@ -520,8 +521,8 @@ def test_oracle_feeds_qwen2_5_vl_the_given_counts():
     import numpy as np
     from PIL import Image
 
-    from hired.commands import build_prompt
-    from hired.tiny import tiny_qwen2_5_vl
+    from hired.inference import build_prompt
+    from hired.testing import tiny_qwen2_5_vl
 
     model, processor = tiny_qwen2_5_vl()
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 230, 3), dtype=np.uint8))

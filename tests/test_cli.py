@@ -5,7 +5,7 @@ from PIL import Image
 
 from hired.cli import main
 from hired.images import load_image
-from hired.tiny import save_tiny
+from hired.testing import save_tiny
 
 
 def test_generate_prints_answer_and_token_counts(model_dir, image_path, capsys):

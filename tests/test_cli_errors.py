@@ -14,8 +14,10 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from hired import commands
+from hired import inference, loading
 from hired.cli import build_parser, main
+from hired.cli.common import CommandError, error_message
+from hired.methods import options
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "hired"
 SUBCOMMANDS = ("generate", "show", "bench", "bench-vllm", "report", "eval", "demo", "methods")
@@ -58,7 +60,8 @@ def test_show_on_an_extreme_aspect_ratio_writes_a_figure(model_dir, tmp_path, ca
 
 def test_sub_rects_of_a_subimage_without_valid_patches():
     from hired.core.grid import Layout
-    from hired.viz import _sub_rects, _subimage_bounds
+    from hired.viz.geometry import sub_rects as _sub_rects
+    from hired.viz.geometry import subimage_bounds as _subimage_bounds
 
     empty = Layout(image_size=(200, 6000), side=6, grid=(1, 3), top=3, bottom=3, left=0, right=18)
     assert _sub_rects([], 0, empty, (6000, 200)) == []
@@ -109,8 +112,8 @@ def test_a_hub_id_offline_and_not_cached_fails_fast(image_path, capsys, monkeypa
 
 def test_a_hub_id_without_a_reachable_hub_fails_fast(image_path, capsys, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(commands, "_offline", lambda: False)
-    monkeypatch.setattr(commands, "hub_unreachable", lambda timeout=3.0: "https://huggingface.co: no route")
+    monkeypatch.setattr(loading, "_offline", lambda: False)
+    monkeypatch.setattr(loading, "hub_unreachable", lambda timeout=3.0: "https://huggingface.co: no route")
     code, _, err = run(
         ["generate", "--model", "hired-test/not-cached", "--image", image_path, "--prompt", "hi"], capsys
     )
@@ -118,9 +121,9 @@ def test_a_hub_id_without_a_reachable_hub_fails_fast(image_path, capsys, monkeyp
 
 
 def test_a_hub_id_goes_to_the_hub_when_it_is_reachable(monkeypatch):
-    monkeypatch.setattr(commands, "_offline", lambda: False)
-    monkeypatch.setattr(commands, "hub_unreachable", lambda timeout=3.0: None)
-    assert commands.resolve_model("llava-hf/llava-v1.6-vicuna-7b-hf") == ("llava-hf/llava-v1.6-vicuna-7b-hf", {})
+    monkeypatch.setattr(loading, "_offline", lambda: False)
+    monkeypatch.setattr(loading, "hub_unreachable", lambda timeout=3.0: None)
+    assert loading.resolve_model("llava-hf/llava-v1.6-vicuna-7b-hf") == ("llava-hf/llava-v1.6-vicuna-7b-hf", {})
 
 
 def test_an_image_path_that_is_a_directory_says_so(model_dir, tmp_path, capsys):
@@ -143,6 +146,16 @@ def test_help_lists_every_subcommand_in_plain_text(capsys):
     for name in SUBCOMMANDS:
         assert f"\n    {name} " in out or f"\n    {name}\n" in out, name
     assert "`" not in out
+
+
+def test_help_names_every_supported_family(capsys):
+    from hired.families import FAMILIES
+
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0
+    text = " ".join(out.split())  # argparse wraps the description
+    missing = [f.title for f in FAMILIES.values() if f.title not in text]
+    assert missing == [], f"hired --help does not name {missing}"
 
 
 @pytest.mark.parametrize("command", ["generate", "show", "bench", "report", "eval", "demo", "methods"])
@@ -205,13 +218,10 @@ def test_the_console_command_exits_2_with_one_error_line(image_path):
 
 
 def test_error_message_strips_old_prefixes():
-    assert (
-        commands.error_message(SystemExit("hired bench-vllm: --option expects KEY=VALUE"))
-        == "--option expects KEY=VALUE"
-    )
-    assert commands.error_message(commands.CommandError("plain")) == "plain"
-    assert commands.error_message(ValueError("hired: error: x")) == "x"
-    err = commands.CommandError("m")
+    assert error_message(SystemExit("hired bench-vllm: --option expects KEY=VALUE")) == "--option expects KEY=VALUE"
+    assert error_message(CommandError("plain")) == "plain"
+    assert error_message(ValueError("hired: error: x")) == "x"
+    err = CommandError("m")
     assert isinstance(err, SystemExit) and err.code == 2 and str(err) == "m"
 
 
@@ -284,7 +294,7 @@ def test_a_typed_option_works_in_generate_and_show(model_dir, image_path, tmp_pa
 
 
 def test_assign_options_parses_by_each_methods_declared_type():
-    per = commands.assign_options(
+    per = options.assign_options(
         ["keep_newline=on", "hired:selection_layer=none", "hired:mapping=reference", "seed=7"], ["hired", "random"]
     )
     assert per == [
@@ -292,38 +302,38 @@ def test_assign_options_parses_by_each_methods_declared_type():
         {"keep_newline": True, "seed": 7},
     ]
     assert type(per[1]["seed"]) is int
-    with pytest.raises(SystemExit, match="alpha must be a number, got 'high'"):
-        commands.assign_options(["alpha=high"], ["hired"])
-    with pytest.raises(SystemExit, match="names 'spatial', which is not in --methods"):
-        commands.assign_options(["spatial:seed=1"], ["hired"], methods_flag="--methods")
-    with pytest.raises(SystemExit, match="no chosen method has the option seed"):
-        commands.assign_options(["seed=1"], ["hired"])
+    with pytest.raises(ValueError, match="alpha must be a number, got 'high'"):
+        options.assign_options(["alpha=high"], ["hired"])
+    with pytest.raises(ValueError, match="names 'spatial', which is not in --methods"):
+        options.assign_options(["spatial:seed=1"], ["hired"], methods_flag="--methods")
+    with pytest.raises(ValueError, match="no chosen method has the option seed"):
+        options.assign_options(["seed=1"], ["hired"])
 
 
 def test_methods_from_args_refuse_untyped_text():
     args = SimpleNamespace(method="hired:keep_newline=maybe", budget=None, alpha=None, option=None)
-    from hired import viz
+    from hired.cli.show import methods_from_args
 
     with pytest.raises(SystemExit, match="keep_newline must be True or False"):
-        viz.methods_from_args(args)
+        methods_from_args(args)
 
 
 def test_bench_specs_are_typed():
-    from hired.bench.cli import _specs
+    from hired.cli.bench import method_specs
 
     args = SimpleNamespace(methods="hired,prumerge", option=["alpha=0.25", "prumerge:budget=none", "neighbours=8"])
-    hired_spec, prumerge_spec = _specs(args)
+    hired_spec, prumerge_spec = method_specs(args)
     assert hired_spec.options == {"alpha": 0.25}
     assert prumerge_spec.options == {"budget": None, "neighbours": 8}
 
 
 def test_model_args_of_lmms_eval_are_parsed_by_type():
-    parsed = commands.parse_method_options("random", {"keep_newline": "yes", "budget": "0.3", "seed": 1})
+    parsed = options.parse_method_options("random", {"keep_newline": "yes", "budget": "0.3", "seed": 1})
     assert parsed == {"keep_newline": True, "budget": 0.3, "seed": 1}  # non-strings are kept as given
     with pytest.raises(ValueError, match="keep_newline must be True or False"):
-        commands.parse_method_options("hired", {"keep_newline": "maybe"})
+        options.parse_method_options("hired", {"keep_newline": "maybe"})
     with pytest.raises(ValueError, match="unknown method"):
-        commands.parse_method_options("hird", {})
+        options.parse_method_options("hird", {})
 
 
 # ------------------------------------------------------------------------------------------ lists
@@ -363,12 +373,12 @@ def test_median_times_warm_up_before_timing_and_take_turns():
 
         return call
 
-    out = commands.median_times({"a": fn("a"), "b": fn("b")}, runs=3, warmup=1, clock=lambda: now[0])
+    out = inference.median_times({"a": fn("a"), "b": fn("b")}, runs=3, warmup=1, clock=lambda: now[0])
     assert calls == ["a", "b", "a", "b", "a", "b", "a", "b"]  # warm-ups first, then the rounds interleaved
     assert out["a"] == ("a", 2.0, [5.0, 1.0, 2.0])  # the 100 s first call is not timed
     assert out["b"] == ("b", 3.0, [3.0, 3.0, 30.0])
     with pytest.raises(ValueError):
-        commands.median_time(lambda: None, runs=0)
+        inference.median_time(lambda: None, runs=0)
 
 
 def test_median_times_run_setup_untimed():
@@ -383,7 +393,9 @@ def test_median_times_run_setup_untimed():
         order.append("fn")
         now[0] += 1.0
 
-    _, median, times = commands.median_times({"x": fn}, runs=2, warmup=1, clock=lambda: now[0], setup={"x": setup})["x"]
+    _, median, times = inference.median_times({"x": fn}, runs=2, warmup=1, clock=lambda: now[0], setup={"x": setup})[
+        "x"
+    ]
     assert order == ["setup", "fn"] * 3 and times == [1.0, 1.0] and median == 1.0
 
 
@@ -406,16 +418,20 @@ def test_no_module_imports_the_command_line_top_layer():
     offenders = [
         str(p.relative_to(SRC))
         for p in SRC.rglob("*.py")
-        if p.name != "cli.py" or p.parent != SRC
+        if (SRC / "cli") not in p.parents
         if any(m == "hired.cli" or m.startswith("hired.cli.") for m in _imports(p))
     ]
     assert offenders == []
 
 
-def test_the_shared_module_imports_no_command_module():
+def test_the_shared_modules_import_no_command_module():
     command_modules = ("hired.cli", "hired.viz", "hired.bench", "hired.eval", "hired.vllm")
-    imported = _imports(SRC / "commands.py")
-    assert not [m for m in imported if m.startswith(command_modules)]
-    code = f"import sys, hired.commands; print(sorted(m for m in sys.modules if m.startswith({command_modules!r})))"
+    shared = ("hired.loading", "hired.inference", "hired.methods.options")
+    for name in shared:
+        imported = _imports(SRC.joinpath(*name.split(".")[1:]).with_suffix(".py"))
+        assert not [m for m in imported if m.startswith(command_modules)], name
+    code = (
+        f"import sys, {', '.join(shared)}; print(sorted(m for m in sys.modules if m.startswith({command_modules!r})))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

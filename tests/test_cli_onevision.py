@@ -15,9 +15,9 @@ from PIL import Image
 
 import hired
 from hired.cli import main
-from hired.commands import CommandError, load_model, model_class_for
 from hired.families import get_family
-from hired.tiny import save_tiny
+from hired.loading import load_model, model_class_for
+from hired.testing import save_tiny
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_unsupported_model_type_names_the_supported_ones(tmp_path):
     folder = tmp_path / "bert"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(CommandError, match=r"'bert' model; supported model types: ") as err:
+    with pytest.raises(ValueError, match=r"'bert' model; supported model types: ") as err:
         load_model(str(folder))
     assert {"llava", "llava_next", "llava_onevision"} <= set(str(err.value).split(": ")[-1].split(", "))
 
@@ -60,7 +60,7 @@ def test_onevision_without_torchvision_is_one_clear_error(tmp_path, monkeypatch)
     """The processor is loaded first, so a missing torchvision fails before the weights are read."""
     from transformers import LlavaOnevisionConfig
 
-    with pytest.raises(CommandError, match=r'needs torchvision.*pip install "hired-vlm\[onevision\]"'):
+    with pytest.raises(ImportError, match=r'needs torchvision.*pip install "hired-vlm\[onevision\]"'):
         load_without_torchvision(LlavaOnevisionConfig(), tmp_path / "ov-config-only", monkeypatch)
 
 

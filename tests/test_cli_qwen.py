@@ -15,7 +15,8 @@ from conftest import generate_compare, load_without_torchvision, require_torchvi
 from PIL import Image
 
 from hired.cli import main
-from hired.commands import CommandError, load_model, model_class_for
+from hired.cli.common import CommandError
+from hired.loading import load_model, model_class_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -25,7 +26,7 @@ def qwen_dir(request, tmp_path_factory):
     """A tiny Qwen2.5-VL (patch 14) or Qwen3-VL (patch 16, DeepStack), 2x2 merge, at most 64 merged tokens
     per image, saved with ``save_pretrained``."""
     require_torchvision()
-    from hired.tiny import save_tiny
+    from hired.testing import save_tiny
 
     return str(save_tiny(tmp_path_factory.mktemp("qwen") / f"tiny-{request.param}", family=request.param))
 
@@ -57,9 +58,7 @@ def test_qwen_without_torchvision_is_one_clear_error(tmp_path, monkeypatch):
     """The processor is loaded first, so a missing torchvision fails before the weights are read."""
     from transformers import Qwen2_5_VLConfig
 
-    with pytest.raises(
-        CommandError, match=r'Qwen2.5-VL.s processor needs torchvision.*pip install "hired-vlm\[qwen\]"'
-    ):
+    with pytest.raises(ImportError, match=r'Qwen2.5-VL.s processor needs torchvision.*pip install "hired-vlm\[qwen\]"'):
         load_without_torchvision(Qwen2_5_VLConfig(), tmp_path / "qwen-config-only", monkeypatch)
 
 
@@ -129,6 +128,6 @@ def test_bench_runs_a_qwen_folder(qwen_dir, tmp_path, one_thread):
 
 
 def _bench_image():
-    from hired.commands import demo_image
+    from hired.inference import demo_image
 
     return demo_image((600, 600))

@@ -24,7 +24,7 @@ from hired.core.dpp import EXHAUSTED
 from hired.core.grid import Geometry, layout_for
 from hired.methods import DART, CDPruner, DivPrune, ModelInfo, Prompts, get_method, num_image_tokens
 from hired.methods.base import OptionTypeError
-from hired.tiny import default_pinpoints
+from hired.testing import default_pinpoints
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

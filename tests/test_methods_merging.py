@@ -23,7 +23,7 @@ from hired.core.merge import group_merge_weights, iqr_outliers, knn_merge_weight
 from hired.methods import ModelInfo, PruMerge, PruMergePlus, VisionZip, get_method, num_image_tokens
 from hired.methods.base import newline_tokens
 from hired.methods.pack import pack_features
-from hired.tiny import default_pinpoints
+from hired.testing import default_pinpoints
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -382,7 +382,7 @@ def test_prepare_inputs_needs_the_applied_processor(next_pair):
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    from hired.tiny import save_tiny
+    from hired.testing import save_tiny
 
     path = tmp_path_factory.mktemp("tiny")
     save_tiny(path / "model")

@@ -23,7 +23,7 @@ from hired.core.budget import even_split
 from hired.core.grid import Geometry, Layout, layout_for
 from hired.core.select import lattice_indices
 from hired.methods import ClsTopK, ModelInfo, Random, Spatial, get_method, list_methods, num_image_tokens
-from hired.tiny import default_pinpoints
+from hired.testing import default_pinpoints
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -476,7 +476,7 @@ def test_end_to_end_on_cuda(method, next_pair):
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    from hired.tiny import save_tiny
+    from hired.testing import save_tiny
 
     path = tmp_path_factory.mktemp("tiny")
     save_tiny(path / "model")

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from hired.core.grid import full_to_subimage, row_chunk_to_subimage
 from hired.models import dense, task, tiny_vlm
+from hired.models.geometry import geometry as tiny_geometry
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +159,7 @@ def test_vocabularies_are_closed(split):
 
 
 def test_items_are_below_a_full_image_patch_and_span_patches_in_sub_images(split):
-    geometry = task._geometry()
+    geometry = tiny_geometry()
     from hired.core.grid import layout_for
 
     for scene in split.scenes:
@@ -208,7 +209,7 @@ def test_placement_holds_on_the_processors_own_crops(split, image_processor):
 def test_left_out_grids_have_no_disagreement_to_test():
     from hired.core.grid import layout_for
 
-    geometry = task._geometry()
+    geometry = tiny_geometry()
     two_by_one = layout_for((400, 200), geometry)
     assert two_by_one.grid == (2, 1)
     assert torch.equal(full_to_subimage(two_by_one), row_chunk_to_subimage(two_by_one))

@@ -322,7 +322,7 @@ def test_crop_not_a_multiple_of_the_patch():
     """SigLIP's 384 px crops of 14 px patches give 27 x 27 patches (6 px dropped): the same here, 90 / 14."""
     from conftest import require_torchvision
 
-    from hired.tiny import tiny_llava_onevision
+    from hired.testing import tiny_llava_onevision
 
     require_torchvision()
 

@@ -31,7 +31,7 @@ SIZES = [(150, 230), (100, 100), (300, 120), (60, 400), (200, 200)]
 def _qwen_session(request):
     """A tiny Qwen2.5-VL (window attention) and a tiny Qwen3-VL (DeepStack): every test runs on both."""
     require_torchvision()
-    from hired.tiny import tiny_qwen2_5_vl, tiny_qwen3_vl
+    from hired.testing import tiny_qwen2_5_vl, tiny_qwen3_vl
 
     build = {"qwen2_5_vl": tiny_qwen2_5_vl, "qwen3_vl": tiny_qwen3_vl}[request.param]
     with torch.no_grad():

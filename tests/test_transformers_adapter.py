@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 
 import hired
-from hired.tiny import tiny_llava, tiny_llava_next
+from hired.testing import tiny_llava, tiny_llava_next
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -15,7 +15,7 @@ from transformers import (
 
 import hired
 from hired.adapters.vision import ScoreHooks, encoder_layers, has_cls_token
-from hired.tiny import default_pinpoints, tiny_llava_next
+from hired.testing import default_pinpoints, tiny_llava_next
 
 
 def _clip():

@@ -13,8 +13,10 @@ from PIL import Image
 
 import hired
 from hired import viz
-from hired.cli import demo_image, main
-from hired.tiny import save_tiny
+from hired.cli import main
+from hired.cli.show import methods_from_args
+from hired.inference import demo_image
+from hired.testing import save_tiny
 
 # (height, width) → sub-image grid (rows, cols) with the tiny models' pinpoints
 SHAPES = {(120, 120): (2, 2), (100, 300): (1, 3), (300, 100): (3, 1), (60, 300): (1, 3)}
@@ -255,12 +257,12 @@ def test_methods_from_args_share_and_override_options():
     args = SimpleNamespace(
         method="hired, hired:mapping=reference:alpha=0.9", budget=0.3, alpha=0.4, option=["budget_layer=1"]
     )
-    a, b = viz.methods_from_args(args)
+    a, b = methods_from_args(args)
     assert (a.budget, a.alpha, a.budget_layer, a.mapping) == (0.3, 0.4, 1, "2d")
     assert (b.budget, b.alpha, b.budget_layer, b.mapping) == (0.3, 0.9, 1, "reference")
     assert viz.method_label(b) == "hired(budget=0.3, alpha=0.9, budget_layer=1, mapping='reference')"
     with pytest.raises(SystemExit, match="KEY=VALUE"):
-        viz.methods_from_args(SimpleNamespace(method="hired:alpha", budget=None, alpha=None, option=None))
+        methods_from_args(SimpleNamespace(method="hired:alpha", budget=None, alpha=None, option=None))
 
 
 def test_importing_hired_leaves_matplotlib_alone():

@@ -23,8 +23,8 @@ NUM_DOCS = 10
 
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory) -> Path:
-    """A tiny random-weight LLaVA-NeXT written with ``hired.tiny.save_tiny``."""
-    from hired.tiny import save_tiny
+    """A tiny random-weight LLaVA-NeXT written with ``hired.testing.save_tiny``."""
+    from hired.testing import save_tiny
 
     return save_tiny(tmp_path_factory.mktemp("models") / "tiny-llava-next", "llava_next")
 

@@ -15,10 +15,10 @@ from easyvqa import TASK_NAME
 import hired
 from hired.core.grid import Geometry, layout_for
 from hired.methods.base import num_image_tokens
-from hired.tiny import default_pinpoints
+from hired.testing import default_pinpoints
 
 BUDGET = 0.5
-CROP, PATCH = 84, 14  # hired.tiny defaults
+CROP, PATCH = 84, 14  # hired.testing defaults
 
 
 def _env(hf_home: Path, **extra) -> dict:

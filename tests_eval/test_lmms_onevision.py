@@ -38,7 +38,7 @@ DOCS = [
 
 @pytest.fixture(scope="session")
 def ov_folder(tmp_path_factory) -> Path:
-    from hired.tiny import save_tiny
+    from hired.testing import save_tiny
 
     return save_tiny(tmp_path_factory.mktemp("models") / "tiny-onevision", "onevision")
 

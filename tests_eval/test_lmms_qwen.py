@@ -20,7 +20,7 @@ from test_lmms_onevision import (
 
 @pytest.fixture(scope="session", params=["qwen2_5_vl", "qwen3_vl"])
 def qwen_folder(request, tmp_path_factory) -> Path:
-    from hired.tiny import save_tiny
+    from hired.testing import save_tiny
 
     return save_tiny(tmp_path_factory.mktemp("models") / f"tiny-{request.param}", request.param)
 

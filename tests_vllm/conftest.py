@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hired.tiny import tiny_llava, tiny_llava_next, tiny_llava_onevision
+from hired.testing import tiny_llava, tiny_llava_next, tiny_llava_onevision
 from hired.vllm.checkpoint import save_for_vllm
 
 # sizes (height, width) that reach every grid of the tiny pinpoints (84 px crops): 1x2, 2x1, 2x2, 1x3, 3x1

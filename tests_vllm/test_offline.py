@@ -17,7 +17,7 @@ import hired
 import hired.vllm
 from hired.core.grid import Geometry, layout_for
 from hired.methods.base import get_method, num_image_tokens
-from hired.tiny import default_pinpoints
+from hired.testing import default_pinpoints
 
 GEOMETRY_NEXT = Geometry(crop_size=84, patch_size=14, grid_pinpoints=default_pinpoints(84))
 GEOMETRY_LLAVA = Geometry(crop_size=84, patch_size=14)
@@ -188,7 +188,7 @@ def test_stock_path_equals_vllm_without_the_plugin(engines, next_path):
     outs = llm.generate([request(make_image(h, w, seed=9)) for h, w in IMAGE_SIZES], greedy(6))
     assert [[o.prompt_token_ids, list(o.outputs[0].token_ids)] for o in outs] == reference["outs"]
     assert hired.vllm.last_selection(llm) == []
-    assert type(llm.apply_model(lambda m: m)[0]).__module__ == "hired.vllm.models"
+    assert type(llm.apply_model(lambda m: m)[0]).__module__ == "hired.vllm.llava_next"
 
 
 def test_llava_1_5_count(engines, llava_path):

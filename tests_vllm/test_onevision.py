@@ -20,7 +20,7 @@ import hired.vllm
 from hired.core.grid import Geometry, layout_for
 from hired.core.scores import received_attention
 from hired.methods.base import get_method, num_image_tokens
-from hired.tiny import onevision_pinpoints
+from hired.testing import onevision_pinpoints
 
 PINS = tuple(tuple(p) for p in onevision_pinpoints(84))
 GEOMETRY = Geometry(crop_size=84, patch_size=14, grid_pinpoints=PINS, max_crops=4)  # the tiny config's
@@ -225,12 +225,13 @@ def test_kept_patches_equal_the_transformers_adapter(engines, onevision_path, en
 def test_received_rows_from_the_fused_qkv_equal_the_attention_maps():
     """The hooks' score: what every query gives each key, averaged over queries, summed over heads, from a
     fused (B, N, 3 * H * D) qkv output, equal to the full softmax maps (and to the core function)."""
-    from hired.vllm.models import received_rows
+    from hired.engine.scores import LayerScores
+    from hired.vllm.partitions import fused_qk
 
     torch.manual_seed(0)
     batch, seq, heads, dim = 3, 300, 4, 8  # more queries than one chunk
     qkv = torch.randn(batch, seq, 3 * heads * dim)
-    rows = received_rows(qkv, heads)
+    rows = LayerScores({"select": 0}, None, heads, "received").score(*fused_qk(qkv))
     q, k, _ = qkv.view(batch, seq, 3, heads, dim).unbind(2)
     maps = torch.softmax(torch.einsum("bqhd,bkhd->bhqk", q, k) * dim**-0.5, dim=-1)  # (B, H, N, N)
     torch.testing.assert_close(rows, maps.mean(dim=2).sum(dim=1), rtol=1e-5, atol=1e-7)

@@ -29,10 +29,10 @@ IMAGE_TOKEN = 4  # "<image>" in the tiny tokenizer
 
 def _save_tiny(tmp_path_factory, family: str) -> str:
     """A tiny random-weight model of ``family`` (seed 5) saved with its processor; its folder."""
-    from hired import tiny
+    from hired import testing
 
     path = tmp_path_factory.mktemp(f"tiny-{family}")
-    model, processor = getattr(tiny, f"tiny_{family}")(seed=5)
+    model, processor = getattr(testing, f"tiny_{family}")(seed=5)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return str(path)
@@ -181,7 +181,7 @@ def test_prompt_holds_floor_r_n_of_the_merged_tokens(engines, qwen_path, entry):
 def test_processing_info_counts_from_the_image_size(engines, qwen_path):
     """The processing info's count (vLLM sizes its encoder cache and the profiling run with it) is the
     method's count for the grid vLLM's resize gives the image size."""
-    from hired.vllm.qwen import HiredQwen2_5_VLProcessingInfo
+    from hired.vllm.qwen2_5_vl import HiredQwen2_5_VLProcessingInfo
 
     llm = engines(qwen_path, {"method": "hired", "budget": 0.3})
     out = llm.generate([request(make_image(h, w)) for h, w in SIZES], greedy(1))
@@ -382,7 +382,7 @@ def test_oracle_feeds_the_first_tokens(engines, qwen_path):
 
 
 def test_position_channels_are_exact_in_half_precision():
-    from hired.vllm.qwen import decode_positions, encode_positions
+    from hired.vllm.qwen2_5_vl import decode_positions, encode_positions
 
     index = torch.tensor([0, 1, 255, 256, 257, 4095, 65535 - 300, 40000])
     for cols in (1, 7, 256, 300):
@@ -402,7 +402,7 @@ def test_position_channels_are_exact_in_half_precision():
         ({"method": "cls_topk", "score": "cls"}, r"no \[CLS\] token"),
         (
             {"method": "hired", "selection_layer": 4},
-            r"select layer 4 is out of range: the vision tower has the blocks 0..3",
+            r"select layer 4 is out of range: vLLM builds the vision layers 0..3",
         ),
         ({"method": "prumerge"}, r"method 'prumerge' keeps a content-dependent number of tokens"),
     ],

@@ -17,7 +17,7 @@ from conftest import make_image
 
 from hired.core.grid import Geometry, layout_for
 from hired.methods.base import get_method, num_image_tokens
-from hired.tiny import default_pinpoints, onevision_pinpoints
+from hired.testing import default_pinpoints, onevision_pinpoints
 
 IMAGE_SIZE = (100, 150)  # (height, width): a 1x2 grid on the tiny LLaVA-NeXT, 2x2 on the tiny OneVision
 GEOMETRIES = {

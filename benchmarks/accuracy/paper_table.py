@@ -168,7 +168,7 @@ def model_family(model: str) -> str | None:
     import json
     import types
 
-    from hired.commands import model_class_for
+    from hired.loading import model_class_for
 
     try:
         family, _ = model_class_for(types.SimpleNamespace(**json.loads(config.read_text())), model)
@@ -181,9 +181,9 @@ def refused(family: str | None, method_args: str) -> str | None:
     """Why ``family`` cannot run a run's ``method=...,key=value`` arguments (hired's own checks), or ``None``."""
     if family is None:
         return None
-    from hired.commands import parse_method_options
     from hired.families import get_family
     from hired.methods.base import get_method
+    from hired.methods.options import parse_method_options
 
     options = dict(item.split("=", 1) for item in method_args.split(",") if "=" in item)
     name = options.pop("method")

@@ -603,9 +603,9 @@ def bench_step(name: str, source: list[str], batch: int, prepare: Callable[..., 
 
 
 def _tiny_llava(r: Runner, log: Path, timeout: float) -> list[str]:
-    """Dry run: write hired.tiny's LLaVA-1.5 to a temporary folder; ``hired bench --model`` loads it."""
+    """Dry run: write hired.testing's LLaVA-1.5 to a temporary folder; ``hired bench --model`` loads it."""
     folder = r.tmp / "tiny-llava"
-    code = f"from hired.tiny import save_tiny; save_tiny({str(folder)!r}, 'llava')"
+    code = f"from hired.testing import save_tiny; save_tiny({str(folder)!r}, 'llava')"
     rc, _ = r.call(r.python("-c", code), log, timeout / 2, append=True)
     if rc != 0:
         raise RuntimeError(f"could not write the tiny LLaVA-1.5 model (exit {rc}, see {log.name})")
@@ -722,7 +722,7 @@ def plan(small: bool) -> list[Step]:
             ),
             Step(
                 "bench-tiny-llava-b1",
-                "hired bench on hired.tiny's LLaVA-1.5 (CPU), batch 1",
+                "hired bench on hired.testing's LLaVA-1.5 (CPU), batch 1",
                 limit["bench-1.5"],
                 bench_step("bench-tiny-llava-b1", [], 1, prepare=_tiny_llava),
                 files("bench-tiny-llava-b1"),
@@ -782,14 +782,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         "--dry-run",
         action="store_true",
         help="CPU mode for CI (= --device cpu --arch small): the same steps on small models (hired bench "
-        "--arch small, hired.tiny's LLaVA-1.5), one budget, batch 1, one run",
+        "--arch small, hired.testing's LLaVA-1.5), one budget, batch 1, one run",
     )
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu implies --arch small")
     p.add_argument(
         "--arch",
         choices=("7b", "small"),
         default="7b",
-        help="7b: llava-next-7b and llava-1.5-7b (default); small: --arch small and hired.tiny's "
+        help="7b: llava-next-7b and llava-1.5-7b (default); small: --arch small and hired.testing's "
         "LLaVA-1.5 (with --device cuda: a quick look at the script on a GPU)",
     )
     p.add_argument("--budgets", help=f"hired bench --budgets (default {GPU_BUDGETS}; small: 0.2)")

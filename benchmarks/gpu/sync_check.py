@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
-    p.add_argument("--arch", default="small", help="hired bench architecture, or 'tiny' (hired.tiny, fastest)")
+    p.add_argument("--arch", default="small", help="hired bench architecture, or 'tiny' (hired.testing, fastest)")
     p.add_argument("--methods", default="hired,cls_topk", help="comma-separated method names")
     p.add_argument("--budget", type=float, default=0.2)
     p.add_argument("--batch-sizes", default="1,4", help="two batch sizes, the smaller first")
@@ -74,9 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     import hired
 
     try:
-        from hired.commands import build_prompt, demo_image
-    except ImportError:  # before hired.commands existed
-        from hired.cli import build_prompt, demo_image
+        from hired.inference import build_prompt, demo_image
+    except ImportError:  # older versions: hired.commands, or before it existed hired.cli
+        try:
+            from hired.commands import build_prompt, demo_image
+        except ImportError:
+            from hired.cli import build_prompt, demo_image
 
     start = time.perf_counter()
     cuda = args.device.startswith("cuda")
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"sync_check: --device {args.device} but CUDA is not available")
     dtype = {"auto": torch.float16 if cuda else torch.float32}.get(args.dtype) or getattr(torch, args.dtype)
     if args.arch == "tiny":
-        from hired.tiny import tiny_llava_next
+        from hired.testing import tiny_llava_next
 
         model, processor = tiny_llava_next(seed=0)
         model = model.to(device=args.device, dtype=dtype)

@@ -26,8 +26,26 @@ import sys
 import torch
 from torch import nn
 
-from hired.adapters.vision import Recording, ScoreHooks
-from hired.core.scores import received_attention
+from hired.adapters.context import (
+    STOCK,
+    Record,
+    State,
+    StockIndex,
+    VisionStep,
+    attach_pending,
+    cache_length,
+    cache_of,
+    current,
+    hand_on,
+    remember,
+)
+from hired.adapters.prompts import take_prompt
+from hired.adapters.vision import ScoreHooks
+from hired.core.grid import Layout
+from hired.core.positions import mrope_offsets
+from hired.core.scores import pool_to_merged
+from hired.engine import select_merged
+from hired.methods.base import Prompts, Selection
 
 
 class QwenScoreHooks(ScoreHooks):
@@ -39,13 +57,13 @@ class QwenScoreHooks(ScoreHooks):
             raise ValueError("Qwen-VL towers have no [CLS] token: their scores are the received attention")
         super().__init__(blocks, num_heads, rows, keys, kind)
 
-    def _install(self, block: nn.Module, layer: int, row_roles: list[str], key_roles: list[str]) -> None:
+    def _install(self, block: nn.Module, layer: int) -> None:
         """Hook one vision block: its attention's inputs (rotary embeddings, segments) and fused ``qkv``."""
         attn = block.attn
         # the rotary embedding of the block's own modeling file (Qwen2.5-VL's or Qwen3-VL's)
         self._rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
         self._handles.append(attn.register_forward_pre_hook(self._on_attention(layer), with_kwargs=True))
-        self._handles.append(attn.qkv.register_forward_hook(self._on_qkv(layer, row_roles, key_roles)))
+        self._handles.append(attn.qkv.register_forward_hook(self._on_qkv(layer)))
 
     def _on_attention(self, layer: int):
         def hook(_module, _args, kwargs):
@@ -55,31 +73,21 @@ class QwenScoreHooks(ScoreHooks):
 
         return hook
 
-    def _on_qkv(self, layer: int, row_roles: list[str], key_roles: list[str]):
+    def _on_qkv(self, layer: int):
         def hook(_module, _inputs, out):
             rec = self._current()
             if rec is None:
                 return
             seq = out.shape[0]
             qkv = out.detach().reshape(seq, 3, self.num_heads, -1)
-            if key_roles:
-                keys = qkv[:, 1].reshape(seq, -1)
-                for role in key_roles:
-                    rec.keys[role] = keys
-            if row_roles:
-                row = self._received(rec, layer, qkv[:, 0], qkv[:, 1])
-                for role in row_roles:
-                    rec.rows[role] = row
+            self.scores.put_keys(rec, layer, qkv[:, 1].reshape(seq, -1))
+            if layer in self.scores.row_roles:
+                (cos, sin), cu_seqlens = rec.pending.pop(("attention", layer))
+                q, k = self._rotary(qkv[:, 0], qkv[:, 1], cos, sin)  # (seq, H, D), as the block's attention does
+                row = self.scores.score(q.flatten(1), k.flatten(1), segments=cu_seqlens.tolist())  # (seq,) fp32
+                self.scores.put_rows(rec, layer, row)
 
         return hook
-
-    def _received(self, rec: Recording, layer: int, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        (cos, sin), cu_seqlens = rec.pending.pop(("attention", layer))
-        q, k = self._rotary(q, k, cos, sin)  # (seq, H, D), as the block's attention does
-        q, k = q.flatten(1), k.flatten(1)
-        bounds = cu_seqlens.tolist()
-        parts = [received_attention(q[a:b][None], k[a:b][None], self.num_heads)[0] for a, b in zip(bounds, bounds[1:])]
-        return torch.cat(parts)  # (seq,) fp32
 
 
 def merged_order(visual: nn.Module, grid_thw: torch.Tensor) -> torch.Tensor:
@@ -97,61 +105,6 @@ def merged_order(visual: nn.Module, grid_thw: torch.Tensor) -> torch.Tensor:
         patch_size=visual.patch_size,
     )
     return torch.argsort(window_index)
-
-
-def pool_to_merged(values: torch.Tensor, unit: int, order: torch.Tensor, reduce: str) -> torch.Tensor:
-    """Per-patch ``values`` ``(seq, ...)`` in window order → per merged token in raster order ``(sum N, ...)``."""
-    grouped = values.reshape(values.shape[0] // unit, unit, *values.shape[1:])
-    pooled = grouped.sum(dim=1) if reduce == "sum" else grouped.float().mean(dim=1)
-    return pooled[order.to(pooled.device)]
-
-
-def select_merged(
-    method, info, layouts: list, merged: torch.Tensor, scores: dict, keys: dict, prompts=None
-) -> list[tuple]:
-    """Select the merged tokens of a batch of images, one method call per token count (images of one count
-    are selected together). Shared by the transformers adapter and the vLLM plugin.
-
-    ``merged`` ``(sum N, D)``, ``scores[role]`` ``(sum N,)`` and ``keys[role]`` ``(sum N, H * D)``: image
-    after image, each in raster order. Returns one ``(features, index, keep, budget)`` per image: the kept
-    tokens' features ``(k, D)`` and raster indices ``(k,)`` in the order handed on (raster), the ``(N,)``
-    bool mask of kept tokens and the image's budget list (one partition), all on the features' device.
-    ``prompts`` (``hired.methods.base.Prompts``, one owner per image): the images' prompts, for a
-    query-aware method (``None``: encoded without them)."""
-    from hired.methods.pack import feature_inputs, pack_features
-
-    starts = [0]
-    for layout in layouts:
-        starts.append(starts[-1] + layout.tokens)
-    groups: dict[int, list[int]] = {}
-    for i, layout in enumerate(layouts):
-        groups.setdefault(layout.tokens, []).append(i)
-    out: list = [None] * len(layouts)
-    for tokens, idx in groups.items():
-        rows = lambda values, tokens=tokens, idx=idx: torch.stack([values[starts[i] : starts[i] + tokens] for i in idx])  # noqa: E731
-        group = [layouts[i] for i in idx]
-        feats = rows(merged)  # (G, N, D)
-        g_scores, g_keys = {r: rows(v) for r, v in scores.items()}, {r: rows(v) for r, v in keys.items()}
-        extra = feature_inputs(method, feats, lambda f: f)
-        if getattr(method, "query_aware", False):
-            extra["prompts"] = (
-                None
-                if prompts is None
-                else dataclasses.replace(prompts, owner=prompts.owner[torch.tensor(idx, device=prompts.owner.device)])
-            )
-        selection = method.select(group, g_scores, info, keys=g_keys, **extra)
-        packed = pack_features(method, group, selection, feats, newline=False)
-        for j, (i, features, index) in enumerate(
-            zip(idx, packed.features.split(packed.lengths), packed.stock_index.split(packed.lengths))
-        ):
-            out[i] = (features, index, selection.keep[j], selection.budgets[j])
-    return out
-
-
-def mrope_offsets(index: torch.Tensor, width: int) -> torch.Tensor:
-    """Long ``(3, n)``: the (t, h, w) M-RoPE offsets of merged tokens ``index`` of an image ``width`` tokens
-    wide (one temporal step), as transformers' ``get_vision_position_ids`` lays them out."""
-    return torch.stack([torch.zeros_like(index), index // width, index % width])
 
 
 def rope_index(
@@ -262,17 +215,135 @@ def kept_positions(position_ids: torch.Tensor, image_mask: torch.Tensor, offsets
     return out
 
 
-def check_method(method, title: str = "Qwen2.5-VL") -> None:
-    """What Qwen2.5-VL and Qwen3-VL (``title``) cannot run yet, as one clear error (the transformers adapter
-    and the vLLM plugin)."""
-    name = type(method).__name__
-    if method.feature_space() == "vision":
-        raise ValueError(
-            f"{name}(space='vision'): {title}'s tower ends in its patch merger, whose output is the "
-            "language model's input; use space='projected'"
-        )
-    if getattr(method, "adaptive", False):
-        raise ValueError(
-            f"{name} without a budget keeps a content-dependent number of tokens; on {title} only "
-            f"fixed-budget methods run yet: give it a budget (e.g. {name}(budget=0.2))"
-        )
+def image_features(
+    inner: nn.Module, state: State, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None, **kwargs
+):
+    """Replacement for Qwen2.5-VL's ``get_image_features``: run the tower (merger included) with the score
+    hooks, select merged tokens per image, hand on the kept ones in raster order. A query-aware method
+    reads the prompt of the forward this step runs in (or ``hired.prepare_inputs``'); encoded without one,
+    each image is selected again when its features reach the model with its prompt (:func:`reselect`).
+
+    Returns the tower's output with ``pooler_output`` a list of ``(kept_i, D)`` per image."""
+    layouts, _ = state.family.batch_layouts(state.geometry, pixel_values, image_grid_thw, {})
+    visual = inner.visual
+    kwargs.pop("return_dict", None)
+    with state.calls.running(), state.hooks.recording() as rec:
+        out = visual(pixel_values.type(visual.dtype), grid_thw=image_grid_thw, **kwargs)
+    state.hooks.scores.check_complete(rec)
+    merged = out.pooler_output  # (sum N, D) raster order, image after image
+    unit = visual.spatial_merge_size**2
+    order = merged_order(visual, image_grid_thw)
+    scores = {r: pool_to_merged(v, unit, order, "sum") for r, v in rec.rows.items()}  # (sum N,)
+    keys = {r: pool_to_merged(v, unit, order, "mean") for r, v in rec.keys.items()}  # (sum N, H * D)
+    prompts = take_prompt(inner, state, layouts, pixel_values) if state.method.query_aware else None
+    deep = [ds[order.to(ds.device)] for ds in (getattr(out, "deepstack_features", None) or [])]  # raster order
+    outs, record, deep_kept = select_tokens(state, layouts, merged, scores, keys, prompts, deep)
+    hand_on(state, record)
+    if state.method.query_aware and prompts is None:  # encoded without its prompt: select again with one
+        attach_pending(state, outs, layouts, [lay.tokens for lay in layouts], scores, keys, merged, deep)
+    out.pooler_output = outs
+    if deep:  # Qwen3-VL: each DeepStack level keeps the same tokens, per image (as get_image_features splits them)
+        out.deepstack_features = deep_kept
+    out._hired_record = record
+    return out
+
+
+def video_features(
+    inner: nn.Module,
+    state: State,
+    pixel_values_videos: torch.Tensor,
+    video_grid_thw: torch.Tensor | None = None,
+    **kwargs,
+):
+    """Replacement for Qwen3-VL's ``get_video_features``, which calls ``get_image_features``: videos run the
+    stock image features (the class's own, not hired's replacement), untouched."""
+    original = functools.partial(type(inner).get_image_features, inner)
+    return original(pixel_values_videos, video_grid_thw, **kwargs)
+
+
+def select_tokens(
+    state: State,
+    layouts: list[Layout],
+    merged: torch.Tensor,
+    scores: dict,
+    keys: dict,
+    prompts: Prompts | None,
+    deep: list[torch.Tensor] = (),
+) -> tuple[list[torch.Tensor], Record, list]:
+    """Select the merged tokens of a batch of images (``merged`` ``(sum N, D)``, ``scores[role]`` ``(sum N,)``,
+    ``keys[role]`` ``(sum N, H * D)``, image after image, raster order): one ``(kept_i, D)`` tensor per
+    image, carrying its stock indices and M-RoPE offsets, the step's record, and per DeepStack level of
+    ``deep`` (``(sum N, D)`` each, Qwen3-VL) a tuple of the images' kept rows."""
+    width = max(lay.tokens for lay in layouts)
+    outs: list = [None] * len(layouts)
+    keep = torch.zeros(len(layouts), width, dtype=torch.bool)
+    budgets: list = [None] * len(layouts)
+    padded = {r: torch.zeros(len(layouts), width) for r in scores}
+    index_of: list = [None] * len(layouts)  # each image's kept rows of merged
+    start = 0
+    selected = select_merged(state.plan, layouts, merged, scores, keys, prompts)
+    for i, (layout, (features, index, kept, budget)) in enumerate(zip(layouts, selected)):
+        tokens, cols = layout.tokens, layout.partition_shape[1]
+        setattr(features, STOCK, StockIndex(index, tokens, mrope_offsets(index.cpu(), cols)))
+        outs[i] = features
+        keep[i, :tokens] = kept.cpu()
+        budgets[i] = budget
+        for r in scores:
+            padded[r][i, :tokens] = scores[r][start : start + tokens].float().cpu()
+        index_of[i] = start + index
+        start += tokens
+    images = tuple(getattr(f, STOCK) for f in outs)
+    deep_kept = [tuple(ds[rows.to(ds.device)] for rows in index_of) for ds in deep]
+    return (
+        outs,
+        Record(layouts, Selection(keep=keep, budgets=budgets), padded, [len(f) for f in outs], images),
+        deep_kept,
+    )
+
+
+def mrope_positions(state: State, _module, args, kwargs):
+    """Forward pre-hook of Qwen2.5-VL's language model: in a prompt pass, give each kept visual token its
+    stock (t, h, w) ids (text ids and decoding are the stock ones already, from ``get_rope_index``)."""
+    if cache_length(cache_of(kwargs)):
+        return None
+    forward = current().forward
+    position_ids = kwargs.get("position_ids")
+    if (
+        forward is None
+        or forward.state is not state
+        or forward.images is None
+        or forward.image_mask is None
+        or position_ids is None
+    ):
+        return None
+    if position_ids.dim() != 3:
+        raise ValueError(f"Qwen2.5-VL needs (3 or 4, batch, sequence) position_ids, got {tuple(position_ids.shape)}")
+    kwargs["position_ids"] = kept_positions(position_ids, forward.image_mask, [i.mrope for i in forward.images])
+    if forward.record is not None:
+        remember(state, dataclasses.replace(forward.record, positions=(kwargs["position_ids"], forward.image_mask)))
+    return args, kwargs
+
+
+class MergedGridStep(VisionStep):
+    """Qwen2.5-VL and Qwen3-VL: one grid of merged tokens per image; the kept tokens always keep their stock
+    (t, h, w) M-RoPE ids; Qwen3-VL's DeepStack levels keep the same tokens."""
+
+    tracks_forward = True
+
+    def hooks(self, state: State) -> QwenScoreHooks:
+        return QwenScoreHooks(state.layers, state.info.num_heads, state.roles, state.key_roles, kind=state.score_kind)
+
+    def patches(self, state: State) -> dict:
+        patches = {"get_image_features": image_features, "get_rope_index": rope_index}
+        if state.family.videos_via_image_features:  # Qwen3-VL: keep videos off the image path
+            patches["get_video_features"] = video_features
+        return patches
+
+    def language_hooks(self, state: State, language_model: nn.Module) -> list:
+        return [language_model.register_forward_pre_hook(functools.partial(mrope_positions, state), with_kwargs=True)]
+
+    def select(self, inner, state, layouts, scores, keys, features, prompts, deep=()) -> tuple:
+        return select_tokens(state, layouts, features, scores, keys, prompts, list(deep))
+
+
+STEP = MergedGridStep()

@@ -6,11 +6,10 @@ end-to-end throughput and peak memory of a method against the full model and the
     result = run_benchmark(model, processor, image, Settings(batch_sizes=(1,)))
     print(markdown(result))
 
-``hired bench --arch small --random-weights`` does the same from the command line.
+``hired bench --arch small --random-weights`` (:mod:`hired.cli.bench`) does the same from the command line.
 """
 
 from hired.bench.archs import ARCHS, Arch, build_arch, list_archs
-from hired.bench.cli import add_bench_parser
 from hired.bench.oracle import oracle, reference_attention
 from hired.bench.report import markdown, plot
 from hired.bench.runner import MethodSpec, Settings, run_benchmark, run_once
@@ -20,7 +19,6 @@ __all__ = [
     "Arch",
     "MethodSpec",
     "Settings",
-    "add_bench_parser",
     "build_arch",
     "list_archs",
     "markdown",

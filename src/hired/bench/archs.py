@@ -23,7 +23,7 @@ checkpoint's cost offline. ``build_arch(name, device, dtype)`` returns ``(model,
   part of a decode step, as in the 7B model). Its processor needs torchvision
   (``pip install "hired-vlm[onevision]"``), as every OneVision processor does.
 
-The processor uses a small local byte-level tokenizer (``hired.tiny.tiny_tokenizer``) that knows
+The processor uses a small local byte-level tokenizer (``hired.builders.tiny_tokenizer``) that knows
 ``<image>`` and some English; its ids all lie inside the configs' vocabularies, so the embedding and
 output layers have the real sizes while no tokenizer file is needed.
 """
@@ -217,7 +217,7 @@ def list_archs() -> dict[str, str]:
 
 def _qwen_config(arch: Arch, tokenizer):
     """Qwen2.5-VL-*-Instruct's config at ``arch``'s sizes (SiLU MLPs, RMSNorm, rope theta 1e6)."""
-    from hired.tiny import qwen2_5_vl_config
+    from hired.builders import qwen2_5_vl_config
 
     vision = dict(
         depth=arch.vision_layers,
@@ -334,7 +334,7 @@ def _processor(arch: Arch, tokenizer):
     if arch.family == "onevision":
         return _onevision_processor(arch, tokenizer)
     if arch.family == "qwen2_5_vl":
-        from hired.tiny import qwen2_5_vl_processor
+        from hired.builders import qwen2_5_vl_processor
 
         _need_torchvision(arch)
         return qwen2_5_vl_processor(tokenizer, max_pixels=arch.max_pixels)
@@ -355,8 +355,8 @@ def _processor(arch: Arch, tokenizer):
 
 
 def _need_torchvision(arch: Arch) -> None:
-    from hired.commands import need_torchvision
     from hired.families import get_family
+    from hired.loading import need_torchvision
 
     need_torchvision(get_family(arch.family), f"{arch.name}: ")
 
@@ -391,8 +391,8 @@ def build_arch(
     needs about 14 GB there; ``device="meta"`` builds the shapes only, without memory, for inspection).
     Nothing is downloaded. The processor emits the stock placeholder count; ``hired.apply`` changes it.
     """
+    from hired.builders import IMAGE_TOKEN, VIDEO_TOKEN, qwen_tokenizer, tiny_tokenizer
     from hired.families import get_family
-    from hired.tiny import IMAGE_TOKEN, VIDEO_TOKEN, qwen_tokenizer, tiny_tokenizer
 
     arch = ARCHS.get(name)
     if arch is None:

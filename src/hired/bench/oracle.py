@@ -158,7 +158,7 @@ def oracle(model: nn.Module, processor, counts: Sequence[int]) -> Iterator[Oracl
         raise ValueError(f"oracle counts must be positive integers, got {counts}")
     inner, family = _inner(model)
     record = OracleRecord()
-    if family.mrope:
+    if family.merged_grid:
         patches = {
             (inner, _FEATURES): functools.partial(_qwen_oracle_features, inner, counts, record),
             (inner, "get_rope_index"): functools.partial(_qwen_oracle_rope_index, inner, counts),

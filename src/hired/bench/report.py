@@ -14,7 +14,8 @@ def _s(stat: dict, digits: int = 3, scale: float = 1.0) -> str:
     return f"{med:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
 
 
-def _ms(stat: dict) -> str:
+def milliseconds(stat: dict) -> str:
+    """The median of a statistic in seconds (``{"median": ...}``) in milliseconds, one decimal."""
     return f"{1000 * stat['median']:.1f}"
 
 
@@ -24,6 +25,46 @@ def _budget(row: dict) -> str:
     if row["budget"] is None:
         return "adaptive" if row.get("adaptive") else "-"
     return str(float(row["budget"]))
+
+
+def vs_oracle(row: dict) -> str:
+    """A row's TTFT over its oracle's, of the medians and of the minima (``-`` for a row without an oracle)."""
+    overhead = row.get("overhead_vs_oracle")
+    if overhead is None:
+        return "-"
+    return f"{100 * overhead:+.1f}% / {100 * row['overhead_vs_oracle_min']:+.1f}%"
+
+
+def table(rows: list[dict]) -> str:
+    """The Markdown table of a result's ``rows`` (the ``rows`` of ``hired bench --json``), one line per row:
+    times in seconds, the parts of the TTFT in milliseconds (the table of :func:`markdown`)."""
+    lines = [
+        "| batch | method | budget | visual tokens / image | TTFT s | preprocess ms | vision ms | selection ms "
+        "| LLM prefill ms | decode tok/s | e2e tok/s | peak memory GiB | run memory MiB "
+        "| vs oracle (medians / minima) |",
+        "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        s = row["summary"]
+        tokens = row["tokens_per_image"][0] if row["tokens_per_image"] else 0
+        cells = [
+            str(row["batch"]),
+            row["label"],
+            _budget(row),
+            f"{tokens} of {row['stock_tokens_per_image']}",
+            _s(s["ttft"]),
+            milliseconds(s["preprocess"]),
+            milliseconds(s["vision"]),
+            milliseconds(s["selection"]),
+            milliseconds({"median": s["projector"]["median"] + s["prefill"]["median"]}),
+            _s(s["decode_tok_s"], 1),
+            _s(s["e2e_tok_s"], 2),
+            _s(s["peak_memory"], 3, 1 / _GIB),
+            f"{s['run_memory']['median'] / _MIB:.0f}",
+            vs_oracle(row),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def header(result: dict) -> str:
@@ -52,39 +93,7 @@ def markdown(result: dict) -> str:
     lines = [
         header(result),
         "",
-        "| batch | method | budget | visual tokens / image | TTFT s | preprocess ms | vision ms | selection ms "
-        "| LLM prefill ms | decode tok/s | e2e tok/s | peak memory GiB | run memory MiB "
-        "| vs oracle (medians / minima) |",
-        "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in result["rows"]:
-        s = row["summary"]
-        tokens = row["tokens_per_image"][0] if row["tokens_per_image"] else 0
-        overhead = row.get("overhead_vs_oracle")
-        vs_oracle = "-" if overhead is None else f"{100 * overhead:+.1f}% / {100 * row['overhead_vs_oracle_min']:+.1f}%"
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    str(row["batch"]),
-                    row["label"],
-                    _budget(row),
-                    f"{tokens} of {row['stock_tokens_per_image']}",
-                    _s(s["ttft"]),
-                    _ms(s["preprocess"]),
-                    _ms(s["vision"]),
-                    _ms(s["selection"]),
-                    _ms({"median": s["projector"]["median"] + s["prefill"]["median"]}),
-                    _s(s["decode_tok_s"], 1),
-                    _s(s["e2e_tok_s"], 2),
-                    _s(s["peak_memory"], 3, 1 / _GIB),
-                    f"{s['run_memory']['median'] / _MIB:.0f}",
-                    vs_oracle,
-                ]
-            )
-            + " |"
-        )
-    lines += [
+        table(result["rows"]),
         "",
         "TTFT, throughputs and peak memory: median (min-max) over the runs; the TTFT's parts and the run "
         "memory: medians (the JSON output has every run). "

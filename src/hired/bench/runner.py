@@ -66,12 +66,9 @@ class MethodSpec:
 
     @property
     def cls(self):
-        from hired.methods.base import _REGISTRY
+        from hired.methods.base import method_class
 
-        key = self.name.strip().lower().replace("-", "_")
-        if key not in _REGISTRY:
-            raise ValueError(f"unknown method {self.name!r}; available: {', '.join(sorted(_REGISTRY))}")
-        return _REGISTRY[key]
+        return method_class(self.name)
 
     def budgets_for(self, budgets: tuple[float, ...]) -> tuple[float | None, ...]:
         """The budgets this method runs at: ``budgets``, or ``(None,)`` (no budget option, or adaptive)."""
@@ -309,14 +306,14 @@ def run_benchmark(
 ) -> dict:
     """Time ``model`` on ``image`` as ``settings`` say; returns a JSON-ready dict (``meta`` and ``rows``).
 
-    The model must be a stock LLaVA-NeXT / LLaVA-1.5 / LLaVA-OneVision (no method applied); it is stock
-    again afterwards.
+    The model must be a stock model of a supported family (:data:`hired.families.FAMILIES`; no method
+    applied); it is stock again afterwards.
     """
     import transformers
     from tqdm.auto import tqdm
 
     import hired
-    from hired.commands import build_prompt
+    from hired.inference import build_prompt
 
     settings = settings or Settings()
     settings.check()

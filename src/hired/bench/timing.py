@@ -31,11 +31,12 @@ import gc
 import re
 import resource
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from hired.engine.clock import Clock
 
 MARKS = (
     "start",
@@ -62,31 +63,6 @@ _PART_BOUNDS = {
     "projector": ("projector_start", "projector_end"),
     "prefill": ("projector_end", "first_token"),
 }
-
-
-class Clock:
-    """Marks on one device: CUDA events on a CUDA device, ``perf_counter`` otherwise."""
-
-    def __init__(self, device: torch.device | str):
-        self.device = torch.device(device)
-        self.cuda = self.device.type == "cuda"
-
-    def mark(self):
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
-
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-
-    def seconds(self, a, b) -> float:
-        """Seconds from mark ``a`` to mark ``b`` (after ``sync`` on CUDA)."""
-        if self.cuda:
-            return a.elapsed_time(b) / 1000.0
-        return b - a
 
 
 class _FirstToken:

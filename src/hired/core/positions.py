@@ -54,3 +54,9 @@ def stock_position_ids(
     offset = torch.zeros_like(position_ids).masked_scatter(image_mask, stock_index.to(device) - local)
     before = torch.cumsum(delta, dim=1) - delta  # dropped tokens of the images before each token
     return position_ids + before + offset, delta.sum(dim=1)
+
+
+def mrope_offsets(index: torch.Tensor, width: int) -> torch.Tensor:
+    """Long ``(3, n)``: the (t, h, w) M-RoPE offsets of merged tokens ``index`` of an image ``width`` tokens
+    wide (one temporal step), as transformers' ``get_vision_position_ids`` lays them out."""
+    return torch.stack([torch.zeros_like(index), index // width, index % width])

@@ -61,3 +61,12 @@ def received_attention(
         logits = torch.matmul(q[:, :, start : start + chunk], k.transpose(-1, -2)) * scale  # (B, H, c, N)
         received += logits.softmax(dim=-1).sum(dim=2)
     return received.sum(dim=1) / seq
+
+
+def pool_to_merged(values: torch.Tensor, unit: int, order: torch.Tensor, reduce: str) -> torch.Tensor:
+    """Per-patch ``values`` ``(seq, ...)``, ``unit`` consecutive patches per merged token, → one value per merged
+    token ``(sum N, ...)`` (``reduce``: ``"sum"``, or ``"mean"`` in fp32), in the order ``order`` ``(sum N,)``
+    gives (e.g. raster order from a tower's window order)."""
+    grouped = values.reshape(values.shape[0] // unit, unit, *values.shape[1:])
+    pooled = grouped.sum(dim=1) if reduce == "sum" else grouped.float().mean(dim=1)
+    return pooled[order.to(pooled.device)]

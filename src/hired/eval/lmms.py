@@ -1,4 +1,4 @@
-"""``hired_llava``: an lmms-eval model (LLaVA-NeXT / LLaVA-1.5 / LLaVA-OneVision / Qwen2.5-VL on
+"""``hired_llava``: an lmms-eval model (LLaVA-NeXT / LLaVA-1.5 / LLaVA-OneVision / Qwen2.5-VL / Qwen3-VL on
 transformers) with a ``hired`` method applied.
 
 Registered with lmms-eval through the entry-point group ``lmms_eval.models`` (``pip install "hired-vlm[eval]"``)::
@@ -82,7 +82,7 @@ class VisualTokenCounts(TokenCounts):
 def parse_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
     """``--model_args`` values of ``method``'s options parsed by their declared types (``true``/``false``,
     ``none`` where allowed, ints, floats, literal choices); values that are not strings are kept."""
-    from hired.commands import parse_method_options
+    from hired.methods.options import parse_method_options
 
     return parse_method_options(method, options)
 
@@ -127,10 +127,10 @@ def _torch_dtype(dtype: Any, device: torch.device) -> torch.dtype:
 def _load(pretrained: str, device: torch.device, dtype: torch.dtype, revision, attn_implementation):
     """``(model, processor)`` for a LLaVA-NeXT, LLaVA-1.5 or LLaVA-OneVision folder or hub id, on
     ``device``, in eval mode; the classes come from the config's ``model_type`` through
-    :mod:`hired.families` (:func:`hired.commands.model_class_for`)."""
+    :mod:`hired.families` (:func:`hired.loading.model_class_for`)."""
     from transformers import AutoConfig
 
-    from hired.commands import load_processor, model_class_for
+    from hired.loading import load_processor, model_class_for
 
     config = AutoConfig.from_pretrained(pretrained, revision=revision)
     _family, cls = model_class_for(config, f"{pretrained} ({MODEL_NAME})")
@@ -144,7 +144,8 @@ def _load(pretrained: str, device: torch.device, dtype: torch.dtype, revision, a
 
 
 class HiredLlava(lmms):
-    """LLaVA-NeXT / LLaVA-1.5 / LLaVA-OneVision with visual tokens dropped by a ``hired`` method, for lmms-eval.
+    """LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision, Qwen2.5-VL or Qwen3-VL with visual tokens dropped by a ``hired``
+    method, for lmms-eval.
 
     Args (``--model_args key=value,...``): ``pretrained`` (folder or hub id), ``method`` (registry name,
     default ``hired``; ``none``/``full`` = stock), ``device`` (default ``cuda`` when available; one GPU
@@ -199,7 +200,7 @@ class HiredLlava(lmms):
         from hired.families import family_of
 
         self.family = family_of(self._model)[1]
-        self._nest_images = self.family.name == "onevision"  # multi-image prompts: one image list per text
+        self._nest_images = self.family.nests_images  # multi-image prompts: one image list per text
         if self.method is not None:
             hired.apply(self._model, self.processor, self.method)
         self.image_token = self.processor.image_token

@@ -24,10 +24,8 @@ equals the expected one exactly.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 BUDGETS = (0.05, 0.1, 0.2, 0.4, 1.0)
@@ -371,9 +369,9 @@ def markdown(results: list[Result], budgets=BUDGETS) -> str:
 def plot(results: list[Result], path: str | Path, budgets=BUDGETS, title: str | None = None) -> Path:
     """Accuracy against budget, one line per method, all tokens as a dashed line; rows run with
     ``keep_positions=True`` get a second panel, in the same colour as their packed row."""
-    from hired.viz import _matplotlib
+    from hired.viz import matplotlib_classes
 
-    Figure, FigureCanvasAgg, _, _ = _matplotlib()
+    Figure, FigureCanvasAgg, _, _ = matplotlib_classes()
     full = next(r for r in results if r.label == "all tokens")
     lines: dict[str, list] = {}
     for r in results:
@@ -387,8 +385,9 @@ def plot(results: list[Result], path: str | Path, budgets=BUDGETS, title: str | 
     panels = [("packed positions (as the paper)", [line for line in lines if note not in line])]
     if any(note in line for line in lines):
         panels.append((note, [line for line in lines if note in line]))
-    colours = {key: f"C{i % 10}" for i, key in enumerate(dict.fromkeys(base(line) for line in lines))}
-    styles = {key: ("-", "--", ":")[i // 10 % 3] for i, key in enumerate(colours)}
+    from hired.eval.style import styles as line_styles
+
+    styles = line_styles(base(line) for line in lines)  # one colour and marker per method, HiRED on top
     fig = Figure(figsize=(6.5 * len(panels) + 3.0, 4.8), dpi=110)
     FigureCanvasAgg(fig)
     axes = [fig.add_subplot(1, len(panels), i + 1) for i in range(len(panels))]
@@ -396,7 +395,7 @@ def plot(results: list[Result], path: str | Path, budgets=BUDGETS, title: str | 
         for label in labels:
             xs, ys = zip(*sorted(lines[label]))
             key = base(label)
-            ax.plot(xs, ys, marker="o", markersize=3, color=colours[key], linestyle=styles[key], label=key)
+            ax.plot(xs, ys, label=key, **styles[key])
         ax.axhline(full.accuracy, color="black", linestyle="--", linewidth=1, label="all tokens")
         ax.set_xscale("log")
         ax.set_xticks(list(budgets), [f"{b:g}" for b in budgets])
@@ -498,42 +497,6 @@ def family_counts(results: list[Result]) -> dict[str, int]:
     return counts
 
 
-def cmd_merge(args) -> int:
-    """``hired eval --merge A.json B.json ...``: one table (and JSON, plot) from several runs."""
-    from hired.commands import CommandError
-
-    try:
-        payloads = [json.loads(Path(p).read_text()) for p in args.merge]
-        results, budgets = combine(payloads)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise CommandError(f"--merge: {err}") from None
-    dates = sorted(p.get("date", "") for p in payloads)
-    task = task_of(payloads[0])
-    print(
-        f"hired-tiny, task {task}, {payloads[0]['questions']} test questions (seed {payloads[0]['seed']}), "
-        f"{len(payloads)} runs merged ({', '.join(args.merge)}), {dates[0]} to {dates[-1]}"
-    )
-    print()
-    print(report(results, budgets, task, family_counts(results)))
-    if args.json:
-        merged = {
-            **payloads[0],
-            "task": task,
-            "budgets": budgets,
-            "options": {},
-            "variants": [],
-            "merged_from": list(args.merge),
-            "date": dates[-1],
-            "results": [dataclasses.asdict(r) for r in results],
-        }
-        Path(args.json).write_text(json.dumps(merged, indent=1) + "\n")
-        print(f"\nwrote {args.json}")
-    if args.plot:
-        for path in plots(results, args.plot, budgets, task):
-            print(f"wrote {path}")
-    return 0
-
-
 def machine() -> str:
     """The CPU model (Linux ``/proc/cpuinfo``) or ``platform`` facts, and the number of cores."""
     import os
@@ -541,135 +504,3 @@ def machine() -> str:
     from hired.machine import cpu_name
 
     return f"{cpu_name()}, {os.cpu_count()} cores"
-
-
-def cmd_eval(args) -> int:
-    import torch
-
-    import hired
-    from hired.commands import CommandError, assign_options, split_option
-    from hired.models.tiny_vlm import load_hired_tiny
-
-    if args.merge:
-        return cmd_merge(args)
-    if not args.offline:
-        raise CommandError("only --offline is available here (lmms-eval tasks: see the README)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    budgets = tuple(args.budgets) if args.budgets else (QUICK["budgets"] if args.quick else BUDGETS)
-    for b in budgets:
-        if not 0 < b <= 1:
-            raise CommandError(f"budget must be in (0, 1], got {b}")
-    images = args.images or (QUICK["images"] if args.quick else 250)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    names = methods if methods is not None else list(hired.list_methods())
-    for item in args.option or []:
-        if split_option(item)[1] == "budget":
-            raise CommandError("set budgets with --budgets (the adaptive forms run without a budget anyway)")
-    per = assign_options(args.option, names, "--option", "--methods")
-    options = {n: o for n, o in zip(names, per) if o}
-    variants = []
-    for spec in args.variant or []:
-        items = [item.strip() for item in spec.split(",") if item.strip()]
-        if any(split_option(item, "--variant")[1] == "budget" for item in items):
-            raise CommandError("--variant cannot set the budget (use --budgets)")
-        chosen = assign_options(items, names, "--variant", "--methods")
-        variants.append({n: o for n, o in zip(names, chosen) if o})
-    try:
-        cfgs = configs(budgets, methods, options, variants)
-    except ValueError as err:
-        raise CommandError(str(err)) from None
-    split = make_split(args.task, images, seed=args.seed)
-    model, processor = load_hired_tiny(args.model)
-    started = datetime.now(timezone.utc)
-    results = evaluate(model, processor, split, cfgs, batch_size=args.batch_size, progress=not args.no_progress)
-    print(
-        f"hired-tiny, task {args.task}, {len(split.questions)} test questions (seed {args.seed}), {machine()}, "
-        f"{torch.get_num_threads()} torch threads, {started:%Y-%m-%d %H:%M} UTC"
-    )
-    for name, opts in options.items():
-        print(f"options of {name}: " + ", ".join(f"{k}={v!r}" for k, v in sorted(opts.items())))
-    for variant in variants:
-        print(
-            "also with "
-            + "; ".join(f"{n}: " + ", ".join(f"{k}={v!r}" for k, v in o.items()) for n, o in variant.items())
-        )
-    print()
-    print(report(results, budgets, args.task, family_counts(results)))
-    if args.json:
-        payload = {
-            "model": str(args.model or "hired-tiny (packaged)"),
-            "task": args.task,
-            "questions": len(split.questions),
-            "seed": args.seed,
-            "budgets": list(budgets),
-            "options": options,
-            "variants": variants,
-            "date": started.isoformat(timespec="seconds"),
-            "machine": machine(),
-            "threads": torch.get_num_threads(),
-            "results": [dataclasses.asdict(r) for r in results],
-        }
-        Path(args.json).write_text(json.dumps(payload, indent=1) + "\n")
-        print(f"\nwrote {args.json}")
-    if args.plot:
-        for path in plots(results, args.plot, budgets, args.task):
-            print(f"wrote {path}")
-    return 0
-
-
-def add_eval_parser(sub) -> None:
-    from hired.commands import add_list_argument
-
-    p = sub.add_parser("eval", help="accuracy of every method vs budget on hired-tiny (--offline)")
-    p.add_argument("--offline", action="store_true", help="the offline benchmark on hired-tiny (required)")
-    p.add_argument(
-        "--task",
-        choices=TASKS,
-        default="both",
-        help="test questions: the first family (shapes on photos), the dense family (tables of shapes "
-        "or cells) or both, reported separately and together (default: both)",
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"{QUICK['images'] * 4} questions per family, budgets {' '.join(map(str, QUICK['budgets']))} (CI)",
-    )
-    p.add_argument("--images", type=int, default=None, help="test images per family, 4 questions each (default 250)")
-    add_list_argument(
-        p,
-        "--budgets",
-        float,
-        default=None,
-        help="budgets, separated by commas or spaces (default 0.05,0.1,0.2,0.4,1.0)",
-    )
-    p.add_argument("--methods", default=None, help="comma-separated method names (default: all registered)")
-    p.add_argument(
-        "--option",
-        action="append",
-        metavar="[NAME:]KEY=VALUE",
-        help="method option, parsed by its type: NAME:KEY=VALUE for method NAME, KEY=VALUE for every "
-        "chosen method that has it; repeatable",
-    )
-    p.add_argument(
-        "--merge",
-        nargs="+",
-        default=None,
-        metavar="JSON",
-        help="run nothing: print one table (and --json, --plot) from the --json files of several runs",
-    )
-    p.add_argument(
-        "--variant",
-        action="append",
-        metavar="[NAME:]KEY=VALUE[,...]",
-        help="also run the chosen methods (or NAME) with these options, in the same run, e.g. "
-        "--variant keep_positions=true; repeatable, one variant each",
-    )
-    p.add_argument("--seed", type=int, default=0, help="test split seed")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--model", default=None, help="a folder written by python -m hired.models.train (default: packaged)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--plot", default=None, metavar="PATH", help="accuracy vs budget figure (needs matplotlib)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_eval)

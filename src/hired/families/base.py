@@ -15,6 +15,9 @@ from typing import Any, ClassVar
 from hired.core.grid import Geometry, Layout, layout_for
 from hired.methods.base import ModelInfo
 
+_CLS_BY_TOWER = {"clip_vision_model": True, "siglip_vision_model": False}
+"""Vision towers known by their config's ``model_type`` → whether they prepend a [CLS] token."""
+
 
 class Family:
     """One model family. Subclasses set the class attributes and override what differs."""
@@ -44,6 +47,8 @@ class Family:
             )
 
     mrope: ClassVar[bool] = False  # 3-D M-RoPE position ids (Qwen2.5-VL)
+    merged_grid: ClassVar[bool] = False  # an image is one grid of merged tokens (no partitions, no newlines)
+    nests_images: ClassVar[bool] = False  # the processor takes one image list per text in multi-image prompts
     videos_via_image_features: ClassVar[bool] = False  # the model's get_video_features calls get_image_features
     torchvision_extra: ClassVar[str | None] = None  # hired's pip extra for a processor that imports torchvision
     tower_attentions: ClassVar[bool] = True  # the tower can return attention maps (the bench's reference path)
@@ -51,6 +56,12 @@ class Family:
     def tower(self, inner):
         """The vision tower module of the inner model."""
         return inner.vision_tower
+
+    def config_has_cls(self, config) -> bool | None:
+        """Whether the tower of ``config`` prepends a [CLS] token, read from the config alone (CLIP: yes,
+        SigLIP: no); ``None`` for a tower hired does not know by its config (a runtime that cannot inspect
+        the built tower refuses it)."""
+        return _CLS_BY_TOWER.get(getattr(config.vision_config, "model_type", None))
 
     def stages(self, inner) -> tuple:
         """``(vision tower, projector or None, language model)`` modules of the inner model, whose forward

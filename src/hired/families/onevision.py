@@ -33,6 +33,7 @@ def max_crops(vision_aspect_ratio) -> int:
 class Onevision(Family):
     name = "onevision"
     title = "LLaVA-OneVision"
+    nests_images = True  # multi-image prompts: one image list per text
     newline = True
     anyres = True
     torchvision_extra = "onevision"  # its video processor imports torchvision

@@ -26,6 +26,7 @@ class Qwen25VL(Family):
     name = "qwen2_5_vl"
     title = "Qwen2.5-VL"
     mrope = True  # the language model takes 3-D (t, h, w) position ids
+    merged_grid = True  # one grid of merged tokens per image
     torchvision_extra = "qwen"  # its video processor imports torchvision
     tower_attentions = False  # its blocks return no attention maps
 
@@ -51,11 +52,23 @@ class Qwen25VL(Family):
         """The ViT with its merger inside (the merger is the projector: there is no stage between them)."""
         return inner.visual, None, inner.language_model
 
+    def config_has_cls(self, config) -> bool:
+        """The Qwen ViT has no [CLS] token."""
+        return False
+
     def check_method(self, method) -> None:
         """``space='vision'`` and adaptive counts are not served yet."""
-        from hired.adapters.qwen import check_method
-
-        check_method(method, self.title)
+        name = type(method).__name__
+        if method.feature_space() == "vision":
+            raise ValueError(
+                f"{name}(space='vision'): {self.title}'s tower ends in its patch merger, whose output is the "
+                "language model's input; use space='projected'"
+            )
+        if method.adaptive:
+            raise ValueError(
+                f"{name} without a budget keeps a content-dependent number of tokens; on {self.title} only "
+                f"fixed-budget methods run yet: give it a budget (e.g. {name}(budget=0.2))"
+            )
 
     def image_placeholder(self, processor) -> str:
         """Qwen's prompts wrap each image's placeholder in ``<|vision_start|>`` / ``<|vision_end|>``."""

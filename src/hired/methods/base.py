@@ -223,9 +223,13 @@ class Method:
     reads the patch features says in which space (``feature_space``); a method that reads the prompt sets
     ``query_aware``.
 
-    Every method also takes ``keep_positions`` (keyword only, default ``False``): give each kept visual
-    token the position id it has in the stock (unpruned) sequence, and every text token its stock id too,
-    instead of packing the kept tokens together (see :mod:`hired.core.positions`).
+    Every method also takes two keyword-only options, declared here once:
+
+    - ``keep_positions`` (default ``False``): give each kept visual token the position id it has in the
+      stock (unpruned) sequence, and every text token its stock id too, instead of packing the kept tokens
+      together (see :mod:`hired.core.positions`);
+    - ``keep_newline`` (default ``False``): keep LLaVA-NeXT's image-newline tokens (one per canvas row);
+      the HiRED paper drops them. Families without newline tokens ignore it.
     """
 
     name: ClassVar[str] = ""
@@ -238,6 +242,7 @@ class Method:
     query_aware: ClassVar[bool] = False
 
     keep_positions: bool = dataclasses.field(default=False, kw_only=True)
+    keep_newline: bool = dataclasses.field(default=False, kw_only=True)
 
     def __post_init__(self) -> None:
         check_option_types(self)
@@ -338,7 +343,7 @@ def num_image_tokens(method: Method, layout: Layout, newline: bool) -> int:
     if method.adaptive:
         raise ValueError(adaptive_message(method))
     count = method.count(layout)
-    if newline and getattr(method, "keep_newline", False):
+    if newline and method.keep_newline:
         count += newline_tokens(layout)
     return count
 

@@ -123,7 +123,6 @@ class DivPrune(_WholeImage, Method):
 
     budget: float = 0.098
     space: Space = "projected"
-    keep_newline: bool = False
 
     def validate(self) -> None:
         check_rate("budget", self.budget, low_open=True)
@@ -189,7 +188,6 @@ class DART(_WholeImage, Method):
     pivots: int = 4
     pivot_layer: int | None = None
     space: Space = "projected"
-    keep_newline: bool = False
 
     def validate(self) -> None:
         check_rate("budget", self.budget, low_open=True)
@@ -274,7 +272,6 @@ class CDPruner(_EvenSplit, Method):
     budget: float = 0.222
     theta: float | None = None
     invert_relevance: bool = False
-    keep_newline: bool = False
 
     def validate(self) -> None:
         check_rate("budget", self.budget, low_open=True)

@@ -64,7 +64,6 @@ class HiRED(Method):
     alpha: float = 0.5
     budget_layer: int = 0
     selection_layer: int | None = None
-    keep_newline: bool = False
     mapping: Literal["2d", "reference"] = "2d"
     score: ScoreKind = "auto"
     regions: int | None = None

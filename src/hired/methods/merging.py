@@ -78,7 +78,6 @@ class _PruMergeBase(_KeyMerge, _EvenSplit, Method):
     budget: float | None = None
     neighbours: int = 32
     layer: int | None = None
-    keep_newline: bool = False
     score: ScoreKind = "auto"
 
     @property
@@ -236,7 +235,6 @@ class VisionZip(_KeyMerge, _EvenSplit, Method):
     budget: float = 0.2
     contextual: float = 10 / 64
     layer: int | None = None
-    keep_newline: bool = False
     score: ScoreKind = "auto"
 
     def validate(self) -> None:

@@ -51,7 +51,7 @@ def feature_inputs(method: Method, features: torch.Tensor, project) -> dict:
 
 def keeps_newline(method: Method, newline: bool) -> bool:
     """Whether image-newline tokens go to the LLM (LLaVA-NeXT with a method that keeps them)."""
-    return newline and bool(getattr(method, "keep_newline", False))
+    return newline and method.keep_newline
 
 
 def pack_order(

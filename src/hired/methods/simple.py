@@ -100,7 +100,6 @@ class Spatial(_EvenSplit, Method):
     summary = "uniform 2-D lattice of patches in every partition, budget split evenly (no scores)"
 
     budget: float = 0.2
-    keep_newline: bool = False
 
     def validate(self) -> None:
         check_rate("budget", self.budget, low_open=True)
@@ -152,7 +151,6 @@ class Random(_EvenSplit, Method):
 
     budget: float = 0.2
     seed: int = 0
-    keep_newline: bool = False
 
     def validate(self) -> None:
         check_rate("budget", self.budget, low_open=True)
@@ -201,7 +199,6 @@ class ClsTopK(_EvenSplit, Method):
 
     budget: float = 0.2
     selection_layer: int | None = None
-    keep_newline: bool = False
     score: ScoreKind = "auto"
 
     def validate(self) -> None:

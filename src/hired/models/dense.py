@@ -65,6 +65,7 @@ from PIL import Image, ImageDraw
 
 from hired.core.grid import Layout, full_to_subimage, layout_for, row_chunk_to_subimage
 from hired.models import task
+from hired.models.geometry import CROP, PATCH, geometry
 
 KINDS = ("shape", "cell")
 SHAPES = task.SHAPES
@@ -181,20 +182,16 @@ def canvas_map(size: tuple[int, int], grid: tuple[int, int], crop: int | None = 
 
 
 def _crop() -> int:
-    from hired.models.tiny_vlm import CROP
-
     return CROP
 
 
 def _patch() -> int:
-    from hired.models.tiny_vlm import PATCH
-
     return PATCH
 
 
 def layout(scene: Scene) -> Layout:
     """The scene's partition layout for hired-tiny."""
-    return layout_for(scene.size, task._geometry())
+    return layout_for(scene.size, geometry())
 
 
 def _overlap(lo: np.ndarray, hi: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -226,7 +223,7 @@ def box_coverage(size: tuple[int, int], grid: tuple[int, int], boxes: np.ndarray
 
 @functools.lru_cache(maxsize=4096)
 def _mappings(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    lay = layout_for(size, task._geometry())
+    lay = layout_for(size, geometry())
     return full_to_subimage(lay).numpy(), row_chunk_to_subimage(lay).numpy()
 
 
@@ -281,7 +278,7 @@ def _size(rng: np.random.Generator, grid: tuple[int, int]) -> tuple[int, int]:
     while True:  # a slightly jittered aspect ratio, as long as anyres still picks this grid
         h = int(round(rows * unit * rng.uniform(0.97, 1.03)))
         w = int(round(cols * unit * rng.uniform(0.97, 1.03)))
-        if layout_for((h, w), task._geometry()).grid == grid:
+        if layout_for((h, w), geometry()).grid == grid:
             return h, w
 
 

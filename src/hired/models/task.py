@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from hired.core.grid import layout_for
+from hired.models.geometry import geometry
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (215, 30, 30), "green": (30, 170, 50), "blue": (35, 75, 225), "yellow": (240, 215, 25)}
@@ -121,21 +122,13 @@ def photo(name: str) -> np.ndarray:
     return np.ascontiguousarray(array[:, :, :3]).astype(np.uint8)
 
 
-@functools.cache
-def _geometry():
-    from hired.core.grid import Geometry
-    from hired.models.tiny_vlm import CROP, PATCH, pinpoints
-
-    return Geometry(CROP, PATCH, tuple(tuple(p) for p in pinpoints()))
-
-
 def _scene(rng: np.random.Generator, photos: tuple[str, ...]) -> Scene:
     rows, cols = GRIDS[rng.integers(len(GRIDS))]
     unit = int(rng.integers(150, 231))
     while True:  # a slightly jittered aspect ratio, as long as anyres still picks this grid
         h = int(round(rows * unit * rng.uniform(0.97, 1.03)))
         w = int(round(cols * unit * rng.uniform(0.97, 1.03)))
-        if layout_for((h, w), _geometry()).grid == (rows, cols):
+        if layout_for((h, w), geometry()).grid == (rows, cols):
             break
     name = photos[rng.integers(len(photos))]
     ph, pw = photo(name).shape[:2]

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
+from hired.builders import IMAGE_TOKEN, bpe_tokenizer, wrap_tokenizer
+from hired.models.dense import all_answers, all_questions
 from hired.models.dinov2 import IMAGE_MEAN, IMAGE_STD, dinov2_config, load_dinov2
-from hired.tiny import IMAGE_TOKEN, bpe_tokenizer, wrap_tokenizer
+from hired.models.geometry import CROP, PATCH, pinpoints  # noqa: F401 (tiny_vlm.CROP, ... as before)
 
-CROP = 112
-PATCH = 14
 WEIGHTS_DIR = Path(__file__).with_name("hired_tiny")
 WEIGHTS_FILE = "language.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
@@ -38,16 +38,9 @@ def prompt(question: str) -> str:
     return PROMPT.format(question=question)
 
 
-def pinpoints(crop: int = CROP) -> list[list[int]]:
-    """Grids 1x2, 2x1, 2x2, 1x3, 3x1 as ``(height, width)`` in pixels."""
-    return [[crop, 2 * crop], [2 * crop, crop], [2 * crop, 2 * crop], [crop, 3 * crop], [3 * crop, crop]]
-
-
 def build_tokenizer(vocab_size: int = 448):
     """A byte-level BPE trained on every question and answer of both question families (no download):
     :mod:`hired.models.task` and :mod:`hired.models.dense`."""
-    from hired.models.dense import all_answers, all_questions
-
     text = [prompt(q).replace(IMAGE_TOKEN, "") + " " + a for q in all_questions() for a in all_answers()]
     return bpe_tokenizer(text, vocab_size)
 

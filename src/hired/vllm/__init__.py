@@ -16,23 +16,23 @@ Only fixed-budget methods work here (vLLM sizes each prompt from the image size 
 from __future__ import annotations
 
 ARCHITECTURES = {
-    "LlavaNextForConditionalGeneration": "HiredLlavaNextForConditionalGeneration",
-    "LlavaForConditionalGeneration": "HiredLlavaForConditionalGeneration",
-    "LlavaOnevisionForConditionalGeneration": "HiredLlavaOnevisionForConditionalGeneration",
-    "Qwen2_5_VLForConditionalGeneration": "HiredQwen2_5_VLForConditionalGeneration",
-    "Qwen3VLForConditionalGeneration": "HiredQwen3VLForConditionalGeneration",  # refuses ``hired`` (not served yet)
+    "LlavaNextForConditionalGeneration": ("llava_next", "HiredLlavaNextForConditionalGeneration"),
+    "LlavaForConditionalGeneration": ("llava", "HiredLlavaForConditionalGeneration"),
+    "LlavaOnevisionForConditionalGeneration": ("onevision", "HiredLlavaOnevisionForConditionalGeneration"),
+    "Qwen2_5_VLForConditionalGeneration": ("qwen2_5_vl", "HiredQwen2_5_VLForConditionalGeneration"),
+    "Qwen3VLForConditionalGeneration": ("qwen3_vl", "HiredQwen3VLForConditionalGeneration"),  # refuses ``hired``
 }
+"""vLLM architecture → (module of :mod:`hired.vllm`, class): one module per family, one line each."""
 
 
 def register() -> None:
     """The ``vllm.general_plugins`` entry point: register the HiRED-capable classes (idempotent)."""
+    import importlib
+
     from vllm import ModelRegistry
 
-    from hired.vllm import models, qwen, refused
-
-    for arch, name in ARCHITECTURES.items():
-        module = next(m for m in (models, qwen, refused) if hasattr(m, name))
-        ModelRegistry.register_model(arch, getattr(module, name))
+    for arch, (module, name) in ARCHITECTURES.items():
+        ModelRegistry.register_model(arch, getattr(importlib.import_module(f"hired.vllm.{module}"), name))
 
 
 def last_selection(llm) -> list:

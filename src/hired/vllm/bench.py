@@ -1,4 +1,4 @@
-"""``hired bench-vllm`` (or ``python -m hired.vllm.bench``): serving throughput and TTFT through vLLM.
+"""Serving throughput and TTFT through vLLM, as ``hired bench-vllm`` (:mod:`hired.cli.bench_vllm`) runs it.
 
 For each configuration — stock vLLM (no ``hired`` key), a method at every budget, and the oracle at every
 budget (the same token count with no selection work: the first patches in pack order) — one in-process
@@ -21,12 +21,9 @@ median of the paired per-run ratios.
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import os
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -34,59 +31,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hired.bench.cli import _floats
-
 DEFAULT_BUDGETS = (1.0, 0.4, 0.2)
 PROMPT = "USER: <image>\nDescribe the picture in detail . ASSISTANT:"
-
-
-def add_bench_vllm_parser(sub) -> argparse.ArgumentParser:
-    """Register ``hired bench-vllm`` on an ``argparse`` sub-parser collection."""
-    p = sub.add_parser(
-        "bench-vllm",
-        help="serving benchmark through vLLM: requests/s, output tokens/s, TTFT with and without a method",
-        description=__doc__.split("\n\n")[1],
-    )
-    _add_arguments(p)
-    p.set_defaults(func=cmd_bench_vllm)
-    return p
-
-
-def _add_arguments(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument(
-        "--model", help="local model folder or hub id that vLLM loads (LLaVA-NeXT, LLaVA-1.5 or LLaVA-OneVision)"
-    )
-    src.add_argument(
-        "--arch", help="a `hired bench` architecture with random weights, e.g. small (needs --random-weights)"
-    )
-    p.add_argument("--random-weights", action="store_true", help="confirm --arch: random weights, nothing downloaded")
-    p.add_argument("--method", default="hired", help="fixed-budget method name (default hired)")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, repeatable")
-    p.add_argument(
-        "--budgets", type=_floats, default=DEFAULT_BUDGETS, help="comma-separated budgets, default 1.0,0.4,0.2"
-    )
-    p.add_argument("--requests", type=int, default=8, help="requests per throughput run (default 8)")
-    p.add_argument("--new-tokens", type=int, default=16, help="tokens generated per request, exactly (default 16)")
-    p.add_argument("--runs", type=int, default=3, help="timed runs per configuration (default 3)")
-    p.add_argument("--image-size", type=int, default=600, help="side of the square synthetic images (default 600)")
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "float32", "bfloat16", "float16"),
-        help="vLLM dtype; auto: float32 on a CPU, float16 on CUDA",
-    )
-    p.add_argument("--max-model-len", type=int, default=4096)
-    p.add_argument("--tensor-parallel-size", type=int, default=1)
-    p.add_argument(
-        "--gpu-memory-utilization",
-        type=float,
-        default=None,
-        help="per engine (a method and its oracle run side by side); default 0.85 / engines on CUDA",
-    )
-    p.add_argument("--no-oracle", action="store_true", help="skip the oracle rows")
-    p.add_argument("--json", metavar="PATH", help="write the results (every run) as JSON")
-    p.add_argument("--markdown", metavar="PATH", help="write the Markdown table")
 
 
 def _images(size: int, seeds: list[int]):
@@ -135,16 +81,17 @@ def _machine() -> dict:
     return info
 
 
-def _prepare_model(args, workdir: Path) -> str:
+def prepare_model(args, workdir: Path) -> str:
+    """The folder vLLM loads: ``args.model``, or the random-weight ``args.arch`` written to ``workdir``."""
     if args.model:
         return args.model
     if not args.random_weights:
-        raise SystemExit("hired bench-vllm: --arch builds random weights; confirm with --random-weights")
+        raise ValueError("--arch builds random weights; confirm with --random-weights")
     from hired.bench.archs import ARCHS, build_arch
     from hired.vllm.checkpoint import save_for_vllm
 
     if args.arch not in ARCHS:
-        raise SystemExit(f"hired bench-vllm: unknown --arch {args.arch!r}; available: {', '.join(ARCHS)}")
+        raise ValueError(f"unknown --arch {args.arch!r}; available: {', '.join(ARCHS)}")
     model, processor = build_arch(args.arch)
     path = workdir / args.arch
     save_for_vllm(model, processor, path)
@@ -153,22 +100,22 @@ def _prepare_model(args, workdir: Path) -> str:
     return str(path)
 
 
-def _method_entry(args, budget: float, oracle: bool) -> dict:
-    from hired.commands import guess_value as _parse_value
+def method_entry(args, budget: float, oracle: bool) -> dict:
+    """The ``hired`` entry of vLLM's ``hf_overrides`` for ``args.method`` (with its ``--option`` values) at
+    ``budget``, or its oracle; ``ValueError`` for an option that is not ``KEY=VALUE`` or a method config
+    that :func:`hired.vllm.config.parse_method` refuses."""
+    from hired.methods.options import guess_value
     from hired.vllm.config import parse_method
 
     entry = {"method": args.method, "budget": budget}
     for item in args.option or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"hired bench-vllm: --option expects KEY=VALUE, got {item!r}")
-        entry[key.strip().replace("-", "_")] = _parse_value(value)
+            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
+        entry[key.strip().replace("-", "_")] = guess_value(value)
     if oracle:
         entry["oracle"] = True
-    try:
-        parse_method(entry)
-    except ValueError as err:
-        raise SystemExit(f"hired bench-vllm: {err}") from None
+    parse_method(entry)
     return entry
 
 
@@ -342,11 +289,6 @@ def overheads(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _command_line() -> str:
-    prog = "hired" if Path(sys.argv[0]).name == "hired" else "python -m hired.vllm.bench"
-    return " ".join([prog] + [shlex.quote(a) for a in sys.argv[1:]])
-
-
 def _fmt(s: dict, digits: int) -> str:
     return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}, {s['max']:.{digits}f}]"
 
@@ -364,6 +306,39 @@ def _stage(row: dict, name: str) -> str:
     return "–" if s is None else f"{s['median']:.1f} [{s['min']:.1f}]"
 
 
+def table(rows: list[dict]) -> str:
+    """The throughput and TTFT table of ``rows`` (the ``rows`` of ``hired bench-vllm --json``), one line per
+    configuration: median [min, max] over the runs; the TTFT's stages: median [min]."""
+    lines = [
+        "| configuration | prompt tokens | requests/s | output tokens/s | TTFT (ms) | vision tower (ms) | "
+        "selection (ms) | rest of TTFT (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['config']} | {row['prompt_tokens']:.0f} | {_fmt(row['requests_per_s'], 3)} | "
+            f"{_fmt(row['output_tokens_per_s'], 2)} | {_fmt(row['ttft_ms'], 1)} | {_stage(row, 'vision')} | "
+            f"{_stage(row, 'selection')} | {_stage(row, 'rest')} |"
+        )
+    return "\n".join(lines)
+
+
+def overhead_table(overheads: list[dict]) -> str:
+    """The method-vs-oracle table of ``overheads`` (the ``overheads`` of ``hired bench-vllm --json``, as
+    :func:`overheads` computes them), one line per method configuration and its oracle."""
+    lines = [
+        "| method vs oracle | TTFT, medians | TTFT, minima | TTFT, paired runs (median) | [CLS] rows / vision tower "
+        "| selection / vision tower |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for o in overheads:
+        lines.append(
+            f"| {o['config']} vs {o['oracle']} | {_pct(o['ttft_median'])} | {_pct(o['ttft_min'])} | "
+            f"{_pct(o['ttft_paired_median'])} | {_share(o['cls_rows_of_vision'])} | {_share(o['selection_of_vision'])} |"
+        )
+    return "\n".join(lines)
+
+
 def markdown(result: dict) -> str:
     """The results as Markdown tables (median [min, max] over the runs; stages: median [min])."""
     m, s = result["machine"], result["settings"]
@@ -379,17 +354,7 @@ def markdown(result: dict) -> str:
         f"{s['image_size']} picture per request (a new one every request); TTFT: one request alone, one token; "
         f"median [min, max] of {s['runs']} runs; a method and its oracle interleaved run by run on the same pictures",
         "",
-        "| configuration | prompt tokens | requests/s | output tokens/s | TTFT (ms) | vision tower (ms) | "
-        "selection (ms) | rest of TTFT (ms) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in result["rows"]:
-        lines.append(
-            f"| {row['config']} | {row['prompt_tokens']:.0f} | {_fmt(row['requests_per_s'], 3)} | "
-            f"{_fmt(row['output_tokens_per_s'], 2)} | {_fmt(row['ttft_ms'], 1)} | {_stage(row, 'vision')} | "
-            f"{_stage(row, 'selection')} | {_stage(row, 'rest')} |"
-        )
-    lines += [
+        table(result["rows"]),
         "",
         "TTFT split (median [min]) from the model's stage clock in each TTFT request: the vision tower (for a "
         "method with its [CLS]-row hooks), the selection (tower end to projector start: scores, budgets, top-k, "
@@ -397,17 +362,7 @@ def markdown(result: dict) -> str:
     ]
     over = result.get("overheads") or []
     if over:
-        lines += [
-            "",
-            "| method vs oracle | TTFT, medians | TTFT, minima | TTFT, paired runs (median) | [CLS] rows / vision tower "
-            "| selection / vision tower |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for o in over:
-            lines.append(
-                f"| {o['config']} vs {o['oracle']} | {_pct(o['ttft_median'])} | {_pct(o['ttft_min'])} | "
-                f"{_pct(o['ttft_paired_median'])} | {_share(o['cls_rows_of_vision'])} | {_share(o['selection_of_vision'])} |"
-            )
+        lines += ["", overhead_table(over)]
     lines += [
         "",
         "Oracle: the same token count as the method at that budget, with no [CLS] scores and no selection "
@@ -417,18 +372,23 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_bench_vllm(args) -> int:
+def run_bench_vllm(args, command: str) -> dict:
+    """Run the benchmark that ``args`` describe (the options of ``hired bench-vllm`` as attributes: ``model``
+    or ``arch`` with ``random_weights``, ``method``, ``option``, ``budgets``, ``requests``, ``new_tokens``,
+    ``runs``, ``image_size``, ``dtype``, ``max_model_len``, ``tensor_parallel_size``,
+    ``gpu_memory_utilization``, ``no_oracle``); returns the JSON-ready result (:func:`markdown` renders it),
+    ``command`` being the command line it records. ``ValueError`` for settings it refuses."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     for name in ("requests", "new_tokens", "runs", "image_size"):
         if getattr(args, name) < 1:
-            raise SystemExit(f"hired bench-vllm: --{name.replace('_', '-')} must be at least 1")
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     if not args.budgets:
-        raise SystemExit("hired bench-vllm: --budgets needs at least one budget")
+        raise ValueError("--budgets needs at least one budget")
     groups = [[("stock vLLM", {})]]  # engines of one group are alive together and interleaved
     for budget in args.budgets:
-        group = [(f"{args.method} {budget:g}", {"hired": _method_entry(args, budget, oracle=False)})]
+        group = [(f"{args.method} {budget:g}", {"hired": method_entry(args, budget, oracle=False)})]
         if not args.no_oracle:
-            group.append((f"oracle {budget:g}", {"hired": _method_entry(args, budget, oracle=True)}))
+            group.append((f"oracle {budget:g}", {"hired": method_entry(args, budget, oracle=True)}))
         groups.append(group)
     if args.dtype == "auto":
         try:
@@ -439,7 +399,7 @@ def cmd_bench_vllm(args) -> int:
             args.dtype = "float32"
     load_before = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     with tempfile.TemporaryDirectory(prefix="hired-bench-vllm-") as tmp:
-        path = _prepare_model(args, Path(tmp))
+        path = prepare_model(args, Path(tmp))
         rows = []
         try:
             from tqdm import tqdm
@@ -452,7 +412,7 @@ def cmd_bench_vllm(args) -> int:
             bar.close()
     result = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": _command_line(),
+        "command": command,
         "machine": {**_machine(), "load_average_before": load_before},
         "settings": {
             "model": args.model or f"{args.arch} (random weights)",
@@ -469,22 +429,4 @@ def cmd_bench_vllm(args) -> int:
         "rows": rows,
         "overheads": overheads(rows),
     }
-    table = markdown(result)
-    print(table)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(table)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hired.vllm.bench", description=__doc__.split("\n\n")[1])
-    _add_arguments(parser)
-    return cmd_bench_vllm(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
 
-from hired.vllm.config import KEY, _error
+from hired.vllm.config import KEY, override_error
 
 
 class HiredQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
@@ -13,7 +13,7 @@ class HiredQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         if getattr(vllm_config.model_config.hf_config, KEY, None) is not None:
-            raise _error(
+            raise override_error(
                 "the vLLM plugin does not serve Qwen3-VL yet (its DeepStack features would need the same "
                 "selection in vLLM's model); run HiRED on Qwen3-VL through transformers (hired.apply), or "
                 "drop the 'hired' entry to run vLLM's stock Qwen3-VL"

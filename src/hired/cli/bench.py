@@ -1,4 +1,4 @@
-"""``hired bench``: the efficiency benchmark from the command line."""
+"""``hired bench``: the efficiency benchmark (:mod:`hired.bench`) from the command line."""
 
 from __future__ import annotations
 
@@ -8,19 +8,20 @@ import shlex
 import sys
 from pathlib import Path
 
-from hired.bench.archs import ARCHS
-from hired.bench.runner import PAPER_BATCH_SIZES, PAPER_BUDGETS, MethodSpec, Settings
-from hired.commands import DTYPES, CommandError, add_list_argument, assign_options, floats, ints, split_option
+from hired.bench.archs import ARCHS, build_arch
+from hired.bench.report import markdown, plot
+from hired.bench.runner import PAPER_BATCH_SIZES, PAPER_BUDGETS, MethodSpec, Settings, run_benchmark
+from hired.cli.common import CommandError, add_list_argument, command_errors, model_help
+from hired.images import load_image
+from hired.inference import demo_image
+from hired.loading import DTYPES, load_model, torch_dtype
+from hired.methods.options import assign_options, split_option
 
 CPU_BATCH_SIZES = (1,)
 """Default batch size on a CPU (the paper's 1, 2, 4 on CUDA): keeps ``--arch small`` to a few minutes."""
 
 DEFAULT_IMAGE_SIZE = 600
 """The paper's 600 x 600 image: 5 partitions (full image + 2x2 grid) in LLaVA-NeXT."""
-
-
-_floats = floats  # older name (hired.vllm.bench imports it): numbers separated by commas or spaces
-_ints = ints
 
 
 def add_bench_parser(sub) -> argparse.ArgumentParser:
@@ -37,7 +38,7 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
         "--model",
-        help="local model folder or hub id org/name (LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision, Qwen2.5-VL or Qwen3-VL)",
+        help=model_help(),
     )
     src.add_argument(
         "--arch", choices=sorted(ARCHS), help="a known architecture with random weights (needs --random-weights)"
@@ -86,27 +87,25 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _specs(args) -> tuple[MethodSpec, ...]:
+def method_specs(args) -> tuple[MethodSpec, ...]:
+    """The :class:`~hired.bench.runner.MethodSpec` of each of ``--methods``, with its typed ``--option`` values."""
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     if not names:
         raise CommandError("--methods needs at least one method name")
-    for item in args.option or []:
-        _, key, text = split_option(item)
-        if key == "budget" and text.strip().lower() not in ("none", "null"):
-            raise CommandError("set budgets with --budgets; --option NAME:budget=none asks for an adaptive form")
-    per = assign_options(args.option, names, "--option", "--methods")
+    with command_errors():
+        for item in args.option or []:
+            _, key, text = split_option(item)
+            if key == "budget" and text.strip().lower() not in ("none", "null"):
+                raise CommandError("set budgets with --budgets; --option NAME:budget=none asks for an adaptive form")
+        per = assign_options(args.option, names, "--option", "--methods")
     return tuple(MethodSpec(n, options) for n, options in zip(names, per))
 
 
 def _image(args):
-    from hired.images import load_image
-
     if args.image:
         return load_image(args.image), args.image
-    from hired.commands import demo_image
-
     size = (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
-    return demo_image(size), "synthetic (hired.commands.demo_image)"
+    return demo_image(size), "synthetic (hired.inference.demo_image)"
 
 
 def _command(args, settings: Settings, device: str) -> str:
@@ -155,7 +154,7 @@ def cmd_bench(args) -> int:
         raise CommandError(f"--device {device} but CUDA is not available")
     batch_sizes = args.batch_sizes or (PAPER_BATCH_SIZES if device.startswith("cuda") else CPU_BATCH_SIZES)
     settings = Settings(
-        methods=_specs(args),
+        methods=method_specs(args),
         budgets=args.budgets,
         batch_sizes=batch_sizes,
         runs=args.runs,
@@ -188,14 +187,8 @@ def cmd_bench(args) -> int:
 
 
 def _bench(args, settings: Settings, device: str) -> int:
-    from hired.bench.report import markdown, plot
-    from hired.bench.runner import run_benchmark
-    from hired.commands import load_model, torch_dtype
-
     image, image_name = _image(args)
     if args.arch:
-        from hired.bench.archs import build_arch
-
         model, processor = build_arch(args.arch, device, torch_dtype(args.dtype, device))
         name = f"{args.arch} (random weights)"
     else:

@@ -1,34 +1,38 @@
 """The ``hired`` command: the top layer that puts the subcommands together.
 
-Each subcommand lives in its own module (``generate``, ``demo`` and ``methods`` here; ``show`` in
-:mod:`hired.viz`, ``bench`` in :mod:`hired.bench.cli`, ``bench-vllm`` in :mod:`hired.vllm.bench`,
-``report`` in :mod:`hired.eval.report`, ``eval`` in :mod:`hired.eval.offline`); what they share is in
-:mod:`hired.commands`, which imports none of them. No module of the package imports this one: it is the
-console script's entry point (``hired = hired.cli:main``).
+``generate``, ``demo`` and ``methods`` live here; ``show`` in :mod:`hired.cli.show`, ``bench`` in
+:mod:`hired.cli.bench`, ``bench-vllm`` in :mod:`hired.cli.bench_vllm`, ``report`` in :mod:`hired.cli.report`
+and ``eval`` in :mod:`hired.cli.eval`; what they share is in :mod:`hired.cli.common`. Each calls the library
+(:mod:`hired.loading`, :mod:`hired.inference`, :mod:`hired.viz`, :mod:`hired.bench`, :mod:`hired.eval`,
+:mod:`hired.vllm.bench`), which raises ``ValueError`` / ``TypeError`` / ``ImportError``; :func:`main` prints
+those as ``hired: error: <message>`` and exits with 2. No module of the library imports this package: it
+is the console script's entry point (``hired = hired.cli:main``; ``python -m hired.cli`` too).
 """
 
 from __future__ import annotations
 
-import sys
-
-from hired.commands import (  # noqa: F401 (answer, build_prompt, demo_image, load_model: older scripts import them from here)
-    DTYPES,
-    CommandError,
+from hired.cli.bench import add_bench_parser
+from hired.cli.common import (
     Parser,
     add_method_args,
-    answer,
-    build_prompt,
-    demo_image,
-    error_message,
-    load_model,
-    median_times,
     method_from_args,
+    model_help,
     print_selection,
+    run_command,
 )
+from hired.cli.eval import add_eval_parser
+from hired.cli.report import add_report_parser
+from hired.cli.show import add_show_parser
+from hired.families import FAMILIES
 from hired.images import load_image
+from hired.inference import answer, build_prompt, demo_image, median_times  # noqa: F401 (older scripts import them from here)
+from hired.loading import DTYPES, load_model
+
+__all__ = ["build_parser", "main"]
+
 
 DESCRIPTION = (
-    "Drop visual tokens of LLaVA-NeXT, LLaVA-1.5 and LLaVA-OneVision models before the language model "
+    f"Drop visual tokens of {', '.join(f.title for f in FAMILIES.values())} models before the language model "
     "sees them (HiRED and other training-free methods). Run 'hired COMMAND --help' for the options of a command."
 )
 TIMING_RUNS = 3
@@ -144,7 +148,7 @@ def build_parser() -> Parser:
     gen.add_argument(
         "--model",
         required=True,
-        help="local model folder or hub id org/name (LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision, Qwen2.5-VL or Qwen3-VL)",
+        help=model_help(),
     )
     gen.add_argument("--image", required=True, help="image file path or http(s) URL")
     gen.add_argument("--prompt", required=True, help="question; wrapped in the model's chat template")
@@ -155,24 +159,12 @@ def build_parser() -> Parser:
     gen.add_argument("--compare", action="store_true", help="also answer with all tokens first")
     gen.set_defaults(func=cmd_generate)
 
-    from hired.viz import add_show_parser
-
     add_show_parser(sub)
-
-    from hired.bench.cli import add_bench_parser
-
     add_bench_parser(sub)
-
-    from hired.vllm.bench import add_bench_vllm_parser
+    from hired.cli.bench_vllm import add_bench_vllm_parser  # here: python -m hired.cli.bench_vllm runs it as __main__
 
     add_bench_vllm_parser(sub)
-
-    from hired.eval.report import add_report_parser
-
     add_report_parser(sub)
-
-    from hired.eval.offline import add_eval_parser
-
     add_eval_parser(sub)
 
     demo = sub.add_parser("demo", help="HiRED on hired-tiny, a small trained LLaVA-NeXT with a DINOv2 tower (offline)")
@@ -195,30 +187,8 @@ def build_parser() -> Parser:
     return parser
 
 
-def _user_error(message: str) -> None:
-    print(f"hired: error: {message}", file=sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Run ``hired``. A user error prints ``hired: error: <message>`` on stderr and exits with 2: argparse
-    errors and :class:`~hired.commands.CommandError` raise ``SystemExit(2)``, other bad input (a
-    ``ValueError``, ``TypeError`` or ``OSError``: a missing image, a budget out of range) returns 2."""
+    """Run ``hired``. A user error prints ``hired: error: <message>`` on stderr and exits with 2 (see
+    :func:`hired.cli.common.run_command`)."""
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except CommandError as err:
-        _user_error(error_message(err))
-        raise
-    except SystemExit as err:
-        if err.code is None or isinstance(err.code, int):
-            raise
-        message = error_message(err)  # a message-carrying SystemExit: the same style, exit 2
-        _user_error(message)
-        raise CommandError(message) from None
-    except (ValueError, TypeError, OSError) as err:
-        _user_error(error_message(err))
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_command(args.func, args)

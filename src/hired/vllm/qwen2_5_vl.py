@@ -15,8 +15,8 @@ stock vLLM. With it (any fixed-budget method; query-aware ones are refused, as f
   that block (the image in a full-attention block, one window otherwise;
   :func:`hired.core.scores.received_attention`, no N x N map), the fused ``qkv`` output the keys of
   merging methods. Patch scores are summed over each 2x2 merge group and put in raster order with the
-  tower's own ``reverse_indices`` (:func:`hired.adapters.qwen.pool_to_merged`); the selection is the one
-  the transformers adapter runs (:func:`hired.adapters.qwen.select_merged`), kept tokens in raster order.
+  tower's own ``reverse_indices`` (:func:`hired.core.scores.pool_to_merged`); the selection is the one
+  the transformers adapter runs (:func:`hired.engine.tokens.select_merged`), kept tokens in raster order.
 * **M-RoPE ids: exact.** vLLM computes a request's 3-D positions from the prompt and ``image_grid_thw``
   before the encoder runs (``get_mrope_input_positions``), when the kept tokens are not known yet. The
   plugin overrides it: every text and video token gets its stock id (each image counted at its stock
@@ -58,12 +58,12 @@ from vllm.model_executor.models.qwen2_5_vl import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.processing import PromptReplacement
 
-from hired.adapters import qwen as shared
 from hired.core.grid import Layout
-from hired.core.scores import received_attention
-from hired.selection import ImageSelection, PartitionSelection
+from hired.core.scores import pool_to_merged
+from hired.engine import StageClock, image_selections, oracle_keep, select_merged
+from hired.engine.scores import LayerScores, Recording
+from hired.selection import ImageSelection
 from hired.vllm.config import Spec, spec_from_config
-from hired.vllm.models import StageClock, _oracle_keep
 
 FAMILY = "qwen2_5_vl"
 CHANNELS = 4
@@ -130,51 +130,39 @@ class HiredQwen2_5_VLMultiModalProcessor(Qwen2_5_VLMultiModalProcessor):
 def record(visual: nn.Module, spec: Spec, bounds: dict[int, list[int]]) -> Iterator[tuple[dict, dict]]:
     """Within the block, a forward of vLLM's Qwen2.5-VL ViT fills ``rows[role]`` ``(seq,)`` fp32 (the
     attention each patch receives inside its block's attention segments, summed over heads) and
-    ``keys[role]`` ``(seq, H * D)`` (pre-rotary keys), patches in the tower's window order. ``bounds``
-    maps ``id`` of each ``cu_seqlens`` tensor the tower uses to its list of segment bounds."""
-    rows: dict[str, torch.Tensor] = {}
-    keys: dict[str, torch.Tensor] = {}
-    wanted: dict[int, tuple[list[str], list[str]]] = {}
-    for role, layer in spec.roles.items():
-        wanted.setdefault(layer, ([], []))[0].append(role)
-    for role, layer in spec.key_roles.items():
-        wanted.setdefault(layer, ([], []))[1].append(role)
+    ``keys[role]`` ``(seq, H * D)`` (pre-rotary keys), patches in the tower's window order; the scores are
+    :class:`hired.engine.scores.LayerScores`'. ``bounds`` maps ``id`` of each ``cu_seqlens`` tensor the
+    tower uses to its list of segment bounds."""
+    heads = visual.blocks[0].attn.num_attention_heads_per_partition
+    scores = LayerScores(spec.roles, spec.key_roles, heads, "received")
+    rec = Recording()
     handles = []
 
-    def on_attention(heads: int, row_roles: list[str]):
+    def on_attention(layer: int):
         def hook(_module, _args, kwargs):
             q, k = kwargs["query"][0], kwargs["key"][0]  # (seq, H, D), rotary applied, as attended
             cu = kwargs["cu_seqlens"]
-            edges = bounds.get(id(cu)) or cu.tolist()
-            q, k = q.flatten(1), k.flatten(1)
-            parts = [
-                received_attention(q[a:b][None], k[a:b][None], heads)[0] for a, b in zip(edges, edges[1:]) if b > a
-            ]
-            row = torch.cat(parts)
-            for role in row_roles:
-                rows[role] = row
+            row = scores.score(q.flatten(1), k.flatten(1), segments=bounds.get(id(cu)) or cu.tolist())
+            scores.put_rows(rec, layer, row)
 
         return hook
 
-    def on_qkv(heads: int, key_roles: list[str]):
+    def on_qkv(layer: int):
         def hook(_module, _inputs, output):
             x = output[0] if isinstance(output, tuple) else output  # (seq, 1, 3 * H * D)
             seq = x.shape[0]
-            k = x.detach().reshape(seq, 3, heads, -1)[:, 1].reshape(seq, -1)
-            for role in key_roles:
-                keys[role] = k
+            scores.put_keys(rec, layer, x.detach().reshape(seq, 3, heads, -1)[:, 1].reshape(seq, -1))
 
         return hook
 
     try:
-        for layer, (row_roles, key_roles) in wanted.items():
+        for layer in scores.layers:
             attn = visual.blocks[layer].attn
-            heads = attn.num_attention_heads_per_partition
-            if row_roles:
-                handles.append(attn.attn.register_forward_pre_hook(on_attention(heads, row_roles), with_kwargs=True))
-            if key_roles:
-                handles.append(attn.qkv.register_forward_hook(on_qkv(heads, key_roles)))
-        yield rows, keys
+            if layer in scores.row_roles:
+                handles.append(attn.attn.register_forward_pre_hook(on_attention(layer), with_kwargs=True))
+            if layer in scores.key_roles:
+                handles.append(attn.qkv.register_forward_hook(on_qkv(layer)))
+        yield rec.rows, rec.keys
     finally:
         for h in handles:
             h.remove()
@@ -235,10 +223,7 @@ class HiredQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration
         if not on:
             return
         clock = StageClock(next(self.visual.parameters()).device)
-        self._hired_clock_handles = [
-            self.visual.register_forward_pre_hook(lambda *_a: clock.at("vision_start")),
-            self.visual.register_forward_hook(lambda *_a: clock.at("vision_end")),
-        ]
+        self._hired_clock_handles = clock.watch({"vision": self.visual})
         self._hired_clock = clock
 
     def hired_take_timings(self) -> list[dict]:
@@ -268,7 +253,7 @@ class HiredQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration
             merged = visual(pixel_values, grid_thw=grids, encoder_metadata=metadata)
             chosen, start = [], 0
             for layout in layouts:
-                keep = _oracle_keep(layout, spec.method.count(layout))[0][0].to(merged.device)
+                keep = oracle_keep(layout, spec.method.count(layout))[0][0].to(merged.device)
                 index = keep.nonzero().flatten()
                 chosen.append((merged[start : start + layout.tokens][index], index, keep, [int(index.numel())]))
                 start += layout.tokens
@@ -284,9 +269,9 @@ class HiredQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration
             if self._hired_clock is not None:
                 self._hired_clock.at("projector_start")  # no projector stage: the merger ran in the tower
             order, unit = metadata["reverse_indices"], visual.spatial_merge_unit
-            scores = {r: shared.pool_to_merged(v, unit, order, "sum") for r, v in rows.items()}
-            keys = {r: shared.pool_to_merged(v, unit, order, "mean") for r, v in keys.items()}
-            chosen = shared.select_merged(spec.method, spec.info, layouts, merged, scores, keys)
+            scores = {r: pool_to_merged(v, unit, order, "sum") for r, v in rows.items()}
+            keys = {r: pool_to_merged(v, unit, order, "mean") for r, v in keys.items()}
+            chosen = select_merged(spec, layouts, merged, scores, keys)
         if self._hired_clock is not None:
             self._hired_clock.at("projector_start")
             self._hired_clock.at("projector_end")
@@ -375,21 +360,4 @@ class HiredQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration
         if self.hired_spec is None or self._hired_last is None:
             return []
         layouts, keeps, budgets = self._hired_last
-        spec, out = self.hired_spec, []
-        for layout, keep, budget in zip(layouts, keeps, budgets):
-            part = PartitionSelection(
-                kept=torch.nonzero(keep.cpu()).flatten().tolist(),
-                budget=budget[0],
-                grid=layout.partition_shape,
-                valid=layout.valid_counts[0],
-            )
-            out.append(
-                ImageSelection(
-                    image_size=layout.image_size,
-                    grid=layout.grid,
-                    partitions=[part],
-                    num_tokens=spec.method.count(layout),
-                    num_tokens_stock=layout.tokens,
-                )
-            )
-        return out
+        return image_selections(self.hired_spec, layouts, keeps, budgets)

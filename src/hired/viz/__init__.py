@@ -1,4 +1,4 @@
-"""Pictures of what a method kept: ``plot_selection`` and the ``hired show`` command.
+"""Pictures of what a method kept: ``plot_selection`` (drawn by ``hired show``, :mod:`hired.cli.show`).
 
     import hired, hired.viz
     run = hired.viz.run_method(model, processor, image, hired.HiRED(budget=0.2))  # one forward pass
@@ -22,9 +22,19 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from hired.core.grid import Geometry, Layout, layout_for
+from hired.core.grid import Layout
 from hired.images import load_image
 from hired.selection import ImageSelection
+from hired.viz.geometry import (
+    PAD_COLOR,
+    canvas_image,
+    full_image_view,
+    full_rects,
+    selection_layout,
+    sub_rects,
+    subimage_bounds,
+    to_numpy,
+)
 
 MISSING_MATPLOTLIB = (
     "hired show and hired.viz need matplotlib: pip install 'hired-vlm[viz]' (or pip install matplotlib)"
@@ -32,7 +42,6 @@ MISSING_MATPLOTLIB = (
 
 FULL_COLOR = "#00e5ff"  # kept full-image patches
 SUB_COLOR = "#ffb300"  # kept sub-image patches
-PAD_COLOR = (0.55, 0.55, 0.55)  # padded canvas pixels
 HEAT_CMAP = "magma"
 
 # figure layout, in display pixels (figures are drawn at DPI dots per inch, so 1 unit = 1 pixel)
@@ -72,7 +81,7 @@ def _applied_score_kind(model) -> str | None:
     return score_kind(model)
 
 
-def _matplotlib():
+def matplotlib_classes():
     """``(Figure, FigureCanvasAgg, Rectangle, Patch)`` or an ImportError that says how to install it."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -96,7 +105,7 @@ def run_method(model, processor, image, method, prompt: str = "Describe the imag
     import torch
 
     import hired
-    from hired.commands import build_prompt
+    from hired.inference import build_prompt
 
     image = load_image(image)
     previous = hired.applied_method(model)
@@ -134,86 +143,6 @@ def method_label(method) -> str:
 # ------------------------------------------------------------------------------------------ geometry
 
 
-def _layout(selection: ImageSelection) -> Layout:
-    """The selection's partition layout (valid region in canvas patches), rebuilt from its sizes."""
-    side = selection.partitions[0].grid[0]
-    rows, cols = selection.grid
-    if rows * cols == 0:
-        return Layout(image_size=selection.image_size, side=side)
-    geometry = Geometry(crop_size=side, patch_size=1, grid_pinpoints=((rows * side, cols * side),))
-    layout = layout_for(selection.image_size, geometry)
-    if layout.valid_counts != tuple(p.valid for p in selection.partitions):
-        raise ValueError("the selection's valid patch counts do not match its image size and grid")
-    return layout
-
-
-def _canvas_image(image: Image.Image, layout: Layout, crop: int) -> Image.Image:
-    """The image resized into the ``rows x cols`` canvas of ``crop``-pixel crops and centrally padded,
-    as LLaVA-NeXT's processor does (padding shown grey instead of black)."""
-    rows, cols = layout.grid
-    target_h, target_w = rows * crop, cols * crop
-    w, h = image.size
-    if target_w / w < target_h / h:
-        new_w, new_h = target_w, min(math.ceil(h * target_w / w), target_h)
-    else:
-        new_w, new_h = min(math.ceil(w * target_h / h), target_w), target_h
-    canvas = Image.new("RGB", (target_w, target_h), tuple(int(255 * c) for c in PAD_COLOR))
-    canvas.paste(image.resize((new_w, new_h), Image.BICUBIC), ((target_w - new_w) // 2, (target_h - new_h) // 2))
-    return canvas
-
-
-def _full_view(image: Image.Image, crop: int, mode: str) -> tuple[Image.Image, tuple[float, float, float, float]]:
-    """The full-image partition as the model sees it and the region ``(x0, y0, w, h)`` of the original it shows."""
-    w, h = image.size
-    if mode == "squash":
-        return image.resize((crop, crop), Image.BICUBIC), (0.0, 0.0, float(w), float(h))
-    s = min(w, h)
-    x0, y0 = (w - s) / 2, (h - s) / 2
-    view = image.crop((round(x0), round(y0), round(x0) + s, round(y0) + s)).resize((crop, crop), Image.BICUBIC)
-    return view, (x0, y0, float(s), float(s))
-
-
-def _full_rects(kept: Sequence[int], side: int, region) -> list[tuple[float, float, float, float]]:
-    """Original-image rectangles ``(x, y, w, h)`` of kept full-image patches."""
-    x0, y0, rw, rh = region
-    pw, ph = rw / side, rh / side
-    return [(x0 + (t % side) * pw, y0 + (t // side) * ph, pw, ph) for t in kept]
-
-
-def _sub_rects(
-    kept: Sequence[int], k: int, layout: Layout, size: tuple[int, int]
-) -> list[tuple[float, float, float, float]]:
-    """Original-image rectangles of kept patches of sub-image ``k``: canvas patch → valid region → pixels."""
-    w, h = size
-    side, cols = layout.side, layout.grid[1]
-    if layout.right <= layout.left or layout.bottom <= layout.top:  # no valid patch (extreme aspect ratio)
-        return []
-    pw, ph = w / (layout.right - layout.left), h / (layout.bottom - layout.top)
-    out = []
-    for t in kept:
-        row = (k // cols) * side + t // side
-        col = (k % cols) * side + t % side
-        out.append(((col - layout.left) * pw, (row - layout.top) * ph, pw, ph))
-    return out
-
-
-def _subimage_bounds(layout: Layout, size: tuple[int, int]) -> tuple[list[float], list[float]]:
-    """x and y positions (original pixels) of the inner sub-image borders that fall inside the image."""
-    w, h = size
-    side, (rows, cols) = layout.side, layout.grid
-    if layout.right <= layout.left or layout.bottom <= layout.top:  # no valid patch: no borders to draw
-        return [], []
-    xs = [(c * side - layout.left) * w / (layout.right - layout.left) for c in range(1, cols)]
-    ys = [(r * side - layout.top) * h / (layout.bottom - layout.top) for r in range(1, rows)]
-    return [x for x in xs if 0 < x < w], [y for y in ys if 0 < y < h]
-
-
-def _to_numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().float().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
 # ------------------------------------------------------------------------------------------ drawing
 
 
@@ -221,7 +150,7 @@ class _Sheet:
     """Places axes on a figure by pixel rectangles measured from the top-left corner."""
 
     def __init__(self, width: float, height: float):
-        Figure, FigureCanvasAgg, self.Rectangle, self.Patch = _matplotlib()
+        Figure, FigureCanvasAgg, self.Rectangle, self.Patch = matplotlib_classes()
         self.width, self.height = width, height
         self.fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, facecolor="white")
         FigureCanvasAgg(self.fig)
@@ -329,7 +258,7 @@ def plot_selection(
         full_view: how the full-image partition was made: ``"squash"`` (LLaVA-NeXT, the default with a
             sub-image grid) or ``"crop"`` (centre crop, LLaVA-1.5's processor, the default without one).
     """
-    _matplotlib()
+    matplotlib_classes()
     image = load_image(image)
     selections = [selection] if isinstance(selection, ImageSelection) else list(selection)
     if not selections or not all(isinstance(s, ImageSelection) for s in selections):
@@ -356,7 +285,7 @@ def plot_selection(
                 f"plot_selection draws square partitions (LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision); this selection's "
                 f"image is one {rows_}x{cols_} grid of merged tokens (Qwen2.5-VL), which it does not draw yet"
             )
-    layouts = [_layout(s) for s in selections]
+    layouts = [selection_layout(s) for s in selections]
     shapes = {(lay.grid, lay.side, lay.top, lay.bottom, lay.left, lay.right) for lay in layouts}
     if len(shapes) > 1:
         raise ValueError("all selections in one figure must come from the same image and model geometry")
@@ -445,9 +374,9 @@ def plot_selection(
     )
 
     # the processor's views of the image, upscaled for display
-    full_img, full_region = _full_view(image, crop, mode)
+    full_img, full_region = full_image_view(image, crop, mode)
     full_px = np.asarray(full_img.resize((c, c), Image.NEAREST))
-    canvas = _canvas_image(image, layout, crop) if layout.num_subimages else None
+    canvas = canvas_image(image, layout, crop) if layout.num_subimages else None
     comp_px = np.asarray(image.resize((max(1, round(comp_w)), max(1, round(comp_h))), Image.LANCZOS))
     valid = layout.valid_mask.numpy().reshape(-1, side, side)
 
@@ -546,8 +475,8 @@ def _draw_composite(sheet, sel, layout, image, comp_px, box, full_region) -> Non
     x, y, w, h = box
     W, H = image.size
     ax = sheet.axes(x, y, w, h, "hired-composite")
-    full = _full_rects(sel.partitions[0].kept, layout.side, full_region)
-    subs = [r for k, p in enumerate(sel.partitions[1:]) for r in _sub_rects(p.kept, k, layout, (W, H))]
+    full = full_rects(sel.partitions[0].kept, layout.side, full_region)
+    subs = [r for k, p in enumerate(sel.partitions[1:]) for r in sub_rects(p.kept, k, layout, (W, H))]
     # dim what no partition kept
     ph, pw = comp_px.shape[:2]
     shade = np.full((ph, pw), 0.55)
@@ -574,7 +503,7 @@ def _draw_heatmaps(sheet, scores, layers, sel, layout, image, panels, c, comp_bo
 
     role = _part_role(scores)
     if role is not None:
-        values = _to_numpy(scores[role])
+        values = to_numpy(scores[role])
         if values.shape != (len(sel.partitions), layout.tokens):
             raise ValueError(
                 f"scores[{role!r}] has shape {values.shape}, expected {(len(sel.partitions), layout.tokens)}"
@@ -588,13 +517,13 @@ def _draw_heatmaps(sheet, scores, layers, sel, layout, image, panels, c, comp_bo
     W, H = image.size
     x0, top, comp_w, comp_h = comp_box
     for j, r in enumerate(extra):
-        values = _to_numpy(scores[r])
+        values = to_numpy(scores[r])
         ax = sheet.axes(x0 + j * (comp_w + GAP), top, comp_w, comp_h, f"hired-heatmap-{r}")
         _heat(ax, values[0].reshape(side, side), None, (0, W, H, 0))
         ax.set_xlim(0, W)
         ax.set_ylim(H, 0)
         if layout.num_subimages:
-            xs, ys = _subimage_bounds(layout, (W, H))
+            xs, ys = subimage_bounds(layout, (W, H))
             for bx in xs:
                 ax.axvline(bx, color="white", lw=1.0, ls="--")
             for by in ys:
@@ -629,85 +558,11 @@ def _label_budgets(ax, sel, layout, size) -> None:
             )
 
 
-# ------------------------------------------------------------------------------------------ hired show
-
-SHOW_HELP = "draw which patches a method keeps, per partition and on the original image"
-
-
-def add_show_parser(subparsers) -> None:
-    """Register ``hired show`` on the ``hired`` command's subparsers."""
-    from hired.commands import DTYPES
-
-    p = subparsers.add_parser("show", help=SHOW_HELP, description=SHOW_HELP + " (needs matplotlib).")
-    p.add_argument(
-        "--model",
-        required=True,
-        help="local model folder or hub id org/name (LLaVA-NeXT, LLaVA-1.5 or LLaVA-OneVision)",
-    )
-    p.add_argument("--image", required=True, help="image file path or http(s) URL")
-    p.add_argument("--out", required=True, help="figure to write: .png (or .pdf, .svg, ...)")
-    p.add_argument(
-        "--method",
-        default="hired",
-        help="method name, or several separated by commas to compare them at the same budget (one row each); "
-        "per-method options as NAME:KEY=VALUE[:KEY=VALUE], e.g. hired,hired:mapping=reference (default: hired)",
-    )
-    p.add_argument("--budget", type=float, default=None, help="token budget rate in (0, 1], for every method")
-    p.add_argument("--alpha", type=float, default=None, help="full-image share of the budget (methods that have it)")
-    p.add_argument(
-        "--option",
-        action="append",
-        metavar="[NAME:]KEY=VALUE",
-        help="option for every method that has it (NAME: only for method NAME), parsed by its type",
-    )
-    p.add_argument("--prompt", default="Describe the image.", help="text that goes with the image (one forward pass)")
-    p.add_argument(
-        "--heatmap",
-        action="store_true",
-        help="also draw the attention maps the method used ([CLS] attention, or on towers without "
-        "[CLS] such as OneVision's SigLIP the attention each patch receives)",
-    )
-    p.add_argument("--title", default=None, help="figure title (default: model and image names)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda (default cpu)")
-    p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: float16 on CUDA, float32 on CPU")
-    p.set_defaults(func=cmd_show)
-
-
-def methods_from_args(args) -> list:
-    """The methods of ``--method a,b:k=v`` with ``--budget``/``--alpha``/``--option`` given to each that has them.
-
-    Every option text is parsed by the method's declared type (``keep_newline=maybe`` is refused, naming
-    the option)."""
-    from hired.commands import CommandError, assign_options, build_method, method_class, option_value, split_option
-    from hired.methods.base import option_types
-
-    specs = [spec.strip() for spec in args.method.split(",") if spec.strip()]
-    if not specs:
-        raise CommandError("--method names no method")
-    names = [spec.split(":")[0].strip() for spec in specs]
-    per = assign_options(args.option, names, "--option", "--method")
-    flags = {k: getattr(args, k) for k in ("budget", "alpha") if getattr(args, k) is not None}
-    used = set()
-    methods = []
-    for spec, name, options in zip(specs, names, per):
-        cls = method_class(name)
-        for key, value in flags.items():
-            if key in option_types(cls):
-                options[key] = value
-                used.add(key)
-        for item in spec.split(":")[1:]:
-            _, key, text = split_option(item, f"--method {name}:", targeted=False)
-            options[key] = option_value(cls, key, text, f"--method {name}:{item}")
-        methods.append(build_method(name, options))
-    unused = sorted(set(flags) - used)
-    if unused:
-        raise CommandError(f"no chosen method has the option {', '.join(unused)}")
-    return methods
-
-
-def _check_out(out: Path) -> None:
-    """Raise ``ValueError`` unless matplotlib can write ``out`` (by its suffix)."""
-    Figure, FigureCanvasAgg, *_ = _matplotlib()
+def check_figure_path(out: str | Path) -> Path:
+    """``out`` as a ``Path``; ``ValueError`` unless matplotlib can write it (by its suffix), ``ImportError``
+    without matplotlib."""
+    out = Path(out)
+    Figure, FigureCanvasAgg, *_ = matplotlib_classes()
     formats = FigureCanvasAgg(Figure()).get_supported_filetypes()
     suffix = out.suffix.lower().lstrip(".")
     if suffix not in formats:
@@ -716,48 +571,4 @@ def _check_out(out: Path) -> None:
         )
     if out.is_dir():
         raise ValueError(f"--out {out} is a directory")
-
-
-def cmd_show(args) -> int:
-    """``hired show``: run each method once on the image and draw what it kept."""
-    from hired.commands import CommandError, load_model
-
-    try:
-        _matplotlib()
-    except ImportError as err:
-        raise CommandError(str(err)) from None
-    methods = methods_from_args(args)
-    image = load_image(args.image)
-    out = Path(args.out)
-    _check_out(out)
-    model, processor = load_model(args.model, args.device, args.dtype)
-    from hired.families import family_of
-
-    family = family_of(model)[1]
-    if family.mrope:
-        raise CommandError(
-            f"hired show draws LLaVA partitions; {family.title} images are one grid of merged tokens, which it "
-            "does not draw yet (hired generate and hired bench run this model)"
-        )
-    runs = [run_method(model, processor, image, method, args.prompt) for method in methods]
-    labels = [method_label(m) for m in methods]
-    fig = plot_selection(
-        image,
-        [r.selection for r in runs],
-        scores=[r.scores for r in runs] if args.heatmap else None,
-        score_layers=[r.layers for r in runs],
-        score_kind=[r.kind for r in runs],
-        labels=labels,
-        heatmap=args.heatmap,
-        title=args.title if args.title is not None else f"{Path(args.model).name} on {Path(args.image).name}",
-        patch_size=int(model.config.vision_config.patch_size),
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI)
-    for label, run in zip(labels, runs):
-        sel = run.selection
-        parts = ", ".join(f"{len(p.kept)}/{p.valid}" for p in sel.partitions)
-        grid = f"{sel.grid[0]}x{sel.grid[1]} grid, " if sel.partitions[1:] else ""
-        print(f"{label}: {grid}{sel.num_kept} patches kept (full image first; kept/valid): {parts}")
-    print(f"wrote {out}")
-    return 0
+    return out

@@ -1,0 +1,193 @@
+"""The transformers runtime for families whose images are partitions of patches (LLaVA-1.5, LLaVA-NeXT,
+LLaVA-OneVision): the vision step (tower with score hooks, selection, packing in the family's order,
+projector) and, with ``keep_positions``, the stock position ids of the kept tokens."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import torch
+from torch import nn
+
+from hired.adapters.context import (
+    SHIFT,
+    STOCK,
+    Record,
+    State,
+    StockIndex,
+    VisionStep,
+    attach_pending,
+    cache_length,
+    cache_of,
+    current,
+    hand_on,
+    remember,
+)
+from hired.adapters.prompts import take_prompt
+from hired.adapters.vision import ScoreHooks
+from hired.core.grid import Layout
+from hired.core.positions import stock_position_ids
+from hired.engine import pack_and_project, select_partitions
+from hired.methods.base import Prompts
+
+
+def image_features(
+    inner: nn.Module,
+    state: State,
+    pixel_values: torch.Tensor,
+    image_sizes: torch.Tensor | None = None,
+    vision_feature_layer=None,
+    vision_feature_select_strategy: str | None = None,
+    **kwargs,
+):
+    """Replacement for ``get_image_features``: encode, select, project the kept patches, pack.
+
+    Returns the tower's output with ``pooler_output`` a list of ``(tokens_i, hidden)`` per image.
+    """
+    config = inner.config
+    if vision_feature_layer is not None and vision_feature_layer != config.vision_feature_layer:
+        raise ValueError("hired was applied for the config's vision_feature_layer; pass None or the same value")
+    if vision_feature_select_strategy not in (None, config.vision_feature_select_strategy):
+        raise ValueError(
+            "hired was applied for the config's vision_feature_select_strategy; pass None or the same value"
+        )
+    extra = {name: kwargs.pop(name) for name in state.family.image_kwargs() if name in kwargs}
+    aspect = kwargs.pop("vision_aspect_ratio", None)
+    if aspect is not None and aspect != getattr(config, "vision_aspect_ratio", None):
+        raise ValueError("hired was applied for the config's vision_aspect_ratio; pass None or the same value")
+    pixel_values_given = pixel_values
+    layouts, pixel_values = state.family.batch_layouts(state.geometry, pixel_values, image_sizes, extra)
+    kwargs.pop("return_dict", None)
+    kwargs["output_hidden_states"] = True
+    with state.calls.running(), state.hooks.recording() as rec:
+        tower_out = inner.vision_tower(pixel_values, return_dict=True, **kwargs)
+    prefix = state.family.prefix_tokens(config)  # [CLS], when the features drop it
+    feats = torch.cat(
+        [tower_out.hidden_states[i][:, prefix:] for i in state.plan.hidden_layers], dim=-1
+    )  # (sum P, T, Dv)
+    tokens = layouts[0].tokens
+    if feats.shape[1] != tokens:
+        raise ValueError(f"the vision tower gave {feats.shape[1]} patch tokens per partition, expected {tokens}")
+    state.hooks.scores.check_complete(rec)
+    scores = {role: row[:, -tokens:] for role, row in rec.rows.items()}
+    keys = {role: k[:, -tokens:] for role, k in rec.keys.items()}
+    prompts = take_prompt(inner, state, layouts, pixel_values_given) if state.method.query_aware else None
+    tower_out.pooler_output, record = select_and_pack(inner, state, layouts, scores, keys, feats, prompts)
+    hand_on(state, record)
+    if state.method.query_aware and prompts is None:  # encoded without its prompt: select again with one
+        attach_pending(
+            state, tower_out.pooler_output, layouts, [lay.num_partitions for lay in layouts], scores, keys, feats
+        )
+    tower_out._hired_record = record
+    return tower_out
+
+
+def select_and_pack(
+    inner: nn.Module,
+    state: State,
+    layouts: list[Layout],
+    scores: dict,
+    keys: dict,
+    feats: torch.Tensor,
+    prompts: Prompts | None,
+) -> tuple[list[torch.Tensor], Record]:
+    """Select the kept patches of ``feats`` ``(sum P, T, Dv)``, project them and pack them in LLaVA's order.
+
+    Returns one ``(tokens_i, D)`` tensor per image (each carrying its stock indices) and the step's record.
+    A method reading projected features gets every patch projected (without autograd) for its choice; the
+    kept ones are projected again from ``feats``, so they equal what any other method keeping them gives.
+    """
+    project = inner.multi_modal_projector
+    selection = select_partitions(state.plan, layouts, scores, keys, feats, project, prompts)
+    out, packed = pack_and_project(
+        state.plan, layouts, selection, feats, project, getattr(inner, "image_newline", None)
+    )
+    images = tuple(
+        StockIndex(index, n) for index, n in zip(packed.stock_index.split(packed.lengths), packed.stock_lengths)
+    )
+    record = Record(layouts, selection, scores, packed.lengths, images)
+    for features, image in zip(out, images):
+        setattr(features, STOCK, image)  # travels with the features into mm_encoder_outputs
+    return out, record
+
+
+def stock_positions(state: State, _module, args, kwargs):
+    """Forward pre-hook of the language model (``keep_positions``): give a prompt's tokens their stock
+    position ids, and decoding steps their stock continuation."""
+    cache = cache_of(kwargs)
+    position_ids = kwargs.get("position_ids")
+    past = cache_length(cache)
+    if past:
+        shift = getattr(cache, SHIFT, None)
+        if shift is not None:
+            if position_ids is None:
+                embeds = kwargs["inputs_embeds"]
+                position_ids = torch.arange(past, past + embeds.shape[1], device=embeds.device).expand(
+                    embeds.shape[0], -1
+                )
+            kwargs["position_ids"] = position_ids + shift[:, None]
+        return args, kwargs
+    forward = current().forward
+    if forward is None or forward.state is not state or forward.images is None or forward.image_mask is None:
+        return None  # a prompt without images: its ids are the stock ones
+    images, mask = forward.images, forward.image_mask
+    if position_ids is None:
+        position_ids = torch.arange(mask.shape[1], device=mask.device).expand(mask.shape[0], -1)
+    if position_ids.dim() != 2:
+        raise ValueError(f"keep_positions needs (batch, sequence) position_ids, got shape {tuple(position_ids.shape)}")
+    new, shift = stock_position_ids(
+        position_ids,
+        mask,
+        torch.cat([i.index for i in images]),
+        [len(i.index) for i in images],
+        [i.length for i in images],
+    )
+    kwargs["position_ids"] = new
+    if cache is not None:
+        setattr(cache, SHIFT, shift)
+    else:
+        forward.shift = shift  # keep_shift puts it on the cache the language model makes
+    if forward.record is not None:
+        remember(state, dataclasses.replace(forward.record, positions=(new, mask)))
+    return args, kwargs
+
+
+def keep_shift(_module, _args, output):
+    """Forward hook of the language model (``keep_positions``): a cache created inside the pass gets the
+    prompt's shift, so decoding steps with it continue from the stock ids."""
+    forward = current().forward
+    shift = getattr(forward, "shift", None)
+    if shift is None:
+        return None
+    forward.shift = None
+    cache = getattr(output, "cache", None)
+    cache = getattr(output, "past_key_values", None) if cache is None else cache
+    if cache is not None:
+        setattr(cache, SHIFT, shift)
+    return None
+
+
+class PartitionStep(VisionStep):
+    """LLaVA-1.5, LLaVA-NeXT and LLaVA-OneVision: partitions of patches, packed in the family's order."""
+
+    def hooks(self, state: State) -> ScoreHooks:
+        return ScoreHooks(state.layers, state.info.num_heads, state.roles, state.key_roles, kind=state.score_kind)
+
+    def patches(self, state: State) -> dict:
+        return {"get_image_features": image_features}
+
+    def language_hooks(self, state: State, language_model: nn.Module) -> list:
+        if not state.method.keep_positions:
+            return []
+        return [
+            language_model.register_forward_pre_hook(functools.partial(stock_positions, state), with_kwargs=True),
+            language_model.register_forward_hook(keep_shift),
+        ]
+
+    def select(self, inner, state, layouts, scores, keys, features, prompts, deep=()) -> tuple:
+        outs, record = select_and_pack(inner, state, layouts, scores, keys, features, prompts)
+        return outs, record, []
+
+
+STEP = PartitionStep()

@@ -1,0 +1,252 @@
+"""The vLLM plugin's part shared by the families whose images are partitions of patches (LLaVA-NeXT,
+LLaVA-1.5, LLaVA-OneVision: :mod:`hired.vllm.llava_next`, :mod:`hired.vllm.llava`, :mod:`hired.vllm.onevision`,
+thin subclasses of vLLM's own classes).
+
+Without ``hired`` in the model's ``hf_overrides`` every override below calls the parent, so the model
+runs exactly as stock vLLM. With it:
+
+* the processing info's ``get_num_image_tokens`` returns the core's count for the image size
+  (:func:`hired.methods.base.num_image_tokens`), so vLLM writes that many placeholders into the prompt;
+* ``_process_image_input`` runs vLLM's vision tower with score hooks on the layers the method needs
+  (q and k out of each layer's fused ``qkv_proj``; no N x N map): the [CLS] row on a CLIP tower, or the
+  attention each patch receives (:func:`hired.core.scores.received_attention`, queries in chunks) on a
+  SigLIP tower or with ``score="received"``; the method selects, the kept features are packed in the
+  promised order (:func:`hired.methods.pack.pack_features`), then projected.
+
+LLaVA-OneVision (SigLIP, no [CLS], ``vision_feature_select_strategy="full"``): vLLM 0.32 cuts every image
+of a prompt with the full anyres grid, also in a prompt with several images (its processor hands the
+images to the Hugging Face image processor as one flat list, which treats each as a single-image prompt;
+transformers' own prompts encode each image of a multi-image prompt as one crop plus one newline), and so
+does the plugin: one layout per image from its size alone. The kept patches are packed as the
+transformers adapter packs them (full image, then the unpadded canvas row by row with the family's
+newline slots); the budget is taken of the ``P x T`` patches before OneVision's anyres_max
+interpolation, and kept patches are never interpolated. Videos take vLLM's own path, untouched. vLLM
+0.32's stock OneVision counts and interpolates with ``anyres_max_9`` whatever ``vision_aspect_ratio``
+says; the plugin's layouts (``num_tokens_stock`` of :func:`hired.vllm.last_selection`) follow the config,
+as transformers does; the published checkpoints use ``anyres_max_9``, where the two agree.
+
+An encoder pass makes no host round trip per image: the only device-to-host reads are the batch's image
+sizes and the method's own (HiRED: one ``tolist`` of the budgets of the whole batch); what the pass kept
+stays on the device until :meth:`PartitionModelMixin.hired_last_selection` asks for it. ``hired_timing``
+switches on a per-pass stage clock (vision tower, [CLS] rows inside it, selection, projector) that
+``hired bench-vllm`` reads; off, it costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from hired.core.grid import Layout
+from hired.engine import StageClock, image_selections, oracle_keep, pack_and_project, select_partitions
+from hired.engine.scores import LayerScores, Recording
+from hired.methods.base import Selection
+from hired.selection import ImageSelection
+from hired.vllm.config import Spec, spec_from_config
+
+
+class CountMixin:
+    """Placeholder count from the core when ``hired`` is configured, vLLM's own otherwise."""
+
+    _family: str
+
+    def hired_spec(self) -> Spec | None:
+        config = self.get_hf_config()
+        cached = self.__dict__.get("_hired_spec")
+        if cached is None or cached[0] is not config:
+            cached = (config, spec_from_config(config, self._family))
+            self.__dict__["_hired_spec"] = cached
+        return cached[1]
+
+    def get_num_image_tokens(self, *, image_width: int, image_height: int) -> int:
+        spec = self.hired_spec()
+        if spec is None:
+            return super().get_num_image_tokens(image_width=image_width, image_height=image_height)
+        return spec.num_tokens(image_height, image_width)
+
+
+def attention_modules(tower: nn.Module) -> nn.ModuleList:
+    """The ``self_attn`` module of every encoder layer vLLM built (``vision_model.encoder.layers`` of
+    vLLM's CLIPVisionModel and SiglipVisionModel; each has a fused ``qkv_proj`` and ``num_heads_per_partition``
+    and ``tp_size``)."""
+    try:
+        layers = tower.vision_model.encoder.layers
+        attns = nn.ModuleList([layer.self_attn for layer in layers])
+        for attn in attns:
+            attn.qkv_proj, attn.num_heads_per_partition, attn.tp_size  # noqa: B018 - what the hooks read
+    except AttributeError:
+        raise TypeError(
+            f"hired expects vLLM's CLIPVisionModel or SiglipVisionModel as vision tower, got {type(tower).__name__}"
+        ) from None
+    return attns
+
+
+def fused_qk(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Strided views ``(q, k)``, each ``(..., H * D)``, of a fused ``(..., 3 * H * D)`` ``qkv_proj`` output
+    (q, k, v side by side, as vLLM's ``QKVParallelLinear`` gives them): no copy of the key matrix."""
+    width = qkv.shape[-1] // 3
+    return qkv[..., :width], qkv[..., width : 2 * width]
+
+
+@contextmanager
+def record(
+    attns: Sequence[nn.Module],
+    roles: Mapping[str, int],
+    key_roles: Mapping[str, int],
+    clock: StageClock | None = None,
+    kind: str = "cls",
+) -> Iterator[tuple[dict, dict]]:
+    """Within the block, a tower forward fills ``rows[role]`` with ``(B, N)`` fp32 scores summed over all
+    heads (``kind="cls"``: the [CLS] row; ``"received"``: the attention each token receives) and
+    ``keys[role]`` with ``(B, N, H * D)`` keys, from the hooked layers' ``qkv_proj`` (``attns``: every
+    encoder layer's ``self_attn``; the scores: :class:`hired.engine.scores.LayerScores`). With a
+    ``clock``, the time in the hooks is marked."""
+    scores = LayerScores(roles, key_roles, attns[0].num_heads_per_partition if len(attns) else 1, kind)
+    rec = Recording()
+    handles = []
+
+    def hook(attn, layer: int):
+        def on_qkv(_module, _inputs, output):
+            qkv = output[0] if isinstance(output, tuple) else output  # (B, N, 3 * H_local * D)
+            start = clock.mark() if clock is not None and clock.current is not None else None
+            q, k = fused_qk(qkv)
+            if layer in scores.row_roles:
+                row = scores.score(q[:, 0] if scores.kind == "cls" else q, k)
+                if attn.tp_size > 1:  # heads are split over tensor-parallel ranks: add up their rows
+                    from vllm.distributed import tensor_model_parallel_all_reduce
+
+                    row = tensor_model_parallel_all_reduce(row)
+                scores.put_rows(rec, layer, row)
+            scores.put_keys(rec, layer, k.detach())
+            if start is not None:
+                clock.current["cls"].append((start, clock.mark()))
+
+        return on_qkv
+
+    try:
+        for layer in scores.layers:
+            attn = attns[layer]
+            if layer in scores.key_roles and attn.tp_size > 1:
+                raise NotImplementedError("merging methods need all heads' keys; run the vision tower unsharded")
+            handles.append(attn.qkv_proj.register_forward_hook(hook(attn, layer)))
+        yield rec.rows, rec.keys
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class PartitionModelMixin:
+    """Encoder → [CLS] rows → selection → pack → projector, for ``spec`` (``None``: the parent's path)."""
+
+    _family: str
+
+    def _hired_init(self) -> None:
+        self.hired_spec = spec_from_config(self.config, self._family)
+        self._hired_last: tuple[list[Layout], torch.Tensor, list[list[int]]] | None = None
+        self._hired_clock: StageClock | None = None
+        self._hired_clock_handles: list = []
+        self._hired_attns: nn.ModuleList | None = None
+        if self.hired_spec is not None:
+            attns = attention_modules(self.vision_tower)  # fail at start-up on an unexpected tower
+            if self.hired_spec.key_roles and attns[0].tp_size > 1:
+                raise ValueError(
+                    f"hf_overrides['hired']: {self.hired_spec.method.name} merges by keys of all heads, which "
+                    "tensor parallelism splits over ranks; use a selection-only method (hired, cls_topk, spatial, "
+                    "random) or tensor_parallel_size=1"
+                )
+            self._hired_attns = attns
+
+    # ----------------------------------------------------------------------------------- stage clock
+
+    def hired_timing(self, on: bool = True) -> None:
+        """Switch the per-pass stage clock on (and clear it) or off. Works with and without ``hired``."""
+        for handle in self._hired_clock_handles:
+            handle.remove()
+        self._hired_clock_handles = []
+        self._hired_clock = None
+        if not on:
+            return
+        clock = StageClock(next(self.vision_tower.parameters()).device)
+        self._hired_clock_handles = clock.watch({"vision": self.vision_tower, "projector": self.multi_modal_projector})
+        self._hired_clock = clock
+
+    def hired_take_timings(self) -> list[dict]:
+        """Stage seconds of every encoder pass since the last call (see :meth:`StageClock.take`); empty
+        when the clock is off."""
+        return [] if self._hired_clock is None else self._hired_clock.take()
+
+    def _process_image_input(self, image_input):
+        clock = self._hired_clock
+        if clock is None:
+            return self._hired_process_image_input(image_input)
+        clock.begin()
+        out = self._hired_process_image_input(image_input)
+        clock.end(len(out))
+        return out
+
+    # ---------------------------------------------------------------------------------- the hired path
+
+    def _hired_features(self, pixel_values: torch.Tensor, layouts: list[Layout]) -> list[torch.Tensor]:
+        """``pixel_values`` ``(sum P, C, H, W)`` → one ``(tokens_i, D)`` tensor per image."""
+        spec = self.hired_spec
+        tokens = layouts[0].tokens
+        if spec.oracle:
+            feats = self._image_pixels_to_features(self.vision_tower, pixel_values)
+            parts = [oracle_keep(lay, spec.method.count(lay)) for lay in layouts]
+            selection = Selection(keep=torch.cat([k for k, _ in parts]).to(feats.device), budgets=[b for _, b in parts])
+        else:
+            with record(self._hired_attns, spec.roles, spec.key_roles, self._hired_clock, spec.score_kind) as (
+                rows,
+                keys,
+            ):
+                feats = self._image_pixels_to_features(self.vision_tower, pixel_values)  # (sum P, T, Dv)
+            scores = {role: row[:, -tokens:] for role, row in rows.items()}
+            keys = {r: k[:, -tokens:] for r, k in keys.items()}
+            selection = select_partitions(spec, layouts, scores, keys, feats, self.multi_modal_projector)
+        if feats.shape[1] != tokens:
+            raise ValueError(f"the vision tower gave {feats.shape[1]} patch tokens per partition, expected {tokens}")
+        # kept on the device: copying it to the host here would wait for the selection on every pass
+        self._hired_last = (layouts, selection.keep.detach(), selection.budgets)
+        newline = getattr(self, "image_newline", None)
+        embeds, _ = pack_and_project(spec, layouts, selection, feats, self.multi_modal_projector, newline)
+        return embeds
+
+    def _hired_anyres_features(self, image_input) -> list[torch.Tensor]:
+        """LLaVA-NeXT / OneVision pixel input (``pixel_values`` ``(B, P_max, C, H, W)`` or a list of
+        ``(P_i, C, H, W)``, ``image_sizes`` ``(B, 2)``) → one ``(tokens_i, D)`` tensor per image."""
+        pixel_values = image_input["pixel_values"]
+        image_sizes = image_input.get("image_sizes")
+        if image_sizes is None:
+            raise ValueError(f"{self.hired_spec.family.title} with hired needs image_sizes next to pixel_values")
+        # one device-to-host read for the whole batch (the sizes decide the layouts)
+        sizes = image_sizes.tolist() if hasattr(image_sizes, "tolist") else list(image_sizes)
+        layouts = [self.hired_spec.layout(h, w) for h, w in sizes]
+        if len(pixel_values) != len(layouts):
+            raise ValueError(f"got pixel values for {len(pixel_values)} images but {len(layouts)} image sizes")
+        # (P_i, C, H, W) per image; a batched tensor may be padded along P
+        crops = (
+            [pv.shape[0] for pv in pixel_values]
+            if not isinstance(pixel_values, torch.Tensor)
+            else ([pixel_values.shape[1]] * pixel_values.shape[0])
+        )
+        for i, (n, lay) in enumerate(zip(crops, layouts)):
+            if n < lay.num_partitions:
+                raise ValueError(
+                    f"image {i} of size {tuple(lay.image_size)} has {n} crops, its layout needs {lay.num_partitions}"
+                )
+        if isinstance(pixel_values, torch.Tensor) and all(n == lay.num_partitions for n, lay in zip(crops, layouts)):
+            stacked = pixel_values.flatten(0, 1)  # no padding: a view, as stock vLLM does
+        else:
+            stacked = torch.cat([pv[: lay.num_partitions] for pv, lay in zip(pixel_values, layouts)])
+        return self._hired_features(stacked, layouts)
+
+    def hired_last_selection(self) -> list[ImageSelection]:
+        """What the last encoder pass kept, one entry per image (empty before any image or when off)."""
+        if self.hired_spec is None or self._hired_last is None:
+            return []
+        layouts, keep, budgets = self._hired_last
+        keeps = keep.cpu().split([layout.num_partitions for layout in layouts])
+        return image_selections(self.hired_spec, layouts, keeps, budgets)
