@@ -29,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``hired bench-vllm`` on ``p``."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
-        "--model", help="local model folder or hub id that vLLM loads (LLaVA-NeXT, LLaVA-1.5 or LLaVA-OneVision)"
+        "--model",
+        help="local model folder or hub id that vLLM loads (LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision or Qwen2.5-VL)",
     )
     src.add_argument(
         "--arch", help="a `hired bench` architecture with random weights, e.g. small (needs --random-weights)"

@@ -125,8 +125,8 @@ def _torch_dtype(dtype: Any, device: torch.device) -> torch.dtype:
 
 
 def _load(pretrained: str, device: torch.device, dtype: torch.dtype, revision, attn_implementation):
-    """``(model, processor)`` for a LLaVA-NeXT, LLaVA-1.5 or LLaVA-OneVision folder or hub id, on
-    ``device``, in eval mode; the classes come from the config's ``model_type`` through
+    """``(model, processor)`` for a folder or hub id of a supported family (LLaVA-NeXT, LLaVA-1.5,
+    LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL) on ``device``, in eval mode; the classes come from the config's ``model_type`` through
     :mod:`hired.families` (:func:`hired.loading.model_class_for`)."""
     from transformers import AutoConfig
 
