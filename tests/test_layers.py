@@ -32,6 +32,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "hired.adapters.*",
         "hired.vllm",
         "hired.vllm.config",
+        "hired.vllm.common",
         "hired.vllm.partitions",
         "hired.vllm.llava",
         "hired.vllm.llava_next",

@@ -16,7 +16,7 @@ from hired.vllm.partitions import CountMixin, PartitionModelMixin
 
 
 class HiredLlavaProcessingInfo(CountMixin, LlavaProcessingInfo):
-    _family = "llava"
+    hired_family = "llava"
 
 
 def _llava_info(ctx):
@@ -40,7 +40,7 @@ _STOCK_LLAVA_FACTORIES = LlavaForConditionalGeneration._processor_factory  # vLL
 class HiredLlavaForConditionalGeneration(PartitionModelMixin, LlavaForConditionalGeneration):
     """vLLM's LLaVA-1.5; with ``hf_overrides={"hired": {...}}`` it drops visual tokens before the LLM."""
 
-    _family = "llava"
+    hired_family = "llava"
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)

@@ -15,7 +15,7 @@ from hired.vllm.partitions import CountMixin, PartitionModelMixin
 
 
 class HiredLlavaNextProcessingInfo(CountMixin, LlavaNextProcessingInfo):
-    _family = "llava_next"
+    hired_family = "llava_next"
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -26,7 +26,7 @@ class HiredLlavaNextProcessingInfo(CountMixin, LlavaNextProcessingInfo):
 class HiredLlavaNextForConditionalGeneration(PartitionModelMixin, LlavaNextForConditionalGeneration):
     """vLLM's LLaVA-NeXT; with ``hf_overrides={"hired": {...}}`` it drops visual tokens before the LLM."""
 
-    _family = "llava_next"
+    hired_family = "llava_next"
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)

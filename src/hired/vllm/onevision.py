@@ -16,7 +16,7 @@ from hired.vllm.partitions import CountMixin, PartitionModelMixin
 
 
 class HiredLlavaOnevisionProcessingInfo(CountMixin, LlavaOnevisionProcessingInfo):
-    _family = "onevision"
+    hired_family = "onevision"
 
     def get_image_size_with_most_features(self):
         """vLLM sizes its encoder cache by this image's count. Stock: vLLM's own fixed size; with
@@ -36,7 +36,7 @@ class HiredLlavaOnevisionForConditionalGeneration(PartitionModelMixin, LlavaOnev
     """vLLM's LLaVA-OneVision; with ``hf_overrides={"hired": {...}}`` it drops visual tokens of images
     before the LLM (videos: vLLM's own path)."""
 
-    _family = "onevision"
+    hired_family = "onevision"
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)

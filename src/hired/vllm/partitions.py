@@ -45,21 +45,12 @@ from hired.engine import StageClock, image_selections, oracle_keep, pack_and_pro
 from hired.engine.scores import LayerScores, Recording
 from hired.methods.base import Selection
 from hired.selection import ImageSelection
-from hired.vllm.config import Spec, spec_from_config
+from hired.vllm.common import SpecCache, StageTiming
+from hired.vllm.config import spec_from_config
 
 
-class CountMixin:
+class CountMixin(SpecCache):
     """Placeholder count from the core when ``hired`` is configured, vLLM's own otherwise."""
-
-    _family: str
-
-    def hired_spec(self) -> Spec | None:
-        config = self.get_hf_config()
-        cached = self.__dict__.get("_hired_spec")
-        if cached is None or cached[0] is not config:
-            cached = (config, spec_from_config(config, self._family))
-            self.__dict__["_hired_spec"] = cached
-        return cached[1]
 
     def get_num_image_tokens(self, *, image_width: int, image_height: int) -> int:
         spec = self.hired_spec()
@@ -138,16 +129,12 @@ def record(
             h.remove()
 
 
-class PartitionModelMixin:
+class PartitionModelMixin(StageTiming):
     """Encoder → [CLS] rows → selection → pack → projector, for ``spec`` (``None``: the parent's path)."""
 
-    _family: str
-
     def _hired_init(self) -> None:
-        self.hired_spec = spec_from_config(self.config, self._family)
+        self.hired_spec = spec_from_config(self.config, self.hired_family)
         self._hired_last: tuple[list[Layout], torch.Tensor, list[list[int]]] | None = None
-        self._hired_clock: StageClock | None = None
-        self._hired_clock_handles: list = []
         self._hired_attns: nn.ModuleList | None = None
         if self.hired_spec is not None:
             attns = attention_modules(self.vision_tower)  # fail at start-up on an unexpected tower
@@ -159,33 +146,11 @@ class PartitionModelMixin:
                 )
             self._hired_attns = attns
 
-    # ----------------------------------------------------------------------------------- stage clock
-
-    def hired_timing(self, on: bool = True) -> None:
-        """Switch the per-pass stage clock on (and clear it) or off. Works with and without ``hired``."""
-        for handle in self._hired_clock_handles:
-            handle.remove()
-        self._hired_clock_handles = []
-        self._hired_clock = None
-        if not on:
-            return
-        clock = StageClock(next(self.vision_tower.parameters()).device)
-        self._hired_clock_handles = clock.watch({"vision": self.vision_tower, "projector": self.multi_modal_projector})
-        self._hired_clock = clock
-
-    def hired_take_timings(self) -> list[dict]:
-        """Stage seconds of every encoder pass since the last call (see :meth:`StageClock.take`); empty
-        when the clock is off."""
-        return [] if self._hired_clock is None else self._hired_clock.take()
+    def hired_stages(self) -> dict:
+        return {"vision": self.vision_tower, "projector": self.multi_modal_projector}
 
     def _process_image_input(self, image_input):
-        clock = self._hired_clock
-        if clock is None:
-            return self._hired_process_image_input(image_input)
-        clock.begin()
-        out = self._hired_process_image_input(image_input)
-        clock.end(len(out))
-        return out
+        return self.hired_timed(self._hired_process_image_input, image_input)
 
     # ---------------------------------------------------------------------------------- the hired path
 

@@ -60,9 +60,10 @@ from vllm.multimodal.processing import PromptReplacement
 
 from hired.core.grid import Layout
 from hired.core.scores import pool_to_merged
-from hired.engine import StageClock, image_selections, oracle_keep, select_merged
+from hired.engine import image_selections, oracle_keep, select_merged
 from hired.engine.scores import LayerScores, Recording
 from hired.selection import ImageSelection
+from hired.vllm.common import SpecCache, StageTiming
 from hired.vllm.config import Spec, spec_from_config
 
 FAMILY = "qwen2_5_vl"
@@ -74,16 +75,10 @@ of each kept token in the image's merged grid (integers below 256 are exact in b
 # ------------------------------------------------------------------------------------- processing
 
 
-class HiredQwen2_5_VLProcessingInfo(Qwen2_5_VLProcessingInfo):
+class HiredQwen2_5_VLProcessingInfo(SpecCache, Qwen2_5_VLProcessingInfo):
     """Placeholder counts from the core when ``hired`` is configured, vLLM's own otherwise."""
 
-    def hired_spec(self) -> Spec | None:
-        config = self.get_hf_config()
-        cached = self.__dict__.get("_hired_spec")
-        if cached is None or cached[0] is not config:
-            cached = (config, spec_from_config(config, FAMILY))
-            self.__dict__["_hired_spec"] = cached
-        return cached[1]
+    hired_family = FAMILY
 
     def get_num_image_tokens(self, *, image_width: int, image_height: int, image_processor, mm_kwargs) -> int:
         spec = self.hired_spec()
@@ -188,7 +183,7 @@ def decode_positions(channels: torch.Tensor) -> torch.Tensor:
     info=HiredQwen2_5_VLProcessingInfo,
     dummy_inputs=Qwen2_5_VLDummyInputsBuilder,
 )
-class HiredQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
+class HiredQwen2_5_VLForConditionalGeneration(StageTiming, Qwen2_5_VLForConditionalGeneration):
     """vLLM's Qwen2.5-VL; with ``hf_overrides={"hired": {...}}`` it drops the merged tokens of images
     before the LLM, the kept ones with their stock M-RoPE ids (videos: vLLM's own path)."""
 
@@ -196,8 +191,6 @@ class HiredQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.hired_spec = spec_from_config(self.config, FAMILY)
         self._hired_last: tuple[list[Layout], list[torch.Tensor], list[list[int]]] | None = None
-        self._hired_clock: StageClock | None = None
-        self._hired_clock_handles: list = []
         self._hired_positions: tuple[torch.Tensor, torch.Tensor] | None = None
         if self.hired_spec is None:
             return
@@ -212,22 +205,9 @@ class HiredQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration
                 "split the heads the scores sum over; use tensor_parallel_size=1 or mm_encoder_tp_mode='data'"
             )
 
-    # ----------------------------------------------------------------------------------- stage clock
-
-    def hired_timing(self, on: bool = True) -> None:
-        """Switch the per-pass stage clock on (and clear it) or off (``vision``: the ViT and its merger;
-        ``selection``: scores, top-k, gather; no separate projector stage)."""
-        for handle in self._hired_clock_handles:
-            handle.remove()
-        self._hired_clock_handles, self._hired_clock = [], None
-        if not on:
-            return
-        clock = StageClock(next(self.visual.parameters()).device)
-        self._hired_clock_handles = clock.watch({"vision": self.visual})
-        self._hired_clock = clock
-
-    def hired_take_timings(self) -> list[dict]:
-        return [] if self._hired_clock is None else self._hired_clock.take()
+    def hired_stages(self) -> dict:
+        """``vision``: the ViT and its merger; ``selection``: scores, top-k, gather (no projector stage)."""
+        return {"vision": self.visual}
 
     # --------------------------------------------------------------------------------- the image step
 
@@ -236,13 +216,7 @@ class HiredQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration
             return super()._process_image_input(image_input)
         if image_input["type"] != "pixel_values":
             raise ValueError("hired on Qwen2.5-VL needs images as pixels; image_embeds hold the stock count")
-        clock = self._hired_clock
-        if clock is not None:
-            clock.begin()
-        out = self._hired_features(image_input["pixel_values"], image_input["image_grid_thw"])
-        if clock is not None:
-            clock.end(len(out))
-        return out
+        return self.hired_timed(self._hired_features, image_input["pixel_values"], image_input["image_grid_thw"])
 
     def _hired_features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> tuple[torch.Tensor, ...]:
         spec, visual = self.hired_spec, self.visual
