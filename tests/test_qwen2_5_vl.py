@@ -477,3 +477,68 @@ def test_deepstack_features_follow_the_kept_tokens(qwen, method):
     assert len(got) == len(stock) == len(model.config.vision_config.deepstack_visual_indexes)
     for level, stock_level in zip(got, stock):
         assert torch.equal(level, stock_level[rows])
+
+
+def test_an_image_that_keeps_no_token_leaves_every_other_id_stock(qwen):
+    """An image whose budget rounds down to no token has no placeholder; the prompt still runs, the other
+    image keeps its tokens, and every text token and kept token gets its stock (t, h, w) id, in the prompt
+    pass and while decoding (the empty image's stock tokens are counted where its wrapper pair stands)."""
+    model, processor = qwen
+    images = [make_image(60, 60, seed=3), make_image(300, 330, seed=4)]
+    texts = ["USER: <|vision_start|><image><|vision_end|> and <|vision_start|><image><|vision_end|> ? ASSISTANT:"]
+    stock_inputs = _inputs(processor, images, texts)
+    rec = _Positions(model)
+    _generate(model, stock_inputs, n=3)
+    rec.close()
+    stock_calls = rec.calls
+    hired.apply(model, processor, hired.HiRED(budget=0.1))
+    rec = _Positions(model)
+    inputs = _inputs(processor, images, texts)
+    _generate(model, inputs, n=3)
+    rec.close()
+    sels = hired.last_selection(model)
+    assert [s.num_tokens for s in sels][0] == 0 and sels[1].num_tokens > 0
+
+    image_id = model.config.image_token_id
+    start_id = model.config.vision_start_token_id
+    ids, stock_ids = inputs["input_ids"][0].tolist(), stock_inputs["input_ids"][0].tolist()
+    where, s, image, i = [], 0, 0, 0
+    while i < len(ids):
+        assert ids[i] == stock_ids[s]
+        where.append(s)
+        i, s = i + 1, s + 1
+        if ids[i - 1] == start_id:  # an image follows: its kept tokens, then the rest of its stock tokens
+            kept = sorted(sels[image].partitions[0].kept)
+            assert ids[i : i + len(kept)] == [image_id] * len(kept)
+            where += [s + k for k in kept]
+            i += len(kept)
+            s += sels[image].num_tokens_stock
+            image += 1
+    assert s == len(stock_ids) and image == 2
+    prompt, stock_prompt = rec.calls[0][:, 0], stock_calls[0][:, 0]
+    assert torch.equal(prompt, stock_prompt[:, where])
+    for step in range(1, 3):
+        assert torch.equal(rec.calls[step], stock_calls[step]), f"decode step {step}"
+
+
+def test_fuzzed_sizes_and_tiny_budgets_never_crash(qwen):
+    """Random image sizes and aspect ratios, budgets down to 1e-3, every fixed-budget method: the prompt
+    runs, and each image gets as many placeholders as the features it keeps (possibly none)."""
+    model, processor = qwen
+    rng = np.random.RandomState(7)
+    methods = [m.name for m in _fixed_methods()]
+    for case in range(12):
+        sizes = [(int(rng.randint(8, 420)), int(rng.randint(8, 420))) for _ in range(int(rng.randint(1, 3)))]
+        budget = float(rng.choice([1e-3, 0.01, 0.05, 0.2]))
+        method = get_method(methods[case % len(methods)], budget=budget)
+        hired.apply(model, processor, method)
+        try:
+            images = [make_image(h, w, seed=case * 3 + k) for k, (h, w) in enumerate(sizes)]
+            wrapped = " ".join("<|vision_start|><image><|vision_end|>" for _ in images)
+            inputs = _inputs(processor, images, [f"USER: {wrapped} ? ASSISTANT:"])
+            _generate(model, inputs, n=2)
+            sels = hired.last_selection(model)
+            placeholders = int((inputs["input_ids"] == model.config.image_token_id).sum())
+            assert placeholders == sum(s.num_tokens for s in sels), (case, sizes, method)
+        finally:
+            hired.remove(model, processor)
