@@ -223,7 +223,7 @@ class Pending:
 
 def remember(state: State, record: Record | None) -> None:
     """Make ``record`` the calling context's last vision step of ``state`` (``None`` forgets it)."""
-    last = {k: v for k, v in (current().last or {}).items() if not v[0].calls.closed}
+    last = {k: v for k, v in current().last.items() if not v[0].calls.closed}
     if record is None:
         last.pop(id(state), None)
     else:
@@ -271,7 +271,7 @@ def attach_pending(
 
 
 def recall(state: State) -> Record | None:
-    entry = (current().last or {}).get(id(state))
+    entry = current().last.get(id(state))
     return entry[1] if entry is not None and entry[0] is state else None
 
 

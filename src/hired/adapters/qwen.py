@@ -79,7 +79,7 @@ class QwenScoreHooks(ScoreHooks):
             if rec is None:
                 return
             seq = out.shape[0]
-            qkv = out.detach().reshape(seq, 3, self.num_heads, -1)
+            qkv = out.detach().reshape(seq, 3, self.scores.num_heads, -1)
             self.scores.put_keys(rec, layer, qkv[:, 1].reshape(seq, -1))
             if layer in self.scores.row_roles:
                 (cos, sin), cu_seqlens = rec.pending.pop(("attention", layer))

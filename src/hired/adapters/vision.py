@@ -68,8 +68,6 @@ class ScoreHooks:
         kind: str = "cls",
     ):
         self.scores = LayerScores(rows, keys, num_heads, kind)
-        self.num_heads = num_heads
-        self.kind = kind
         self._handles: list = []
         try:
             for layer in self.scores.layers:
@@ -113,7 +111,7 @@ class ScoreHooks:
         def hook(_m, _inp, out):
             rec = self._current()
             if rec is not None:
-                self._pair(rec, layer, "q", (out[:, 0] if self.kind == "cls" else out).detach())
+                self._pair(rec, layer, "q", (out[:, 0] if self.scores.kind == "cls" else out).detach())
 
         return hook
 

@@ -95,7 +95,7 @@ def record(
     ``keys[role]`` with ``(B, N, H * D)`` keys, from the hooked layers' ``qkv_proj`` (``attns``: every
     encoder layer's ``self_attn``; the scores: :class:`hired.engine.scores.LayerScores`). With a
     ``clock``, the time in the hooks is marked."""
-    scores = LayerScores(roles, key_roles, attns[0].num_heads_per_partition if len(attns) else 1, kind)
+    scores = LayerScores(roles, key_roles, attns[0].num_heads_per_partition, kind)
     rec = Recording()
     handles = []
 
