@@ -21,9 +21,9 @@ from hired.loading import load_model, model_class_for
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl", "qwen3_5"])
 def qwen_dir(request, tmp_path_factory):
-    """A tiny Qwen2.5-VL (patch 14) or Qwen3-VL (patch 16, DeepStack), 2x2 merge, at most 64 merged tokens
+    """A tiny Qwen2.5-VL (patch 14), Qwen3-VL (patch 16, DeepStack) or Qwen3.5 (hybrid decoder), 2x2 merge, at most 64 merged tokens
     per image, saved with ``save_pretrained``."""
     require_torchvision()
     from hired.testing import save_tiny
@@ -45,13 +45,14 @@ def test_config_picks_the_qwen_classes(qwen_dir):
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(qwen_dir)
-    name, prefix = {"qwen2_5_vl": ("qwen2_5_vl", "Qwen2_5_VL"), "qwen3_vl": ("qwen3_vl", "Qwen3VL")}[config.model_type]
+    prefix = {"qwen2_5_vl": "Qwen2_5_VL", "qwen3_vl": "Qwen3VL", "qwen3_5": "Qwen3_5"}[config.model_type]
     expected = getattr(transformers, f"{prefix}ForConditionalGeneration")
     family, cls = model_class_for(config)
-    assert (family.name, cls) == (name, expected)
+    assert (family.name, cls) == (config.model_type, expected)
     model, processor = load_model(qwen_dir)
     assert type(model) is expected and not model.training
-    assert isinstance(processor, getattr(transformers, f"{prefix}Processor"))
+    processor_prefix = "Qwen3VL" if prefix == "Qwen3_5" else prefix  # Qwen3.5 uses Qwen3-VL's processor
+    assert isinstance(processor, getattr(transformers, f"{processor_prefix}Processor"))
 
 
 def test_qwen_without_torchvision_is_one_clear_error(tmp_path, monkeypatch):
@@ -76,7 +77,9 @@ def test_show_refuses_qwen_before_running_it(qwen_dir, tmp_path, capsys):
     image = tmp_path / "photo.png"
     Image.new("RGB", (200, 120), (10, 200, 90)).save(image)
     out = tmp_path / "show.png"
-    with pytest.raises(CommandError, match=r"hired show draws LLaVA partitions; Qwen(2\.5|3)-VL images are one grid"):
+    with pytest.raises(
+        CommandError, match=r"hired show draws LLaVA partitions; Qwen(2\.5-VL|3-VL|3\.5) images are one grid"
+    ):
         main(["show", "--model", qwen_dir, "--image", str(image), "--out", str(out)])
     assert not out.exists()
     assert "hired: error: hired show draws LLaVA partitions" in capsys.readouterr().err

@@ -27,13 +27,14 @@ PROMPT = "USER: <|vision_start|><image><|vision_end|>\nwhat is this? ASSISTANT:"
 SIZES = [(150, 230), (100, 100), (300, 120), (60, 400), (200, 200)]
 
 
-@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl", "qwen3_5"])
 def _qwen_session(request):
-    """A tiny Qwen2.5-VL (window attention) and a tiny Qwen3-VL (DeepStack): every test runs on both."""
+    """A tiny Qwen2.5-VL (window attention), Qwen3-VL (DeepStack) and Qwen3.5 (hybrid linear-attention
+    decoder): every test runs on each."""
     require_torchvision()
-    from hired.testing import tiny_qwen2_5_vl, tiny_qwen3_vl
+    from hired.testing import tiny_qwen2_5_vl, tiny_qwen3_5, tiny_qwen3_vl
 
-    build = {"qwen2_5_vl": tiny_qwen2_5_vl, "qwen3_vl": tiny_qwen3_vl}[request.param]
+    build = {"qwen2_5_vl": tiny_qwen2_5_vl, "qwen3_vl": tiny_qwen3_vl, "qwen3_5": tiny_qwen3_5}[request.param]
     with torch.no_grad():
         return build(seed=0)
 

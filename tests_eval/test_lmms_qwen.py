@@ -18,7 +18,7 @@ from test_lmms_onevision import (
 )
 
 
-@pytest.fixture(scope="session", params=["qwen2_5_vl", "qwen3_vl"])
+@pytest.fixture(scope="session", params=["qwen2_5_vl", "qwen3_vl", "qwen3_5"])
 def qwen_folder(request, tmp_path_factory) -> Path:
     from hired.testing import save_tiny
 
@@ -44,8 +44,12 @@ def test_loads_qwen_and_scores_by_received_attention(qwen_folder):
     from hired.adapters.transformers import _applied_state
 
     lm = _model(qwen_folder, method="hired", budget=BUDGET)
-    assert type(lm.model).__name__ in ("Qwen2_5_VLForConditionalGeneration", "Qwen3VLForConditionalGeneration")
-    assert lm.family.name in ("qwen2_5_vl", "qwen3_vl") and lm.processor.tokenizer.padding_side == "left"
+    assert type(lm.model).__name__ in (
+        "Qwen2_5_VLForConditionalGeneration",
+        "Qwen3VLForConditionalGeneration",
+        "Qwen3_5ForConditionalGeneration",
+    )
+    assert lm.family.name in ("qwen2_5_vl", "qwen3_vl", "qwen3_5") and lm.processor.tokenizer.padding_side == "left"
     assert _applied_state(lm.model).score_kind == "received"  # no [CLS] token
     # without a chat template each image is Qwen's wrapped placeholder
     assert lm.build_prompt("what?", 2) == "USER: " + "<|vision_start|><image><|vision_end|>\n" * 2 + "what? ASSISTANT:"

@@ -115,7 +115,7 @@ def model_class_for(config, source: str = "the model"):
     (the class of a family whose config's ``model_type`` is ``config.model_type`` and that holds the
     inner model: ``LlavaNextForConditionalGeneration``, ``LlavaForConditionalGeneration``,
     ``LlavaOnevisionForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``,
-    ``Qwen3VLForConditionalGeneration``). ``ValueError`` naming the supported types otherwise."""
+    ``Qwen3VLForConditionalGeneration``, ...). ``ValueError`` naming the supported types otherwise."""
     from hired.families import FAMILIES
 
     known = {}

@@ -1,4 +1,4 @@
-"""Tiny LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision, Qwen2.5-VL and Qwen3-VL models with random weights, built
+"""Tiny LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL and Qwen3.5 models with random weights, built
 locally (no download), for tests, benchmarks and examples.
 
 They have the real architectures (CLIP vision tower with a [CLS] token, or OneVision's SigLIP tower
@@ -36,6 +36,7 @@ __all__ = [
     "tiny_llava_next",
     "tiny_llava_onevision",
     "tiny_qwen2_5_vl",
+    "tiny_qwen3_5",
     "tiny_qwen3_vl",
 ]
 
@@ -356,14 +357,90 @@ def tiny_qwen3_vl(
     torch.manual_seed(seed)
     model = transformers.Qwen3VLForConditionalGeneration(config).eval()
     model.set_attn_implementation(attn_implementation)
+    return model, _qwen3_processor(tokenizer, max_pixels)
+
+
+def _qwen3_processor(tokenizer, max_pixels: int):
+    """Qwen3-VL's processor (Qwen3.5 uses it too): 16 px patches, 2x2 merge, images of at most ``max_pixels``."""
+    import transformers
+
     image_cls = getattr(transformers, "Qwen2VLImageProcessorPil", None) or transformers.Qwen2VLImageProcessor
     sizes = dict(patch_size=16, merge_size=2, temporal_patch_size=2)
-    processor = transformers.Qwen3VLProcessor(
+    return transformers.Qwen3VLProcessor(
         image_processor=image_cls(min_pixels=64 * 64, max_pixels=max_pixels, **sizes),
         tokenizer=tokenizer,
         video_processor=transformers.Qwen3VLVideoProcessor(**sizes),
     )
-    return model, processor
+
+
+def tiny_qwen3_5(
+    seed: int = 0,
+    vision_hidden: int = 32,
+    vision_depth: int = 4,
+    vision_heads: int = 2,
+    text_hidden: int = 64,
+    layer_types: tuple[str, ...] = ("linear_attention", "full_attention", "linear_attention", "full_attention"),
+    text_heads: int = 2,
+    max_pixels: int = 32 * 32 * 64,
+    attn_implementation: str = "sdpa",
+):
+    """``(model, processor)``: a random-weight ``Qwen3_5ForConditionalGeneration``: Qwen3-VL's tower without
+    DeepStack (patch 16, 2x2 merge) and a hybrid decoder (``layer_types``: Gated DeltaNet linear-attention
+    and full-attention layers; M-RoPE on half of each head's dimensions), with Qwen3-VL's processor.
+    Placeholders as in :func:`tiny_qwen2_5_vl`; the video processor needs torchvision."""
+    import transformers
+
+    tokenizer = qwen_tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (IMAGE_TOKEN, QWEN_VIDEO, QWEN_VISION_START, QWEN_VISION_END)}
+    head_dim = text_hidden // text_heads
+    rope = {
+        "rope_type": "default",
+        "rope_theta": 10000.0,
+        "partial_rotary_factor": 0.5,
+        "mrope_interleaved": True,
+        "mrope_section": mrope_section(head_dim // 2),
+    }
+    linear_heads = dict(linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=16)
+    config = transformers.Qwen3_5Config(
+        vision_config=dict(
+            depth=vision_depth,
+            hidden_size=vision_hidden,
+            intermediate_size=vision_hidden * 2,
+            num_heads=vision_heads,
+            patch_size=16,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
+            out_hidden_size=text_hidden,
+            num_position_embeddings=64,
+        ),
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=text_hidden,
+            intermediate_size=text_hidden * 2,
+            num_hidden_layers=len(layer_types),
+            layer_types=list(layer_types),
+            num_attention_heads=text_heads,
+            num_key_value_heads=text_heads,
+            head_dim=head_dim,
+            linear_value_head_dim=16,
+            linear_conv_kernel_dim=4,
+            **linear_heads,
+            max_position_embeddings=4096,
+            rope_parameters=rope,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        image_token_id=ids[IMAGE_TOKEN],
+        video_token_id=ids[QWEN_VIDEO],
+        vision_start_token_id=ids[QWEN_VISION_START],
+        vision_end_token_id=ids[QWEN_VISION_END],
+    )
+    torch.manual_seed(seed)
+    model = transformers.Qwen3_5ForConditionalGeneration(config).eval()
+    model.set_attn_implementation(attn_implementation)
+    return model, _qwen3_processor(tokenizer, max_pixels)
 
 
 def save_tiny(path: str | Path, family: str = "llava_next", **kwargs) -> Path:
@@ -374,6 +451,7 @@ def save_tiny(path: str | Path, family: str = "llava_next", **kwargs) -> Path:
         "onevision": tiny_llava_onevision,
         "qwen2_5_vl": tiny_qwen2_5_vl,
         "qwen3_vl": tiny_qwen3_vl,
+        "qwen3_5": tiny_qwen3_5,
     }
     build = builders.get(family)
     if build is None:

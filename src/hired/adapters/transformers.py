@@ -67,6 +67,7 @@ VISION_STEPS = {
     "onevision": partitions.STEP,
     "qwen2_5_vl": qwen.STEP,
     "qwen3_vl": qwen.STEP,
+    "qwen3_5": qwen.STEP,
 }
 """Family name → the vision step of its token layout in this runtime (one line per family)."""
 

@@ -1,4 +1,4 @@
-"""``hired_llava``: an lmms-eval model (LLaVA-NeXT / LLaVA-1.5 / LLaVA-OneVision / Qwen2.5-VL / Qwen3-VL on
+"""``hired_llava``: an lmms-eval model (LLaVA-NeXT / LLaVA-1.5 / LLaVA-OneVision / Qwen2.5-VL / Qwen3-VL / Qwen3.5 on
 transformers) with a ``hired`` method applied.
 
 Registered with lmms-eval through the entry-point group ``lmms_eval.models`` (``pip install "hired-vlm[eval]"``)::
@@ -126,7 +126,7 @@ def _torch_dtype(dtype: Any, device: torch.device) -> torch.dtype:
 
 def _load(pretrained: str, device: torch.device, dtype: torch.dtype, revision, attn_implementation):
     """``(model, processor)`` for a folder or hub id of a supported family (LLaVA-NeXT, LLaVA-1.5,
-    LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL) on ``device``, in eval mode; the classes come from the config's ``model_type`` through
+    LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL, Qwen3.5) on ``device``, in eval mode; the classes come from the config's ``model_type`` through
     :mod:`hired.families` (:func:`hired.loading.model_class_for`)."""
     from transformers import AutoConfig
 
@@ -144,7 +144,7 @@ def _load(pretrained: str, device: torch.device, dtype: torch.dtype, revision, a
 
 
 class HiredLlava(lmms):
-    """LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision, Qwen2.5-VL or Qwen3-VL with visual tokens dropped by a ``hired``
+    """LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL or Qwen3.5 with visual tokens dropped by a ``hired``
     method, for lmms-eval.
 
     Args (``--model_args key=value,...``): ``pretrained`` (folder or hub id), ``method`` (registry name,

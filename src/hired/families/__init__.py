@@ -7,9 +7,10 @@ from hired.families.llava import Llava
 from hired.families.llava_next import LlavaNext
 from hired.families.onevision import Onevision
 from hired.families.qwen2_5_vl import Qwen25VL
+from hired.families.qwen3_5 import Qwen35
 from hired.families.qwen3_vl import Qwen3VL
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (LlavaNext(), Llava(), Onevision(), Qwen25VL(), Qwen3VL())}
+FAMILIES: dict[str, Family] = {f.name: f for f in (LlavaNext(), Llava(), Onevision(), Qwen25VL(), Qwen3VL(), Qwen35())}
 """Family name → its description."""
 
 
