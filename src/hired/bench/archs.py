@@ -16,6 +16,10 @@ checkpoint's cost offline. ``build_arch(name, device, dtype)`` returns ``(model,
   crop; Qwen2-7B: 28 layers, 3584 wide, 28 heads, 4 key/value heads, intermediate 18944, vocabulary
   152064; features from the last layer, ``vision_feature_select_strategy="full"``, ``anyres_max_9``,
   pinpoints every grid 1x1 to 6x6 of 384 px crops).
+* ``qwen3-vl-8b``: the shapes of ``Qwen/Qwen3-VL-8B-Instruct`` (ViT/16: 27 blocks, 1152 wide, 16 heads,
+  intermediate 4304, full attention in every block, 48x48 learned positions, 2x2 merger, DeepStack from
+  blocks 8, 16 and 24; Qwen3-8B: 36 layers, 4096 wide, 32 heads, 8 key/value heads of 128, intermediate
+  12288, vocabulary 151936, interleaved M-RoPE).
 * ``onevision-small``: a scaled-down LLaVA-OneVision for CPUs with the OneVision token geometry (384 px
   crops of 14 px patches, 729 patches a crop, grids up to 6x6, ``anyres_max_9``: a 600x600 image gives 5
   partitions, 3645 patches, 3699 stock tokens) and ``small``'s widths, depths and vocabulary (SigLIP tower
@@ -73,6 +77,7 @@ class Arch:
     window_size: int = 112
     fullatt_blocks: tuple[int, ...] = ()
     max_pixels: int = 12845056
+    deepstack_blocks: tuple[int, ...] = ()  # Qwen3-VL: the tower blocks whose outputs feed DeepStack
 
 
 # the CPU-sized architectures' widths and depths (small, onevision-small, qwen2.5-vl-small): a language model
@@ -193,6 +198,28 @@ ARCHS: dict[str, Arch] = {
             fullatt_blocks=(7, 15, 23, 31),
         ),
         Arch(
+            name="qwen3-vl-8b",
+            family="qwen3_vl",
+            summary="Qwen3-VL-8B-Instruct shapes: native-resolution ViT/16 (27x1152, full attention, 2x2 merger, "
+            "DeepStack 8/16/24) + Qwen3-8B (36x4096), interleaved M-RoPE",
+            crop_size=32,
+            patch_size=16,
+            vision_hidden=1152,
+            vision_intermediate=4304,
+            vision_layers=27,
+            vision_heads=16,
+            text_hidden=4096,
+            text_intermediate=12288,
+            text_layers=36,
+            text_heads=32,
+            text_kv_heads=8,
+            vocab_size=151936,
+            vision_feature_layer=-1,
+            max_position_embeddings=262144,
+            max_pixels=16777216,
+            deepstack_blocks=(8, 16, 24),
+        ),
+        Arch(
             name="qwen2.5-vl-small",
             family="qwen2_5_vl",
             summary="CPU-sized Qwen2.5-VL: 14 px patches, 2x2 merger, 112 px windows (ViT 8x128, full attention "
@@ -240,6 +267,54 @@ def _qwen_config(arch: Arch, tokenizer):
         tie_word_embeddings=False,
     )
     return qwen2_5_vl_config(tokenizer, vision, text)
+
+
+def _qwen3_config(arch: Arch, tokenizer):
+    """Qwen3-VL-*-Instruct's config at ``arch``'s sizes (head 128, rope theta 5e6, interleaved M-RoPE)."""
+    from transformers import Qwen3VLConfig
+
+    from hired.builders import IMAGE_TOKEN, QWEN_VIDEO, QWEN_VISION_END, QWEN_VISION_START
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (IMAGE_TOKEN, QWEN_VIDEO, QWEN_VISION_START, QWEN_VISION_END)}
+    head_dim = 128
+    rope = {"rope_type": "default", "rope_theta": 5000000.0, "mrope_interleaved": True, "mrope_section": [24, 20, 20]}
+    vision = dict(
+        depth=arch.vision_layers,
+        hidden_size=arch.vision_hidden,
+        intermediate_size=arch.vision_intermediate,
+        num_heads=arch.vision_heads,
+        patch_size=arch.patch_size,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        in_channels=3,
+        out_hidden_size=arch.text_hidden,
+        num_position_embeddings=2304,
+        deepstack_visual_indexes=list(arch.deepstack_blocks),
+    )
+    text = dict(
+        vocab_size=arch.vocab_size,
+        hidden_size=arch.text_hidden,
+        intermediate_size=arch.text_intermediate,
+        num_hidden_layers=arch.text_layers,
+        num_attention_heads=arch.text_heads,
+        num_key_value_heads=arch.text_kv_heads or arch.text_heads,
+        head_dim=head_dim,
+        max_position_embeddings=arch.max_position_embeddings,
+        rms_norm_eps=1e-6,
+        rope_parameters=rope,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return Qwen3VLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=ids[IMAGE_TOKEN],
+        video_token_id=ids[QWEN_VIDEO],
+        vision_start_token_id=ids[QWEN_VISION_START],
+        vision_end_token_id=ids[QWEN_VISION_END],
+        tie_word_embeddings=False,
+    )
 
 
 def _config(arch: Arch, image_token_id: int, pad_token_id: int, video_token_id: int | None = None):
@@ -338,6 +413,15 @@ def _processor(arch: Arch, tokenizer):
 
         _need_torchvision(arch)
         return qwen2_5_vl_processor(tokenizer, max_pixels=arch.max_pixels)
+    if arch.family == "qwen3_vl":
+        _need_torchvision(arch)
+        image_cls = getattr(transformers, "Qwen2VLImageProcessorPil", None) or transformers.Qwen2VLImageProcessor
+        sizes = dict(patch_size=arch.patch_size, merge_size=2, temporal_patch_size=2)
+        return transformers.Qwen3VLProcessor(
+            image_processor=image_cls(min_pixels=64 * 64, max_pixels=arch.max_pixels, **sizes),
+            tokenizer=tokenizer,
+            video_processor=transformers.Qwen3VLVideoProcessor(**sizes),
+        )
     size = {"shortest_edge": arch.crop_size}
     crop = {"height": arch.crop_size, "width": arch.crop_size}
     common = dict(
@@ -401,7 +485,7 @@ def build_arch(
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"unknown dtype {dtype!r}")
         dtype = getattr(torch, dtype)
-    tokenizer = qwen_tokenizer() if arch.family == "qwen2_5_vl" else tiny_tokenizer()
+    tokenizer = qwen_tokenizer() if arch.family in ("qwen2_5_vl", "qwen3_vl") else tiny_tokenizer()
     video_token_id = None
     if arch.family == "onevision":
         tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN]})
@@ -412,6 +496,8 @@ def build_arch(
     processor = _processor(arch, tokenizer)  # first: a processor without torchvision fails before any weight exists
     if arch.family == "qwen2_5_vl":
         config = _qwen_config(arch, tokenizer)
+    elif arch.family == "qwen3_vl":
+        config = _qwen3_config(arch, tokenizer)
     else:
         config = _config(arch, image_token_id, tokenizer.pad_token_id, video_token_id)
     cls = next(c for c, attr in get_family(arch.family).model_classes().items() if attr is not None)

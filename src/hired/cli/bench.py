@@ -11,6 +11,7 @@ from pathlib import Path
 from hired.bench.archs import ARCHS, build_arch
 from hired.bench.report import markdown, plot
 from hired.bench.runner import PAPER_BATCH_SIZES, PAPER_BUDGETS, MethodSpec, Settings, run_benchmark
+from hired.bench.tower import build_tower, tower_benchmark, tower_markdown
 from hired.cli.common import CommandError, add_list_argument, command_errors, model_help
 from hired.images import load_image
 from hired.inference import demo_image
@@ -70,6 +71,15 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="warm-up runs per row, not timed (default 1)")
     p.add_argument("--new-tokens", type=int, default=15, help="greedy tokens per run, exactly (default 15)")
     p.add_argument("--image", help="image file (default: a synthetic 600x600 picture)")
+    p.add_argument(
+        "--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="side of the synthetic square image (default 600)"
+    )
+    p.add_argument(
+        "--tower-only",
+        action="store_true",
+        help="time the vision step alone (get_image_features: tower, selection, projection), each method against "
+        "its oracle; with --arch the language model is not built, so 7B shapes run on a CPU",
+    )
     p.add_argument("--prompt", default=None, help="question about the image (wrapped in the chat template)")
     p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: float16 on CUDA, float32 on CPU")
@@ -104,8 +114,8 @@ def method_specs(args) -> tuple[MethodSpec, ...]:
 def _image(args):
     if args.image:
         return load_image(args.image), args.image
-    size = (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
-    return demo_image(size), "synthetic (hired.inference.demo_image)"
+    size = (args.image_size, args.image_size)
+    return demo_image(size), f"synthetic {args.image_size}x{args.image_size} (hired.inference.demo_image)"
 
 
 def _command(args, settings: Settings, device: str) -> str:
@@ -116,13 +126,20 @@ def _command(args, settings: Settings, device: str) -> str:
     for item in args.option or []:
         parts += ["--option", item]
     parts += ["--budgets", ",".join(f"{b:g}" for b in settings.budgets)]
-    parts += ["--batch-sizes", ",".join(str(b) for b in settings.batch_sizes)]
-    parts += ["--runs", str(settings.runs), "--warmup", str(settings.warmup), "--new-tokens", str(settings.new_tokens)]
+    if not args.tower_only:
+        parts += ["--batch-sizes", ",".join(str(b) for b in settings.batch_sizes)]
+    parts += ["--runs", str(settings.runs), "--warmup", str(settings.warmup)]
+    if not args.tower_only:
+        parts += ["--new-tokens", str(settings.new_tokens)]
     parts += ["--device", device, "--dtype", args.dtype]
     if args.threads is not None:
         parts += ["--threads", str(args.threads)]
     if args.image:
         parts += ["--image", args.image]
+    elif args.image_size != DEFAULT_IMAGE_SIZE:
+        parts += ["--image-size", str(args.image_size)]
+    if args.tower_only:
+        parts += ["--tower-only"]
     if args.prompt:
         parts += ["--prompt", args.prompt]
     parts += [
@@ -172,6 +189,10 @@ def cmd_bench(args) -> int:
         raise CommandError(str(err)) from None
     if args.threads is not None and args.threads < 1:
         raise CommandError(f"--threads must be at least 1, got {args.threads}")
+    if args.image_size < 1:
+        raise CommandError(f"--image-size must be at least 1, got {args.image_size}")
+    if args.tower_only and args.plot:
+        raise CommandError("--plot draws the whole-model benchmark; leave it out with --tower-only")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -188,6 +209,8 @@ def cmd_bench(args) -> int:
 
 def _bench(args, settings: Settings, device: str) -> int:
     image, image_name = _image(args)
+    if args.tower_only:
+        return _tower(args, settings, device, image, image_name)
     if args.arch:
         model, processor = build_arch(args.arch, device, torch_dtype(args.dtype, device))
         name = f"{args.arch} (random weights)"
@@ -206,4 +229,31 @@ def _bench(args, settings: Settings, device: str) -> int:
     if args.plot:
         plot(result, args.plot)
         print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _tower(args, settings: Settings, device: str, image, image_name: str) -> int:
+    """``--tower-only``: the vision step of each method at each budget against its oracle."""
+    if device != "cpu" and args.arch:
+        raise CommandError("--tower-only with --arch builds the vision step on the CPU; use --device cpu")
+    if args.arch:
+        model, processor = build_tower(args.arch, torch_dtype(args.dtype, device))
+        name = f"{args.arch} (random weights, vision step only)"
+    else:
+        model, processor = load_model(args.model, device, args.dtype)
+        name = args.model
+    methods = [spec.build(b) for spec in settings.methods for b in spec.budgets_for(settings.budgets)]
+    progress = None if args.no_progress else (lambda label: print(label, file=sys.stderr, flush=True))
+    command = _command(args, settings, device)
+    with command_errors():
+        result = tower_benchmark(
+            model, processor, image, methods, settings.runs, settings.warmup, name, image_name, command, progress
+        )
+    table = tower_markdown(result)
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"JSON written to {args.json}", file=sys.stderr)
     return 0

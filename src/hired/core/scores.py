@@ -31,11 +31,17 @@ def cls_attention(q_cls: torch.Tensor, keys: torch.Tensor, num_heads: int, scale
 
 
 def received_attention(
-    queries: torch.Tensor, keys: torch.Tensor, num_heads: int, scale: float | None = None, chunk: int = 256
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    num_heads: int,
+    scale: float | None = None,
+    chunk: int = 256,
+    *,
+    stride: int = 1,
 ) -> torch.Tensor:
-    """Attention each token *receives*: softmax attention averaged over all N queries, summed over heads,
-    in fp32. Needs no [CLS] token (SigLIP towers); the queries are taken ``chunk`` at a time, so no
-    N x N map is ever held (``chunk x N`` per head).
+    """Attention each token *receives*: softmax attention averaged over the queries, summed over heads, in
+    fp32. Needs no [CLS] token (SigLIP towers); the queries are taken ``chunk`` at a time, so no N x N map
+    is ever held (``chunk x N`` per head).
 
     Args:
         queries: ``(B, N, H * D)`` projected queries of all N tokens.
@@ -43,6 +49,8 @@ def received_attention(
         num_heads: H.
         scale: logit scale, ``D ** -0.5`` by default.
         chunk: queries per step.
+        stride: average over every ``stride``-th query only (:func:`query_subset`), an estimate of the mean
+            over all N at ``1 / stride`` of the cost; ``1`` (the default) is the exact mean.
 
     Returns:
         ``(B, N)`` fp32; each row sums to H (every query's softmax sums to one, per head).
@@ -54,13 +62,37 @@ def received_attention(
         raise ValueError(f"queries {tuple(queries.shape)} and keys {tuple(keys.shape)} differ in shape")
     head_dim = width // num_heads
     scale = head_dim**-0.5 if scale is None else scale
-    q = queries.float().reshape(batch, seq, num_heads, head_dim).transpose(1, 2)  # (B, H, N, D)
-    k = keys.float().reshape(batch, seq, num_heads, head_dim).transpose(1, 2)
-    received = torch.zeros(batch, num_heads, seq, dtype=torch.float32, device=keys.device)
-    for start in range(0, seq, chunk):
-        logits = torch.matmul(q[:, :, start : start + chunk], k.transpose(-1, -2)) * scale  # (B, H, c, N)
-        received += logits.softmax(dim=-1).sum(dim=2)
-    return received.sum(dim=1) / seq
+    used = query_subset(seq, stride)
+    # the scale goes on the (few) queries, not on the chunk x N logits; a copy in fp32 either way
+    q = (queries.reshape(batch, seq, num_heads, head_dim)[:, used].float() * scale).transpose(1, 2)  # (B, H, n, D)
+    k_t = keys.float().reshape(batch, seq, num_heads, head_dim).permute(0, 2, 3, 1)  # (B, H, D, N), a view in fp32
+    received = torch.zeros(batch, num_heads, 1, seq, dtype=torch.float32, device=keys.device)
+    for start in range(0, q.shape[2], chunk):
+        # softmax in place: exp(logits - row max), then each row's 1 / sum weighs it in one matrix product
+        probs = torch.matmul(q[:, :, start : start + chunk], k_t)  # (B, H, c, N) logits
+        probs -= probs.amax(dim=-1, keepdim=True)
+        probs.exp_()
+        inverse = probs.sum(dim=-1, keepdim=True).reciprocal_()  # (B, H, c, 1)
+        received += torch.matmul(inverse.transpose(-1, -2), probs)  # (B, H, 1, N): the chunk's column sums
+    return received.sum(dim=(1, 2)) / q.shape[2]
+
+
+def query_subset(seq: int, stride: int) -> slice:
+    """The queries :func:`received_attention` averages over for ``stride``: every ``stride``-th of ``seq``,
+    the middle one of each run of ``stride`` (a regular lattice over the tower's token order); ``stride=1``:
+    all of them."""
+    if stride < 1:
+        raise ValueError(f"query stride must be a positive integer, got {stride!r}")
+    return slice(min((stride - 1) // 2, max(seq - 1, 0)), None, stride)
+
+
+def stride_for(seq: int, max_queries: int | None) -> int:
+    """The smallest stride that averages over at most ``max_queries`` of ``seq`` queries (``None``: 1, all)."""
+    if max_queries is None:
+        return 1
+    if max_queries < 1:
+        raise ValueError(f"max_queries must be a positive integer or None, got {max_queries!r}")
+    return max(1, -(-seq // max_queries))
 
 
 def pool_to_merged(values: torch.Tensor, unit: int, order: torch.Tensor, reduce: str) -> torch.Tensor:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hired.core.scores import cls_attention, received_attention
+from hired.core.scores import cls_attention, received_attention, stride_for
 
 SCORE_KINDS = ("cls", "received")
 
@@ -34,14 +34,26 @@ class Recording:
 class LayerScores:
     """The roles a method reads, grouped per tower layer, and the scores a layer's q and k give.
 
-    ``rows``: score role → layer; ``keys``: key role → layer; ``kind``: ``"cls"`` or ``"received"``.
+    ``rows``: score role → layer; ``keys``: key role → layer; ``kind``: ``"cls"`` or ``"received"``;
+    ``max_queries``: for ``"received"``, average over at most that many queries of each attention segment
+    (a regular subset, :func:`hired.core.scores.query_subset`: an estimate at a fraction of the cost);
+    ``None`` (the default): over all of them, exactly.
     """
 
-    def __init__(self, rows: Mapping[str, int], keys: Mapping[str, int] | None, num_heads: int, kind: str):
+    def __init__(
+        self,
+        rows: Mapping[str, int],
+        keys: Mapping[str, int] | None,
+        num_heads: int,
+        kind: str,
+        max_queries: int | None = None,
+    ):
         if kind not in SCORE_KINDS:
             raise ValueError(f"score kind must be 'cls' or 'received', got {kind!r}")
+        stride_for(1, max_queries)  # checks it
         self.kind = kind
         self.num_heads = num_heads
+        self.max_queries = max_queries
         self.row_roles: dict[int, list[str]] = {}
         self.key_roles: dict[int, list[str]] = {}
         for role, layer in rows.items():
@@ -72,19 +84,34 @@ class LayerScores:
         ``kind="cls"``: ``q`` ``(B, H * D)`` the [CLS] queries, ``k`` ``(B, N, H * D)`` → ``(B, N)``.
         ``kind="received"``: ``q``, ``k`` ``(B, N, H * D)`` → ``(B, N)``; with ``segments`` (bounds of the
         attention segments of one packed sequence, e.g. ``cu_seqlens``), ``q``, ``k`` ``(seq, H * D)`` →
-        ``(seq,)``, each token's attention received inside its own segment.
+        ``(seq,)``, each token's attention received inside its own segment. Segments of one length are
+        scored together, as one batch (Qwen2.5-VL's windows: a few lengths, many segments).
         """
         if self.kind == "cls":
             return cls_attention(q, k, self.num_heads)
         if segments is None:
-            return received_attention(q, k, self.num_heads)
-        bounds = list(segments)
-        parts = [
-            received_attention(q[a:b][None], k[a:b][None], self.num_heads)[0]
-            for a, b in zip(bounds, bounds[1:])
-            if b > a
-        ]
-        return torch.cat(parts) if parts else q.new_zeros(0, dtype=torch.float32)
+            return self._received(q, k)
+        bounds = [int(b) for b in segments]
+        first = bounds[0] if bounds else 0
+        out = torch.zeros(max(bounds[-1] - first, 0) if bounds else 0, dtype=torch.float32, device=q.device)
+        by_length: dict[int, list[int]] = {}
+        for a, b in zip(bounds, bounds[1:]):
+            if b > a:
+                by_length.setdefault(b - a, []).append(a)
+        for length, starts in by_length.items():
+            if len(starts) == 1:  # one segment (a full-attention block): a view, no gather
+                a = starts[0]
+                out[a - first : a - first + length] = self._received(q[a : a + length][None], k[a : a + length][None])[
+                    0
+                ]
+                continue
+            index = torch.tensor(starts, device=q.device)[:, None] + torch.arange(length, device=q.device)  # (G, L)
+            out[(index - first).flatten()] = self._received(q[index], k[index]).flatten()
+        return out
+
+    def _received(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """:func:`received_attention` of ``(B, N, H * D)`` q and k, over this instance's share of the queries."""
+        return received_attention(q, k, self.num_heads, stride=stride_for(q.shape[1], self.max_queries))
 
     def put_rows(self, rec: Recording, layer: int, row: torch.Tensor) -> None:
         """File ``row`` (the layer's scores) under every score role read at ``layer``."""
