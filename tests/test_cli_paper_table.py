@@ -162,3 +162,16 @@ def test_qwen_runs_what_its_family_serves_and_says_why_it_skips_the_rest(script,
     # a LLaVA-NeXT model runs them all
     assert script.refused("llava_next", script.RUNS["prumerge"]) is None
     assert script.refused(None, script.RUNS["prumerge"]) is None
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_vl", "qwen3_5", "internvl"])
+def test_the_newer_families_are_known_by_short_name_and_by_config(script, tmp_path, model_type):
+    """Every short name's model has a family of hired, and a local folder's config names it too."""
+    from hired.families import FAMILIES
+
+    assert set(script.FAMILIES) == set(script.MODELS.values())
+    assert set(script.FAMILIES.values()) <= set(FAMILIES)
+    local = tmp_path / f"my-{model_type}"
+    local.mkdir()
+    (local / "config.json").write_text(json.dumps({"model_type": model_type}))
+    assert script.model_family(str(local)) == model_type

@@ -37,8 +37,11 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "hired.vllm.llava",
         "hired.vllm.llava_next",
         "hired.vllm.onevision",
+        "hired.vllm.merged_grid",
         "hired.vllm.qwen2_5_vl",
         "hired.vllm.qwen3_vl",
+        "hired.vllm.qwen3_5",
+        "hired.vllm.internvl",
         "hired.loading",
         "hired.builders",
     ),
@@ -341,7 +344,7 @@ def family_identity_branches(name: str, source: str) -> list[str]:
     return out
 
 
-FAMILY_CLASSES = {"Llava", "LlavaNext", "Onevision", "Qwen25VL", "Qwen3VL"}
+FAMILY_CLASSES = {"InternVL", "Llava", "LlavaNext", "Onevision", "Qwen25VL", "Qwen35", "Qwen3VL"}
 
 
 @pytest.fixture(scope="module")

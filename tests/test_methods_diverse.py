@@ -37,7 +37,8 @@ CUDA = [pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_availabl
 
 
 def rate_count(rate: float, layout) -> int:
-    return min(math.floor(Fraction(repr(float(rate))) * layout.num_partitions * layout.tokens), layout.num_valid)
+    floor = math.floor(Fraction(repr(float(rate))) * layout.num_partitions * layout.tokens)
+    return min(max(floor, 1), layout.num_valid)  # every image keeps a token where it has one
 
 
 def random_batch(layouts, seed=0, dim=DIM, text=5, rows=None):

@@ -40,9 +40,10 @@ geometries = st.sampled_from([NEXT, SINGLE, CLIP_336])
 
 
 def expected_total(rate: float, layout: Layout) -> int:
-    """min(floor(r * P * T), valid patches), with r taken as the decimal the user wrote."""
+    """min(max(floor(r * P * T), 1), valid patches), with r taken as the decimal the user wrote (every image
+    keeps a token where it has one)."""
     b = math.floor(Fraction(repr(float(rate))) * layout.num_partitions * layout.tokens)
-    return min(b, int(layout.valid_mask.sum()))
+    return min(max(b, 1), int(layout.valid_mask.sum()))
 
 
 def random_scores(layouts: list[Layout], seed: int = 0) -> dict[str, torch.Tensor]:
@@ -143,9 +144,8 @@ def test_count_is_exact_and_selection_keeps_that_many_valid_patches(cls, sizes, 
         assert not bool((keep & ~layout.valid_mask).any()), "a padding patch was kept"
         assert keep.sum(dim=1).tolist() == list(budgets)
         # budgets are an even split: below its valid patches a partition is within one of the largest
-        assert list(budgets) == even_split(
-            math.floor(Fraction(repr(float(rate))) * layout.num_partitions * layout.tokens), layout.valid_counts
-        )
+        floor = math.floor(Fraction(repr(float(rate))) * layout.num_partitions * layout.tokens)
+        assert list(budgets) == even_split(max(floor, 1), layout.valid_counts)
         # the count the processor promises is a function of the layout alone
         assert num_image_tokens(method, layout, newline=True) == total
         with_newline = cls(budget=rate, keep_newline=True)

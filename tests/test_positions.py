@@ -8,6 +8,9 @@ layout code is not used to compute them.
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import pytest
 import torch
 from conftest import make_image
@@ -109,11 +112,14 @@ METHODS = [
     hired.DivPrune(budget=0.3, keep_positions=True),
     hired.DART(budget=0.3, keep_newline=True, keep_positions=True),
     hired.CDPruner(budget=0.3, keep_positions=True),
+    # a budget that rounds down to no token: each image keeps one, which places its ids
+    hired.HiRED(budget=1e-4, keep_positions=True),
+    hired.DivPrune(budget=1e-4, keep_positions=True),
 ]
 
 
 @pytest.mark.parametrize("left_padded", ["llava_next", "llava", "llava_next_eager"], indirect=True)
-@pytest.mark.parametrize("method", METHODS, ids=lambda m: f"{m.name}-{getattr(m, 'keep_newline', False)}")
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: f"{m.name}-{m.budget}-{getattr(m, 'keep_newline', False)}")
 def test_ids_equal_the_stock_ids_in_prefill_and_decode(left_padded, method):
     model, processor = left_padded
     hired.apply(model, processor, method)
@@ -268,3 +274,17 @@ def test_rearranged_encoder_outputs_keep_each_images_positions(llava_next):
                 model(**processor.tokenizer(texts[1:2], return_tensors="pt"), mm_encoder_outputs={"image": copies})
     finally:
         processor.tokenizer.padding_side = side
+
+
+@pytest.mark.parametrize("name", ["hired", "cls_topk", "spatial", "divprune", "dart", "visionzip", "random"])
+def test_an_image_keeps_one_token_where_the_budget_rounds_to_none(name):
+    """The rule for an image whose budget rounds down to no token: it keeps one, in every family and both
+    runtimes (vLLM needs a placeholder per image; with keep_positions that token places the image's ids);
+    every other count is floor(budget * P * T)."""
+    from hired.core.grid import Geometry, layout_for
+    from hired.methods.base import get_method
+
+    layout = layout_for((400, 300), Geometry(crop_size=336, patch_size=14))
+    for keep_positions in (False, True):
+        assert get_method(name, budget=1e-4, keep_positions=keep_positions).count(layout) == 1
+    assert get_method(name, budget=0.2).count(layout) == math.floor(Fraction("0.2") * layout.num_partitions * 576)

@@ -480,10 +480,10 @@ def test_deepstack_features_follow_the_kept_tokens(qwen, method):
         assert torch.equal(level, stock_level[rows])
 
 
-def test_an_image_that_keeps_no_token_leaves_every_other_id_stock(qwen):
-    """An image whose budget rounds down to no token has no placeholder; the prompt still runs, the other
-    image keeps its tokens, and every text token and kept token gets its stock (t, h, w) id, in the prompt
-    pass and while decoding (the empty image's stock tokens are counted where its wrapper pair stands)."""
+def test_an_image_whose_budget_rounds_to_no_token_keeps_one(qwen):
+    """An image whose budget rounds down to no token keeps one (every image keeps a token, as vLLM needs a
+    placeholder per image); the other image keeps its count, and every text token and kept token gets its
+    stock (t, h, w) id, in the prompt pass and while decoding."""
     model, processor = qwen
     images = [make_image(60, 60, seed=3), make_image(300, 330, seed=4)]
     texts = ["USER: <|vision_start|><image><|vision_end|> and <|vision_start|><image><|vision_end|> ? ASSISTANT:"]
@@ -498,7 +498,8 @@ def test_an_image_that_keeps_no_token_leaves_every_other_id_stock(qwen):
     _generate(model, inputs, n=3)
     rec.close()
     sels = hired.last_selection(model)
-    assert [s.num_tokens for s in sels][0] == 0 and sels[1].num_tokens > 0
+    assert sels[0].num_tokens == 1 and math.floor(Fraction("0.1") * sels[0].num_tokens_stock) == 0
+    assert sels[1].num_tokens == math.floor(Fraction("0.1") * sels[1].num_tokens_stock) > 1
 
     image_id = model.config.image_token_id
     start_id = model.config.vision_start_token_id

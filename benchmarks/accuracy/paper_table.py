@@ -16,7 +16,9 @@ datasets download on first use).
 ``--model`` takes a local folder, a hub id or a short name of ``MODELS`` (``llava-next-7b``, the paper's
 LLaVA-NeXT; ``onevision-7b``, ``llava-hf/llava-onevision-qwen2-7b-ov-hf``, which needs
 ``pip install "hired-vlm[eval,onevision]"``: its processor imports torchvision; ``qwen2.5-vl-7b``,
-``Qwen/Qwen2.5-VL-7B-Instruct``, ``pip install "hired-vlm[eval,qwen]"``), and may be repeated: every
+``Qwen/Qwen2.5-VL-7B-Instruct``, ``pip install "hired-vlm[eval,qwen]"``, as do ``qwen3-vl-8b`` and
+``qwen3.5-27b``; ``internvl3.5-8b``, ``OpenGVLab/InternVL3_5-8B-HF``, ``pip install "hired-vlm[eval,internvl]"``),
+and may be repeated: every
 model runs every selected run it can (a run the model's family refuses, such as PruMerge's adaptive count
 on Qwen2.5-VL, is skipped with the reason; the family is known for the short names and read from a local
 folder's ``config.json``), and ``hired report`` puts all rows in one table, each score's retention
@@ -37,11 +39,17 @@ MODELS = {
     "llava-next-7b": "llava-hf/llava-v1.6-vicuna-7b-hf",  # the paper's model
     "onevision-7b": "llava-hf/llava-onevision-qwen2-7b-ov-hf",  # SigLIP without [CLS]: received-attention scores
     "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",  # native-resolution ViT, M-RoPE: one grid of merged tokens
+    "qwen3-vl-8b": "Qwen/Qwen3-VL-8B-Instruct",  # Qwen2.5-VL's layout plus DeepStack
+    "qwen3.5-27b": "Qwen/Qwen3.5-27B",  # Qwen3-VL's tower, hybrid linear-attention decoder
+    "internvl3.5-8b": "OpenGVLab/InternVL3_5-8B-HF",  # tiles plus a thumbnail, [CLS] scores
 }
 FAMILIES = {
     "llava-hf/llava-v1.6-vicuna-7b-hf": "llava_next",
     "llava-hf/llava-onevision-qwen2-7b-ov-hf": "onevision",
     "Qwen/Qwen2.5-VL-7B-Instruct": "qwen2_5_vl",
+    "Qwen/Qwen3-VL-8B-Instruct": "qwen3_vl",
+    "Qwen/Qwen3.5-27B": "qwen3_5",
+    "OpenGVLab/InternVL3_5-8B-HF": "internvl",
 }  # model → hired family, for the short names' models
 MODEL = MODELS["llava-next-7b"]
 ONEVISION_MODEL = MODELS["onevision-7b"]

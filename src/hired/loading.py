@@ -159,7 +159,7 @@ def load_processor(source: str, family, **kwargs):
 
 
 def load_model(model_id: str, device: str = "cpu", dtype: str = "auto"):
-    """``(model, processor)`` for a LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision, Qwen2.5-VL or Qwen3-VL folder or hub id (see
+    """``(model, processor)`` for a supported folder or hub id (every family of :mod:`hired.families`) (see
     :func:`resolve_model`); the classes come from the config's ``model_type`` (:func:`model_class_for`).
 
     Raises ``ValueError`` for a model that cannot be found or is not of a supported type, and ``ImportError``

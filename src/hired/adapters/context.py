@@ -58,13 +58,18 @@ class CallContext:
     ``last``: ``id(state)`` → ``(state, record)``, the last vision step of each applied model;
     ``encoding``: while ``hired.prepare_inputs`` runs the processor, its encoding cache; ``forward``: the
     forward pass running now; ``prompt``: the prompt the next vision step reads (query-aware methods);
-    ``recording``: what the score hooks record during the current tower forward."""
+    ``recording``: what the score hooks record during the current tower forward; ``processing``: while the
+    patched processor runs its image step, the image inputs the family adds to its output; ``carried``: the
+    :class:`Carried` image inputs of the forward running now that its ``get_image_features`` call is not
+    given (``Family.carried_kwargs``)."""
 
     last: Mapping[int, tuple] = field(default_factory=dict)
     encoding: dict | None = None
     forward: Any = None
     prompt: Any = None
     recording: Any = None
+    processing: Mapping | None = None
+    carried: Any = None
 
 
 _CALL: ContextVar[CallContext] = ContextVar("hired_call", default=CallContext())  # noqa: B039 (frozen)
@@ -219,6 +224,46 @@ class Pending:
     keys: dict[str, torch.Tensor]  # role → (P, T, H * D)
     features: torch.Tensor  # (P, T, Dv) the projector's input (Qwen: (N, D) merged tokens)
     deepstack: tuple[torch.Tensor, ...] = ()  # Qwen3-VL: (N, D) per DeepStack level
+
+
+@dataclass(frozen=True)
+class Carried:
+    """Image inputs a model's forward was given for exactly these ``pixel_values`` that it does not hand to
+    ``get_image_features`` (InternVL's ``image_sizes``); its vision step takes them (:func:`take_carried`)."""
+
+    pixel_values: Any
+    inputs: Mapping[str, Any]
+
+
+def take_carried(pixel_values) -> dict:
+    """The carried image inputs of the forward whose vision step gets these ``pixel_values`` (the same
+    tensor), or ``{}``; taken, so no later step can reuse them."""
+    carried = current().carried
+    if carried is None:
+        return {}
+    update(carried=None)
+    if carried.pixel_values is not pixel_values:
+        return {}
+    return {name: value for name, value in carried.inputs.items() if value is not None}
+
+
+IMAGES = "_hired_images"  # attribute of a joined pooler_output (InternVL): the per-image tensors it joins
+
+
+def pooled(state: State, outs: list[torch.Tensor]):
+    """A vision step's ``pooler_output``: one tensor per image, or for a family whose forward takes one
+    tensor (``Family.joins_features``) their concatenation, carrying the per-image tensors (:func:`per_image`)."""
+    if not state.family.joins_features:
+        return outs
+    joined = torch.cat(list(outs))
+    setattr(joined, IMAGES, tuple(outs))
+    return joined
+
+
+def per_image(pooler_output) -> list:
+    """The per-image feature tensors of a ``pooler_output`` made by :func:`pooled`."""
+    images = getattr(pooler_output, IMAGES, None)
+    return list(pooler_output) if images is None else list(images)
 
 
 def remember(state: State, record: Record | None) -> None:

@@ -22,7 +22,9 @@ from hired.adapters.context import (
     cache_of,
     current,
     hand_on,
+    pooled,
     remember,
+    take_carried,
 )
 from hired.adapters.prompts import take_prompt
 from hired.adapters.vision import ScoreHooks
@@ -57,6 +59,8 @@ def image_features(
     if aspect is not None and aspect != getattr(config, "vision_aspect_ratio", None):
         raise ValueError("hired was applied for the config's vision_aspect_ratio; pass None or the same value")
     pixel_values_given = pixel_values
+    if image_sizes is None:  # InternVL: the forward's image_sizes, which get_image_features is not given
+        image_sizes = take_carried(pixel_values).get("image_sizes")
     layouts, pixel_values = state.family.batch_layouts(state.geometry, pixel_values, image_sizes, extra)
     kwargs.pop("return_dict", None)
     kwargs["output_hidden_states"] = True
@@ -66,12 +70,14 @@ def image_features(
     feats = torch.cat(
         [tower_out.hidden_states[i][:, prefix:] for i in state.plan.hidden_layers], dim=-1
     )  # (sum P, T, Dv)
+    patches = feats.shape[1]
+    state.hooks.scores.check_complete(rec)
+    scores = {role: row[:, -patches:] for role, row in rec.rows.items()}
+    keys = {role: k[:, -patches:] for role, k in rec.keys.items()}
+    feats, scores, keys = state.family.merge_patches(inner, config, feats, scores, keys)  # the LM's tokens
     tokens = layouts[0].tokens
     if feats.shape[1] != tokens:
-        raise ValueError(f"the vision tower gave {feats.shape[1]} patch tokens per partition, expected {tokens}")
-    state.hooks.scores.check_complete(rec)
-    scores = {role: row[:, -tokens:] for role, row in rec.rows.items()}
-    keys = {role: k[:, -tokens:] for role, k in rec.keys.items()}
+        raise ValueError(f"the vision tower gave {feats.shape[1]} tokens per partition, expected {tokens}")
     prompts = take_prompt(inner, state, layouts, pixel_values_given) if state.method.query_aware else None
     tower_out.pooler_output, record = select_and_pack(inner, state, layouts, scores, keys, feats, prompts)
     hand_on(state, record)
@@ -80,6 +86,7 @@ def image_features(
             state, tower_out.pooler_output, layouts, [lay.num_partitions for lay in layouts], scores, keys, feats
         )
     tower_out._hired_record = record
+    tower_out.pooler_output = pooled(state, tower_out.pooler_output)  # InternVL: one tensor
     return tower_out
 
 

@@ -8,7 +8,7 @@ import copy
 import torch
 from torch import nn
 
-from hired.adapters.context import PENDING, STOCK, RawPrompt, State, current, remember, update
+from hired.adapters.context import PENDING, STOCK, RawPrompt, State, current, per_image, pooled, remember, update
 from hired.core.grid import Layout
 from hired.methods.base import Prompts
 
@@ -84,7 +84,7 @@ def prompts_from_text(inner: nn.Module, processor, text) -> Prompts:
 def reselect(inner: nn.Module, state: State, encoded, given: dict):
     """``encoded`` (``mm_encoder_outputs["image"]``) with every image that a query-aware method encoded
     without its prompt selected again for the prompt it sits in; ``None`` when there is none."""
-    outs = list(encoded.pooler_output)
+    outs = per_image(encoded.pooler_output)
     pending = [getattr(f, PENDING, None) for f in outs]
     idx = [i for i, p in enumerate(pending) if p is not None and p.state is state]
     if not idx:
@@ -114,7 +114,7 @@ def reselect(inner: nn.Module, state: State, encoded, given: dict):
     remember(state, record)
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-    fresh_encoded = BaseModelOutputWithPooling(pooler_output=outs)
+    fresh_encoded = BaseModelOutputWithPooling(pooler_output=pooled(state, outs))
     if deep_fresh:  # Qwen3-VL: the DeepStack levels of the images selected again, the others as given
         given_levels = getattr(encoded, "deepstack_features", None)
         if given_levels is None:

@@ -140,27 +140,19 @@ def rope_index(
     stock = [layout.tokens for layout in layouts]
     if kept == stock:
         return original(input_ids, mm_token_type_ids, **call)
-    config = inner.config
-    slot = (config.image_token_id, config.vision_start_token_id, config.vision_end_token_id)
-    wide_ids, wide_types, wide_mask, back, extra = _widen(
-        input_ids, mm_token_type_ids, attention_mask, kept, stock, slot
-    )
+    wide_ids, wide_types, wide_mask, back, extra = _widen(input_ids, mm_token_type_ids, attention_mask, kept, stock)
     call["attention_mask"] = wide_mask
     ids, deltas = original(wide_ids, wide_types, **call)
     out = torch.stack([ids[:, b, back[b]] for b in range(ids.shape[1])], dim=1)  # (3, B, S)
     return out, deltas + torch.tensor(extra, dtype=deltas.dtype, device=deltas.device)[:, None]
 
 
-def _widen(input_ids, types, attention_mask, kept: list[int], stock: list[int], slot: tuple[int, int, int]):
-    """Rows with image ``i``'s ``kept[i]`` placeholders widened to ``stock[i]`` (images in row-major order).
-
-    An image that keeps no token has no placeholder: its stock tokens go between the empty
-    ``<|vision_start|><|vision_end|>`` pair the processor wrote for it (``slot``: the image token id and the
-    two wrapper ids), so the text after it keeps its stock ids. Returns the widened ids, types and mask
-    ``(B, S')`` (rows right-padded with masked tokens), for each row where its tokens went (``(S,)`` long),
-    and each row's number of added tokens."""
+def _widen(input_ids, types, attention_mask, kept: list[int], stock: list[int]):
+    """Rows with image ``i``'s ``kept[i]`` placeholders (at least one: every image keeps a token) widened to
+    ``stock[i]`` (images in row-major order). Returns the widened ids, types and mask ``(B, S')`` (rows
+    right-padded with masked tokens), for each row where its tokens went (``(S,)`` long), and each row's
+    number of added tokens."""
     image = 1
-    image_token, start_token, end_token = slot
     pending = list(zip(kept, stock))
     at = 0  # the next image of pending
 
@@ -186,7 +178,7 @@ def _widen(input_ids, types, attention_mask, kept: list[int], stock: list[int], 
                 run = end - j
                 while run > 0:
                     k, n = next_image()
-                    if k > run:
+                    if not 0 < k <= run:
                         raise ValueError("the image placeholders of the prompt do not hold the method's counts")
                     back.extend(range(len(out_ids), len(out_ids) + k))
                     out_ids += [ids_row[j]] * n
@@ -200,13 +192,6 @@ def _widen(input_ids, types, attention_mask, kept: list[int], stock: list[int], 
                 out_ids.append(ids_row[j])
                 out_types.append(type_row[j])
                 out_mask.append(mask_row[j])
-                empty = ids_row[j] == start_token and j + 1 < length and ids_row[j + 1] == end_token
-                if empty and mask_row[j] and at < len(pending) and pending[at][0] == 0:
-                    _, n = next_image()  # an image that keeps nothing: its stock tokens, none of them read back
-                    out_ids += [image_token] * n
-                    out_types += [image] * n
-                    out_mask += [1] * n
-                    added += n
                 j += 1
         rows.append((out_ids, out_types, out_mask))
         backs.append(torch.tensor(back, dtype=torch.long, device=input_ids.device))
@@ -224,7 +209,6 @@ def kept_positions(position_ids: torch.Tensor, image_mask: torch.Tensor, offsets
 
     ``image_mask`` ``(B, S)``: the image placeholders, images in row-major order; ``offsets[i]`` ``(3, n_i)``:
     the kept tokens' offsets from the image's first stock id, which its first placeholder holds."""
-    offsets = [o for o in offsets if o.shape[1]]  # an image that keeps nothing has no placeholder
     flat = image_mask.flatten().nonzero().flatten()  # (L,) row-major positions of the placeholders
     if not offsets and flat.numel() == 0:
         return position_ids

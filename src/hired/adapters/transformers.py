@@ -1,6 +1,6 @@
 """The transformers runtime: ``apply`` / ``remove`` and the public API on stock transformers model and
 processor instances of every supported family (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL,
-Qwen3-VL). What differs between families is asked of :mod:`hired.families` and of the vision step
+Qwen3-VL, Qwen3.5, InternVL). What differs between families is asked of :mod:`hired.families` and of the vision step
 registered for the family's token layout (:data:`VISION_STEPS`: :mod:`hired.adapters.partitions`,
 :mod:`hired.adapters.qwen`); what to keep is decided by :mod:`hired.engine`.
 
@@ -41,6 +41,7 @@ from torch import nn
 from hired.adapters import partitions, qwen
 from hired.adapters.context import (
     STOCK,
+    Carried,
     Forward,
     RawPrompt,
     State,
@@ -48,6 +49,7 @@ from hired.adapters.context import (
     cache_of,
     current,
     holding,
+    per_image,
     recall,
     remember,
     update,
@@ -67,6 +69,7 @@ VISION_STEPS = {
     "onevision": partitions.STEP,
     "qwen2_5_vl": qwen.STEP,
     "qwen3_vl": qwen.STEP,
+    "internvl": partitions.STEP,
     "qwen3_5": qwen.STEP,
 }
 """Family name → the vision step of its token layout in this runtime (one line per family)."""
@@ -127,7 +130,7 @@ def _build_state(model: nn.Module, processor, method: Method) -> tuple[nn.Module
 
 def apply(model: nn.Module, processor, method: Method) -> nn.Module:
     """Apply a token-reduction ``method`` to a ``model`` of a supported family (LLaVA-1.5, LLaVA-NeXT,
-    LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL) and its ``processor``, in place.
+    LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL, Qwen3.5, InternVL) and its ``processor``, in place.
 
     ``processor`` may be ``None`` when inputs are built elsewhere (they must then hold the method's
     placeholder count). Applying again replaces the previous method (after the calls using it are done).
@@ -150,7 +153,7 @@ def apply(model: nn.Module, processor, method: Method) -> nn.Module:
             state.saved[name] = inner.__dict__.get(name)
             patch = _ModelPatch(fn, inner, state)
             # generate() passes get_image_features the inputs its signature names (OneVision: batch_num_images)
-            patch.__signature__ = inspect.signature(getattr(inner, name))
+            patch.__signature__ = _signature(getattr(inner, name), state.family.carried_kwargs())
             inner.__dict__[name] = patch
         if processor is not None:
             patches = {"replace_image_token": _replace_image_token, "_process_images": _checked_process_images}
@@ -311,7 +314,9 @@ def _checked_process_images(processor, state: State, images, **kwargs):
         if empty:
             raise ValueError(f"image {i} has zero size ({size if isinstance(size, tuple) else tuple(shape)})")
     original = state.saved.get("_process_images") or functools.partial(type(processor)._process_images, processor)
-    return original(images, **kwargs)
+    extra = state.family.processor_inputs(processor, images, kwargs)  # InternVL: image sizes and tile grids
+    with holding(processing=extra or None):
+        return original(images, **kwargs)
 
 
 def _flat_images(images) -> list:
@@ -323,13 +328,17 @@ def _flat_images(images) -> list:
 def _replace_image_token(processor, state: State, image_inputs: dict, image_idx: int, **kwargs) -> str:
     """Placeholders for one image: the method's count for this image size (adaptive methods: the count the
     model gave it, when ``hired.prepare_inputs`` drives the processor)."""
+    extra = current().processing
+    if extra:  # the family's additions go into the processor's output (InternVL's image_sizes)
+        image_inputs.update(extra)
     layout = state.family.processor_layout(state.geometry, image_inputs, image_idx)
     encoding = current().encoding
     if encoding is not None:
-        return processor.image_token * len(_encode_in_processor(encoding, image_inputs).pooler_output[image_idx])
+        encoded = _encode_in_processor(encoding, image_inputs)
+        return state.family.placeholder(processor, encoded._hired_record.lengths[image_idx])
     if state.method.adaptive:
         raise ValueError(adaptive_message(state.method))
-    return processor.image_token * state.token_count(layout)
+    return state.family.placeholder(processor, state.token_count(layout))
 
 
 def _encode_in_processor(encoding: dict, image_inputs: dict):
@@ -373,6 +382,21 @@ def _placeholder_mask(inner: nn.Module, state: State, *args, **kwargs):
     return mask
 
 
+def _signature(method, carried: tuple[str, ...]) -> inspect.Signature:
+    """``method``'s signature with the family's carried image inputs added as keyword-only parameters where
+    it takes ``**kwargs`` (so ``generate()`` hands InternVL's ``get_image_features`` its ``image_sizes``)."""
+    sig = inspect.signature(method)
+    params = list(sig.parameters.values())
+    if not params or params[-1].kind is not inspect.Parameter.VAR_KEYWORD:
+        return sig
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
+        for name in carried
+        if name not in sig.parameters
+    ]
+    return sig.replace(parameters=[*params[:-1], *extra, params[-1]])
+
+
 def _positional_names(inner: nn.Module) -> list[str]:
     """The names of ``inner.forward``'s parameters in order (to read positional arguments in the pre-hook)."""
     return list(inspect.signature(inner.forward).parameters)
@@ -386,6 +410,10 @@ def _on_forward(state: State, names: list[str], _module, args, kwargs):
     without one."""
     given = dict(zip(names, args))
     given.update(kwargs)
+    carried = state.family.carried_kwargs()
+    if carried:  # image inputs this forward's get_image_features call is not given (InternVL's image_sizes)
+        pixels = given.get("pixel_values")
+        update(carried=None if pixels is None else Carried(pixels, {name: given.get(name) for name in carried}))
     encoded = (given.get("mm_encoder_outputs") or {}).get("image")
     changed = None
     if state.method.query_aware:
@@ -414,7 +442,7 @@ def _on_forward(state: State, names: list[str], _module, args, kwargs):
 
 def _encoded_forward(state: State, encoded) -> Forward:
     """The :class:`Forward` of a pass given pre-encoded images (``mm_encoder_outputs``)."""
-    images = tuple(getattr(f, STOCK, None) for f in encoded.pooler_output)
+    images = tuple(getattr(f, STOCK, None) for f in per_image(encoded.pooler_output))
     if any(image is None for image in images):
         raise ValueError(
             "keep_positions needs to know where each kept token sat in the stock sequence, but the image "

@@ -32,11 +32,16 @@ def encoder_layers(vision_tower: nn.Module, num_layers: int) -> nn.ModuleList:
 
 
 def qk_projections(layer: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The query and key projection modules of one transformer block."""
+    """The modules of one transformer block whose outputs are the queries and keys its attention reads:
+    the q and k projections, or the per-token norms the attention applies after them where it has them
+    (InternViT's ``q_norm`` / ``k_norm``; ``nn.Identity`` in towers without qk norm)."""
     for module in layer.modules():
         for q_name, k_name in _QK_NAMES:
             q, k = getattr(module, q_name, None), getattr(module, k_name, None)
             if isinstance(q, nn.Linear) and isinstance(k, nn.Linear):
+                q_norm, k_norm = getattr(module, "q_norm", None), getattr(module, "k_norm", None)
+                if isinstance(q_norm, nn.Module) and isinstance(k_norm, nn.Module):
+                    return q_norm, k_norm
                 return q, k
     raise ValueError(f"no query/key projections found in vision layer {type(layer).__name__}")
 
@@ -56,7 +61,8 @@ class ScoreHooks:
     attention each token receives from all queries (``kind="received"``); ``keys``: role → layer whose
     keys are wanted. The hooks record only inside :meth:`recording`, into that call's own
     :class:`~hired.engine.scores.Recording`, so one tower can serve any number of threads at once; outside
-    it they return at once. The scores themselves come from :class:`~hired.engine.scores.LayerScores`.
+    it they return at once. The scores themselves come from :class:`~hired.engine.scores.LayerScores`
+    (``max_queries``: its share of the queries for ``kind="received"``; ``None``, all of them).
     """
 
     def __init__(
@@ -66,8 +72,9 @@ class ScoreHooks:
         rows: Mapping[str, int],
         keys: Mapping[str, int] | None = None,
         kind: str = "cls",
+        max_queries: int | None = None,
     ):
-        self.scores = LayerScores(rows, keys, num_heads, kind)
+        self.scores = LayerScores(rows, keys, num_heads, kind, max_queries)
         self._handles: list = []
         try:
             for layer in self.scores.layers:

@@ -5,7 +5,7 @@ Two token layouts exist today, and each family has one of them:
 - **partitions** (LLaVA-1.5, LLaVA-NeXT, OneVision): ``(sum P, T, Dv)`` patch features of every partition,
   packed in the family's order with image-newline slots, then projected (:func:`select_partitions`,
   :func:`pack_and_project`);
-- **a merged grid** (Qwen2.5-VL, Qwen3-VL): ``(sum N, D)`` merged tokens, already the language model's
+- **a merged grid** (Qwen2.5-VL, Qwen3-VL, Qwen3.5): ``(sum N, D)`` merged tokens, already the language model's
   width, one grid per image in raster order (:func:`select_merged`).
 """
 
@@ -21,7 +21,7 @@ import torch
 from hired.core.grid import Layout
 from hired.engine.plan import Plan
 from hired.methods.base import Prompts, Selection
-from hired.methods.pack import Packed, feature_inputs, pack_features
+from hired.methods.pack import Packed, check_kept, feature_inputs, pack_features
 
 
 def select_partitions(
@@ -90,6 +90,7 @@ def select_merged(
     for i, layout in enumerate(layouts):
         groups.setdefault(layout.tokens, []).append(i)
     out: list = [None] * len(layouts)
+    kept = []  # per group, its kept count (0-d, on the features' device)
     for tokens, idx in groups.items():
 
         def rows(values: torch.Tensor, tokens: int = tokens, idx: list[int] = idx) -> torch.Tensor:
@@ -104,10 +105,13 @@ def select_merged(
         g_scores = {r: rows(v) for r, v in scores.items()}
         g_keys = {r: rows(v) for r, v in keys.items()}
         selection = method.select(group, g_scores, plan.info, keys=g_keys, **extra)
-        packed = pack_features(method, group, selection, feats, newline=False)
+        packed = pack_features(method, group, selection, feats, newline=False, check=False)
+        kept.append(selection.keep.sum())
         pieces = zip(idx, packed.features.split(packed.lengths), packed.stock_index.split(packed.lengths))
         for j, (i, features, index) in enumerate(pieces):
             out[i] = (features, index, selection.keep[j], selection.budgets[j])
+    if kept:  # one check of the whole batch against the counts promised, not one per group
+        check_kept(method, torch.stack([k.to(merged.device) for k in kept]).sum(), sum(len(o[1]) for o in out))
     return out
 
 

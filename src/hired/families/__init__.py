@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hired.families.base import Family
+from hired.families.internvl import InternVL
 from hired.families.llava import Llava
 from hired.families.llava_next import LlavaNext
 from hired.families.onevision import Onevision
@@ -10,7 +11,9 @@ from hired.families.qwen2_5_vl import Qwen25VL
 from hired.families.qwen3_5 import Qwen35
 from hired.families.qwen3_vl import Qwen3VL
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (LlavaNext(), Llava(), Onevision(), Qwen25VL(), Qwen3VL(), Qwen35())}
+FAMILIES: dict[str, Family] = {
+    f.name: f for f in (LlavaNext(), Llava(), Onevision(), Qwen25VL(), Qwen3VL(), Qwen35(), InternVL())
+}
 """Family name → its description."""
 
 

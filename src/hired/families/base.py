@@ -52,6 +52,7 @@ class Family:
     videos_via_image_features: ClassVar[bool] = False  # the model's get_video_features calls get_image_features
     torchvision_extra: ClassVar[str | None] = None  # hired's pip extra for a processor that imports torchvision
     tower_attentions: ClassVar[bool] = True  # the tower can return attention maps (the bench's reference path)
+    joins_features: ClassVar[bool] = False  # the forward takes get_image_features' pooler_output as one tensor
 
     def tower(self, inner):
         """The vision tower module of the inner model."""
@@ -156,6 +157,25 @@ class Family:
     def image_kwargs(self) -> tuple[str, ...]:
         """Keyword arguments of ``get_image_features`` (besides ``pixel_values``) that carry image inputs."""
         return ("image_sizes",) if self.anyres else ()
+
+    def carried_kwargs(self) -> tuple[str, ...]:
+        """Image inputs the model's forward takes but does not hand to ``get_image_features`` (InternVL's
+        ``image_sizes``): the runtime carries them from the forward to its vision step."""
+        return ()
+
+    def processor_inputs(self, processor, images, kwargs: dict) -> dict:
+        """Image inputs the patched processor adds to the image processor's output, computed from the
+        images and the call's image settings ``kwargs`` (InternVL: each image's size and tile grid)."""
+        return {}
+
+    def placeholder(self, processor, count: int) -> str:
+        """The text the processor writes for one image that gives the language model ``count`` tokens."""
+        return processor.image_token * count
+
+    def merge_patches(self, inner, config, feats, scores, keys):
+        """The tower's patch features ``(P, T, Dv)``, scores ``role → (P, T)`` and keys ``role → (P, T, H * D)``
+        → the same per language-model token (InternVL's pixel shuffle); most families: unchanged."""
+        return feats, scores, keys
 
     def processor_layout(self, geometry: Geometry, image_inputs: dict, image_idx: int) -> Layout:
         """The layout of image ``image_idx`` of the processor's ``image_inputs`` (image sizes, pixel values)."""

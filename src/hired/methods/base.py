@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Literal, Union
 
 import torch
 
+from hired.core.budget import total_budget
 from hired.core.grid import Layout
 from hired.core.select import topk_mask
 
@@ -281,6 +282,13 @@ class Method:
         """Patch tokens kept for one image (image-newline tokens not included)."""
         raise NotImplementedError
 
+    def total(self, layout: Layout) -> int:
+        """The budget B = floor(budget * P * T) of one image of a fixed-budget method, and at least one
+        token (where the image has one): every image of a prompt keeps a token, in every family and both
+        runtimes (vLLM needs a placeholder per image, and a kept token is what places an image's stock ids
+        with ``keep_positions``)."""
+        return max(total_budget(self.budget, layout.num_partitions, layout.tokens), min(1, layout.num_valid))
+
     def partition_budgets(self, layout: Layout, scores: Mapping[str, torch.Tensor]) -> list[int]:
         """Budget of every partition of one image; ``scores[role]`` is ``(P, T)`` fp32."""
         raise NotImplementedError
@@ -316,6 +324,15 @@ def topk_selection(layouts: list[Layout], budgets: list[list[int]], scores: torc
     valid = torch.cat([lay.valid_mask for lay in layouts]).to(scores.device, non_blocking=True)
     k = torch.tensor([b for per_image in budgets for b in per_image]).to(scores.device, non_blocking=True)
     return Selection(keep=topk_mask(scores, k, valid), budgets=budgets)
+
+
+def promised_counts(method: Method, layouts: list[Layout], keep: torch.Tensor) -> list[list[int]]:
+    """Per-image lists of per-partition kept counts of a fixed-count ``method``'s ``(sum P, T)`` mask: for a
+    batch of one-partition images the promised counts (known on the host, no device sync), else read from
+    ``keep`` (:func:`kept_counts`)."""
+    if not method.adaptive and all(lay.num_partitions == 1 for lay in layouts):
+        return [[method.count(lay)] for lay in layouts]
+    return kept_counts(layouts, keep)
 
 
 def kept_counts(layouts: list[Layout], keep: torch.Tensor) -> list[list[int]]:

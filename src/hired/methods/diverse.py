@@ -18,7 +18,6 @@ from typing import Literal
 
 import torch
 
-from hired.core.budget import total_budget
 from hired.core.diverse import dart_keep, image_groups, maxmin_order, order_mask, unit_rows
 from hired.core.dpp import conditional_kernel, greedy_map, minmax
 from hired.core.grid import Layout
@@ -29,7 +28,7 @@ from hired.methods.base import (
     Selection,
     check_layer,
     check_rate,
-    kept_counts,
+    promised_counts,
     register,
 )
 from hired.methods.simple import _EvenSplit
@@ -80,7 +79,7 @@ class _WholeImage:
     budget: float
 
     def count(self, layout: Layout) -> int:
-        return min(total_budget(self.budget, layout.num_partitions, layout.tokens), layout.num_valid)
+        return min(self.total(layout), layout.num_valid)
 
     def partition_budgets(self, layout: Layout, scores: Mapping[str, torch.Tensor]) -> list[int]:
         raise NotImplementedError(f"{type(self).__name__} splits its budget by what it selects")
@@ -133,7 +132,7 @@ class DivPrune(_WholeImage, Method):
     def select(self, layouts, scores, info, keys=None, *, features=None, prompts=None) -> Selection:
         order, index = self.order(layouts, features)
         keep = _ungrouped(layouts, order_mask(order, index.shape[1]), index)
-        return Selection(keep=keep, budgets=kept_counts(layouts, keep))
+        return Selection(keep=keep, budgets=promised_counts(self, layouts, keep))
 
     def order(self, layouts: list[Layout], features: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per image, its kept patches in the order the greedy chose them: ``(n, max k)`` positions into the
@@ -204,7 +203,7 @@ class DART(_WholeImage, Method):
     def select(self, layouts, scores, info, keys=None, *, features=None, prompts=None) -> Selection:
         keep, _, index = self.pivots_and_keep(layouts, features, keys)
         keep = _ungrouped(layouts, keep, index)
-        return Selection(keep=keep, budgets=kept_counts(layouts, keep))
+        return Selection(keep=keep, budgets=promised_counts(self, layouts, keep))
 
     def pivots_and_keep(self, layouts, features, keys) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per image ``(n, N)`` kept mask, ``(n, pivots)`` pivots in order (``-1`` past ``p``), both over the

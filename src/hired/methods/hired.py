@@ -8,7 +8,7 @@ from typing import Literal
 
 import torch
 
-from hired.core.budget import allocate, scaled_floor, total_budget
+from hired.core.budget import allocate, scaled_floor
 from hired.core.grid import Layout, full_to_subimage, row_chunk_to_subimage
 from hired.core.select import region_of, region_topk
 from hired.methods.base import (
@@ -89,7 +89,7 @@ class HiRED(Method):
         return {"budget": self.budget_layer, "select": select}
 
     def _budget(self, layout: Layout) -> int:
-        return total_budget(self.budget, layout.num_partitions, layout.tokens)
+        return self.total(layout)
 
     def count(self, layout: Layout) -> int:
         return sum(self._allocate(layout, [0] * layout.num_subimages))

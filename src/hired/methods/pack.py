@@ -55,7 +55,12 @@ def keeps_newline(method: Method, newline: bool) -> bool:
 
 
 def pack_order(
-    method: Method, layouts: list[Layout], selection: Selection, newline: bool, device: torch.device
+    method: Method,
+    layouts: list[Layout],
+    selection: Selection,
+    newline: bool,
+    device: torch.device,
+    check: bool = True,
 ) -> tuple[torch.Tensor, list[int], torch.Tensor, list[int]]:
     """The kept tokens of a batch in pack order.
 
@@ -63,7 +68,8 @@ def pack_order(
     kept), the number of tokens of each image, each kept token's index in its image's stock token
     sequence (``(L,)`` long: LLaVA's order with a newline per canvas row where the family has them), and
     the length of each image's stock sequence. For fixed-count methods the kept count is known on the
-    host (it is the promised count), so this needs no device sync.
+    host (it is the promised count), so this needs no device sync; on a CPU the kept count is checked
+    against it (``check=False``: the caller checks a whole batch at once, :func:`check_kept`).
     """
     with_newline = keeps_newline(method, newline)
     tokens = layouts[0].tokens
@@ -86,22 +92,35 @@ def pack_order(
     kept = selection.keep.to(device, non_blocking=True).flatten()[order.clamp(min=0)]
     keep = (~is_token & with_newline) | (is_token & kept)
     total = sum(lengths)
-    if keep.device.type == "cpu" and int(keep.sum()) != total:  # the count promised to the processor
-        raise RuntimeError(
-            f"{type(method).__name__} kept {int(keep.sum())} tokens but its budgets add up to {total}; "
-            "its select() returned inconsistent budgets"
-        )
+    if check:
+        check_kept(method, keep.sum(), total)
     # positions of the kept entries in the concatenated stock sequences, without a data-dependent shape
     positions = torch.sort((~keep).to(torch.uint8), stable=True).indices[:total]
     stock_map = torch.cat(maps).to(device, non_blocking=True)  # each entry's index in its image's stock sequence
     return order[positions], lengths, stock_map[positions], stock_lengths
 
 
+def check_kept(method: Method, kept: torch.Tensor, total: int) -> None:
+    """On a CPU, raise unless ``kept`` (a 0-d count of kept tokens) is ``total``, the count promised to the
+    processor (on an accelerator the check would cost a device sync per batch, so it is skipped)."""
+    if kept.device.type == "cpu" and int(kept) != total:
+        raise RuntimeError(
+            f"{type(method).__name__} kept {int(kept)} tokens but its budgets add up to {total}; "
+            "its select() returned inconsistent budgets"
+        )
+
+
 def pack_features(
-    method: Method, layouts: list[Layout], selection: Selection, features: torch.Tensor, newline: bool
+    method: Method,
+    layouts: list[Layout],
+    selection: Selection,
+    features: torch.Tensor,
+    newline: bool,
+    check: bool = True,
 ) -> Packed:
-    """Gather (and merge) the kept tokens of ``features`` ``(sum P, T, Dv)`` in pack order."""
-    order, lengths, stock_index, stock_lengths = pack_order(method, layouts, selection, newline, features.device)
+    """Gather (and merge) the kept tokens of ``features`` ``(sum P, T, Dv)`` in pack order (``check``: see
+    :func:`pack_order`)."""
+    order, lengths, stock_index, stock_lengths = pack_order(method, layouts, selection, newline, features.device, check)
     if selection.weights is not None:
         features = torch.bmm(selection.weights.to(features.device, features.dtype), features)
     kept = features.flatten(0, 1)[order.clamp(min=0)]  # (L, Dv); newline slots hold a placeholder row

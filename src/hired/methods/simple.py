@@ -17,7 +17,7 @@ from functools import lru_cache
 
 import torch
 
-from hired.core.budget import even_split, total_budget
+from hired.core.budget import even_split
 from hired.core.grid import Layout
 from hired.core.select import lattice_indices
 from hired.methods.base import (
@@ -45,7 +45,7 @@ class _EvenSplit:
     budget: float
 
     def _budgets(self, layout: Layout) -> list[int]:
-        return even_split(total_budget(self.budget, layout.num_partitions, layout.tokens), layout.valid_counts)
+        return even_split(self.total(layout), layout.valid_counts)
 
     def count(self, layout: Layout) -> int:
         return sum(self._budgets(layout))

@@ -2,15 +2,15 @@
 
 vLLM loads :func:`register` from the ``vllm.general_plugins`` entry point in every process. It replaces
 the ``LlavaNextForConditionalGeneration``, ``LlavaForConditionalGeneration``,
-``LlavaOnevisionForConditionalGeneration`` and ``Qwen2_5_VLForConditionalGeneration`` architectures with thin subclasses of vLLM's own classes that
-behave exactly as stock unless the model is given ``hf_overrides={"hired": {"method": "hired", "budget": 0.2, "alpha": 0.5}}``::
+``LlavaOnevisionForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``,
+``Qwen3VLForConditionalGeneration``, ``Qwen3_5ForConditionalGeneration`` and
+``InternVLForConditionalGeneration`` architectures with thin subclasses of vLLM's own classes that behave
+exactly as stock unless the model is given ``hf_overrides={"hired": {"method": "hired", "budget": 0.2, "alpha": 0.5}}``::
 
     from vllm import LLM
     llm = LLM(model="llava-hf/llava-v1.6-vicuna-7b-hf", hf_overrides={"hired": {"budget": 0.2}})
 
 Only fixed-budget methods work here (vLLM sizes each prompt from the image size before the encoder runs).
-``Qwen3VLForConditionalGeneration`` is registered too, only to refuse a ``hired`` entry with a clear error
-(the plugin does not serve it yet; without the entry it is vLLM's own class).
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ ARCHITECTURES = {
     "LlavaForConditionalGeneration": ("llava", "HiredLlavaForConditionalGeneration"),
     "LlavaOnevisionForConditionalGeneration": ("onevision", "HiredLlavaOnevisionForConditionalGeneration"),
     "Qwen2_5_VLForConditionalGeneration": ("qwen2_5_vl", "HiredQwen2_5_VLForConditionalGeneration"),
-    "Qwen3VLForConditionalGeneration": ("qwen3_vl", "HiredQwen3VLForConditionalGeneration"),  # refuses ``hired``
+    "Qwen3VLForConditionalGeneration": ("qwen3_vl", "HiredQwen3VLForConditionalGeneration"),
+    "Qwen3_5ForConditionalGeneration": ("qwen3_5", "HiredQwen3_5ForConditionalGeneration"),
+    "InternVLForConditionalGeneration": ("internvl", "HiredInternVLForConditionalGeneration"),
 }
 """vLLM architecture → (module of :mod:`hired.vllm`, class): one module per family, one line each."""
 

@@ -1,6 +1,8 @@
 """The vLLM plugin's part shared by the families whose images are partitions of patches (LLaVA-NeXT,
-LLaVA-1.5, LLaVA-OneVision: :mod:`hired.vllm.llava_next`, :mod:`hired.vllm.llava`, :mod:`hired.vllm.onevision`,
-thin subclasses of vLLM's own classes).
+LLaVA-1.5, LLaVA-OneVision, InternVL: :mod:`hired.vllm.llava_next`, :mod:`hired.vllm.llava`,
+:mod:`hired.vllm.onevision`, :mod:`hired.vllm.internvl`, thin subclasses of vLLM's own classes). What a
+family does between the tower's patches and the language model's tokens (InternVL's pixel shuffle) is
+the family's :meth:`~hired.families.base.Family.merge_patches`, applied to features, scores and keys alike.
 
 Without ``hired`` in the model's ``hf_overrides`` every override below calls the parent, so the model
 runs exactly as stock vLLM. With it:
@@ -60,19 +62,35 @@ class CountMixin(SpecCache):
 
 
 def attention_modules(tower: nn.Module) -> nn.ModuleList:
-    """The ``self_attn`` module of every encoder layer vLLM built (``vision_model.encoder.layers`` of
-    vLLM's CLIPVisionModel and SiglipVisionModel; each has a fused ``qkv_proj`` and ``num_heads_per_partition``
-    and ``tp_size``)."""
+    """The attention module of every encoder layer vLLM built: ``self_attn`` of ``vision_model.encoder.layers``
+    in vLLM's CLIPVisionModel and SiglipVisionModel (a fused ``qkv_proj``, ``num_heads_per_partition``,
+    ``tp_size``), ``attention`` of ``encoder.layer`` in its InternViT (``InternS1VisionModel``: q, k and v
+    projections handed, normalized, to an ``MMEncoderAttention`` ``attn``; ``num_heads``, never sharded)."""
     try:
-        layers = tower.vision_model.encoder.layers
-        attns = nn.ModuleList([layer.self_attn for layer in layers])
-        for attn in attns:
-            attn.qkv_proj, attn.num_heads_per_partition, attn.tp_size  # noqa: B018 - what the hooks read
+        if hasattr(tower, "vision_model"):
+            attns = nn.ModuleList([layer.self_attn for layer in tower.vision_model.encoder.layers])
+            for attn in attns:
+                attn.qkv_proj, attn.num_heads_per_partition, attn.tp_size  # noqa: B018 - what the hooks read
+        else:
+            attns = nn.ModuleList([layer.attention for layer in tower.encoder.layer])
+            for attn in attns:
+                attn.attn, attn.num_heads  # noqa: B018 - what the hooks read
     except AttributeError:
         raise TypeError(
-            f"hired expects vLLM's CLIPVisionModel or SiglipVisionModel as vision tower, got {type(tower).__name__}"
+            "hired expects vLLM's CLIPVisionModel, SiglipVisionModel or InternS1VisionModel as vision tower, got "
+            f"{type(tower).__name__}"
         ) from None
     return attns
+
+
+def heads_of(attn: nn.Module) -> int:
+    """Attention heads of one layer of :func:`attention_modules` on this rank."""
+    return attn.num_heads_per_partition if hasattr(attn, "qkv_proj") else attn.num_heads
+
+
+def tp_size_of(attn: nn.Module) -> int:
+    """Tensor-parallel ranks one layer of :func:`attention_modules` splits its heads over."""
+    return getattr(attn, "tp_size", 1)
 
 
 def fused_qk(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,21 +110,19 @@ def record(
 ) -> Iterator[tuple[dict, dict]]:
     """Within the block, a tower forward fills ``rows[role]`` with ``(B, N)`` fp32 scores summed over all
     heads (``kind="cls"``: the [CLS] row; ``"received"``: the attention each token receives) and
-    ``keys[role]`` with ``(B, N, H * D)`` keys, from the hooked layers' ``qkv_proj`` (``attns``: every
-    encoder layer's ``self_attn``; the scores: :class:`hired.engine.scores.LayerScores`). With a
-    ``clock``, the time in the hooks is marked."""
-    scores = LayerScores(roles, key_roles, attns[0].num_heads_per_partition, kind)
+    ``keys[role]`` with ``(B, N, H * D)`` keys, from the hooked layers' ``qkv_proj`` output, or the q and k
+    handed to their attention kernel (``attns``: :func:`attention_modules`; the scores:
+    :class:`hired.engine.scores.LayerScores`). With a ``clock``, the time in the hooks is marked."""
+    scores = LayerScores(roles, key_roles, heads_of(attns[0]), kind)
     rec = Recording()
     handles = []
 
     def hook(attn, layer: int):
-        def on_qkv(_module, _inputs, output):
-            qkv = output[0] if isinstance(output, tuple) else output  # (B, N, 3 * H_local * D)
+        def on_qk(q: torch.Tensor, k: torch.Tensor):  # each (B, N, H_local * D)
             start = clock.mark() if clock is not None and clock.current is not None else None
-            q, k = fused_qk(qkv)
             if layer in scores.row_roles:
                 row = scores.score(q[:, 0] if scores.kind == "cls" else q, k)
-                if attn.tp_size > 1:  # heads are split over tensor-parallel ranks: add up their rows
+                if tp_size_of(attn) > 1:  # heads are split over tensor-parallel ranks: add up their rows
                     from vllm.distributed import tensor_model_parallel_all_reduce
 
                     row = tensor_model_parallel_all_reduce(row)
@@ -115,14 +131,29 @@ def record(
             if start is not None:
                 clock.current["cls"].append((start, clock.mark()))
 
-        return on_qkv
+        return on_qk
+
+    def on_qkv(on_qk):
+        def fused(_module, _inputs, output):
+            on_qk(*fused_qk(output[0] if isinstance(output, tuple) else output))  # (B, N, 3 * H_local * D)
+
+        return fused
+
+    def on_kernel(on_qk):
+        def handed(_module, args):
+            on_qk(args[0], args[1])  # the (query, key, value) the layer hands its attention kernel
+
+        return handed
 
     try:
         for layer in scores.layers:
             attn = attns[layer]
-            if layer in scores.key_roles and attn.tp_size > 1:
+            if layer in scores.key_roles and tp_size_of(attn) > 1:
                 raise NotImplementedError("merging methods need all heads' keys; run the vision tower unsharded")
-            handles.append(attn.qkv_proj.register_forward_hook(hook(attn, layer)))
+            if hasattr(attn, "qkv_proj"):
+                handles.append(attn.qkv_proj.register_forward_hook(on_qkv(hook(attn, layer))))
+            else:
+                handles.append(attn.attn.register_forward_pre_hook(on_kernel(hook(attn, layer))))
         yield rec.rows, rec.keys
     finally:
         for h in handles:
@@ -138,7 +169,7 @@ class PartitionModelMixin(StageTiming):
         self._hired_attns: nn.ModuleList | None = None
         if self.hired_spec is not None:
             attns = attention_modules(self.vision_tower)  # fail at start-up on an unexpected tower
-            if self.hired_spec.key_roles and attns[0].tp_size > 1:
+            if self.hired_spec.key_roles and tp_size_of(attns[0]) > 1:
                 raise ValueError(
                     f"hf_overrides['hired']: {self.hired_spec.method.name} merges by keys of all heads, which "
                     "tensor parallelism splits over ranks; use a selection-only method (hired, cls_topk, spatial, "
@@ -160,6 +191,7 @@ class PartitionModelMixin(StageTiming):
         tokens = layouts[0].tokens
         if spec.oracle:
             feats = self._image_pixels_to_features(self.vision_tower, pixel_values)
+            feats, _, _ = spec.family.merge_patches(self, self.config, feats, {}, {})
             parts = [oracle_keep(lay, spec.method.count(lay)) for lay in layouts]
             selection = Selection(keep=torch.cat([k for k, _ in parts]).to(feats.device), budgets=[b for _, b in parts])
         else:
@@ -167,9 +199,12 @@ class PartitionModelMixin(StageTiming):
                 rows,
                 keys,
             ):
-                feats = self._image_pixels_to_features(self.vision_tower, pixel_values)  # (sum P, T, Dv)
-            scores = {role: row[:, -tokens:] for role, row in rows.items()}
-            keys = {r: k[:, -tokens:] for r, k in keys.items()}
+                feats = self._image_pixels_to_features(self.vision_tower, pixel_values)  # (sum P, patches, Dv)
+            patches = feats.shape[1]
+            scores = {role: row[:, -patches:] for role, row in rows.items()}
+            keys = {r: k[:, -patches:] for r, k in keys.items()}
+            # patches → the language model's tokens (InternVL's pixel shuffle; most families: unchanged)
+            feats, scores, keys = spec.family.merge_patches(self, self.config, feats, scores, keys)
             selection = select_partitions(spec, layouts, scores, keys, feats, self.multi_modal_projector)
         if feats.shape[1] != tokens:
             raise ValueError(f"the vision tower gave {feats.shape[1]} patch tokens per partition, expected {tokens}")
