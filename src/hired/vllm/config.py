@@ -115,7 +115,7 @@ def parse_method(entry: Any, mrope: bool = False) -> tuple[Method, bool]:
         )
     if method.keep_positions and not mrope:
         raise override_error(
-            "keep_positions is not available in vLLM: vLLM gives LLaVA's language model (1-D RoPE) consecutive "
+            "keep_positions is not available in vLLM: vLLM gives a 1-D RoPE language model consecutive "
             "positions, and its only interface for custom positions of pruned multimodal tokens "
             "(SupportsMultiModalPruning.recompute_mrope_positions) serves M-RoPE models with video pruning "
             "enabled; drop the option (packed positions, as the HiRED paper), or use the transformers adapter"
