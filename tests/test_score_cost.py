@@ -18,6 +18,7 @@ from hired.cli import main
 from hired.core.scores import query_subset, received_attention, stride_for
 from hired.engine.scores import LayerScores
 from hired.inference import demo_image
+from hired.testing import tiny_internvl, tiny_qwen3_5
 
 
 def _naive(q: torch.Tensor, k: torch.Tensor, heads: int, rows=slice(None)) -> torch.Tensor:
@@ -125,6 +126,80 @@ def test_qwen3_vl_8b_has_the_checkpoint_shapes():
     assert (tc.num_hidden_layers, tc.hidden_size, tc.num_attention_heads, tc.num_key_value_heads) == (36, 4096, 32, 8)
     assert (tc.head_dim, tc.intermediate_size, tc.vocab_size) == (128, 12288, 151936)
     assert processor.image_processor.patch_size == 16
+
+
+def test_qwen3_5_has_the_tower_defaults_and_the_text_defaults_of_transformers():
+    require_torchvision()
+    from transformers import Qwen3_5TextConfig, Qwen3_5VisionConfig
+
+    model, processor = build_arch("qwen3.5", device="meta", dtype=torch.bfloat16)
+    vc, tc = model.config.vision_config, model.config.text_config
+    assert (vc.depth, vc.hidden_size, vc.num_heads, vc.intermediate_size, vc.patch_size) == (27, 1152, 16, 4304, 16)
+    assert (vc.spatial_merge_size, vc.num_position_embeddings, vc.out_hidden_size) == (2, 2304, 4096)
+    vision_defaults, text_defaults = Qwen3_5VisionConfig(), Qwen3_5TextConfig()
+    for key in ("depth", "hidden_size", "num_heads", "intermediate_size", "patch_size", "num_position_embeddings"):
+        assert getattr(vc, key) == getattr(vision_defaults, key), key
+    for key in (
+        "num_hidden_layers",
+        "hidden_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "intermediate_size",
+        "vocab_size",
+        "layer_types",
+        "linear_num_value_heads",
+        "rope_parameters",
+    ):
+        assert getattr(tc, key) == getattr(text_defaults, key), key
+    assert type(model).__name__ == "Qwen3_5ForConditionalGeneration" and processor.image_processor.patch_size == 16
+
+
+def test_internvl3_5_8b_has_the_checkpoint_shapes():
+    require_torchvision()
+    model, processor = build_arch("internvl3.5-8b", device="meta", dtype=torch.bfloat16)
+    vc, tc = model.config.vision_config, model.config.text_config
+    assert (vc.num_hidden_layers, vc.hidden_size, vc.num_attention_heads, vc.intermediate_size) == (24, 1024, 16, 4096)
+    assert (list(vc.image_size), list(vc.patch_size), vc.norm_type, vc.use_qk_norm) == (
+        [448, 448],
+        [14, 14],
+        "layer_norm",
+        False,
+    )
+    assert model.config.downsample_ratio == 0.5 and model.config.image_seq_length == processor.image_seq_length == 256
+    assert tc.model_type == "qwen3"
+    assert (tc.num_hidden_layers, tc.hidden_size, tc.num_attention_heads, tc.num_key_value_heads) == (36, 4096, 32, 8)
+    assert (tc.head_dim, tc.intermediate_size, tc.vocab_size) == (128, 12288, 151936)
+    ip = processor.image_processor
+    assert (ip.size["height"], ip.min_patches, ip.max_patches, ip.crop_to_patches) == (448, 1, 12, True)
+    tower = model.model.vision_tower
+    assert tower.embeddings.cls_token.shape[-1] == 1024  # InternViT's [CLS]
+
+
+@pytest.mark.parametrize("arch", ["internvl3.5-8b", "qwen3.5"])
+def test_build_tower_rebuilds_the_vision_step_on_the_cpu(arch):
+    require_torchvision()
+    model, _ = build_tower(arch)
+    inner = model.model
+    assert all(p.device.type == "meta" for p in inner.language_model.parameters())
+    vision = [inner.vision_tower, inner.multi_modal_projector] if arch.startswith("internvl") else [inner.visual]
+    assert all(p.device.type == "cpu" for m in vision for p in m.parameters())
+
+
+@pytest.mark.parametrize("build", [tiny_internvl, tiny_qwen3_5], ids=["internvl", "qwen3_5"])
+def test_tower_benchmark_on_tiled_and_hybrid_models(build):
+    """InternVL's vision step needs each image's tile grid (``image_sizes``, from the family's processor
+    inputs); the oracle feeds pixel-shuffled tokens. A 300x300 image: 2x2 tiles + thumbnail of 16 tokens
+    each (InternVL), 8x8 merged tokens (Qwen3.5); HiRED keeps a fifth."""
+    require_torchvision()
+    model, processor = build()
+    result = tower_benchmark(model, processor, demo_image((300, 300)), [hired.HiRED(budget=0.2)], runs=1, warmup=0)
+    (row,) = result["rows"]
+    assert row["kept_per_image"] == [16 if build is tiny_internvl else 12]
+    if build is tiny_internvl:
+        assert result["pixel_values"] == [5, 3, 112, 112]
+    method = row["runs"]["method"][0]
+    assert 0 < method["score"] < method["tower"] <= method["step"]
 
 
 @pytest.mark.parametrize("arch", ["small", "qwen2.5-vl-small"])

@@ -1,5 +1,6 @@
 """Local builders of tokenizers, configs and processors (no download): a byte-level BPE tokenizer with the
-LLaVA placeholders, Qwen2.5-VL's tokens, config and processor, and the anyres grid lists.
+LLaVA placeholders, Qwen2.5-VL's tokens, config and processor, Qwen3-VL's processor, InternVL's tokens, config and
+processor, and the anyres grid lists.
 
 The random-weight architectures of :mod:`hired.bench.archs` and hired-tiny (:mod:`hired.models.tiny_vlm`)
 are built from these; the tiny test models of :mod:`hired.testing` too.
@@ -127,4 +128,76 @@ def qwen2_5_vl_processor(tokenizer, max_pixels: int, min_pixels: int = 56 * 56):
         image_processor=image_cls(**sizes),
         tokenizer=tokenizer,
         video_processor=transformers.Qwen2VLVideoProcessor(**sizes),
+    )
+
+
+def qwen3_vl_processor(tokenizer, max_pixels: int, min_pixels: int = 64 * 64):
+    """A ``Qwen3VLProcessor`` (patch 16, 2x2 merge; Qwen3.5 uses it too) resizing images to
+    ``min_pixels``-``max_pixels``; its video processor needs torchvision."""
+    import transformers
+
+    image_cls = getattr(transformers, "Qwen2VLImageProcessorPil", None) or transformers.Qwen2VLImageProcessor
+    sizes = dict(patch_size=16, merge_size=2, temporal_patch_size=2)
+    return transformers.Qwen3VLProcessor(
+        image_processor=image_cls(min_pixels=min_pixels, max_pixels=max_pixels, **sizes),
+        tokenizer=tokenizer,
+        video_processor=transformers.Qwen3VLVideoProcessor(**sizes),
+    )
+
+
+INTERNVL_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>"}
+
+
+def internvl_tokenizer():
+    """:func:`tiny_tokenizer` with InternVL's ``<img>``, ``</img>``, ``<IMG_CONTEXT>`` and ``<video>`` tokens,
+    named as the InternVL processor reads them (``start_image_token``, ``context_image_token_id``, ...)."""
+    from transformers import PreTrainedTokenizerFast
+
+    base = tiny_tokenizer()
+    named = {**INTERNVL_TOKENS, "video_token": VIDEO_TOKEN}
+    base.add_special_tokens({"additional_special_tokens": list(named.values())})
+    return PreTrainedTokenizerFast(
+        tokenizer_object=base.backend_tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens=named,
+        padding_side="left",
+    )
+
+
+def internvl_config(tokenizer, vision: dict, text: dict, **kwargs):
+    """An ``InternVLConfig`` for ``tokenizer`` (:func:`internvl_tokenizer`): an InternViT tower with a [CLS]
+    token (``vision``: its sizes, ``image_size`` the tile, ``patch_size``), a 0.5 pixel shuffle, the last
+    layer's features; ``text``: the language model's config (``model_type`` and sizes); ``kwargs``: more
+    ``InternVLConfig`` settings."""
+    from transformers import InternVLConfig
+
+    tokens = (int(vision["image_size"]) // int(vision["patch_size"]) // 2) ** 2
+    return InternVLConfig(
+        vision_config=vision,
+        text_config=dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2, **text),
+        image_token_id=tokenizer.context_image_token_id,
+        image_seq_length=tokens,
+        downsample_ratio=0.5,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        **kwargs,
+    )
+
+
+def internvl_processor(tokenizer, tile_size: int, patch_size: int, min_patches: int, max_patches: int):
+    """An ``InternVLProcessor`` cutting an image into ``min_patches`` to ``max_patches`` tiles of ``tile_size``
+    px plus a thumbnail, ``(tile_size // patch_size // 2) ** 2`` tokens a tile; its video processor needs
+    torchvision."""
+    import transformers
+
+    size = {"height": tile_size, "width": tile_size}
+    image_cls = getattr(transformers, "GotOcr2ImageProcessorPil", None) or transformers.GotOcr2ImageProcessor
+    return transformers.InternVLProcessor(
+        image_processor=image_cls(size=size, crop_to_patches=True, min_patches=min_patches, max_patches=max_patches),
+        tokenizer=tokenizer,
+        video_processor=transformers.InternVLVideoProcessor(size=size),
+        image_seq_length=(tile_size // patch_size // 2) ** 2,
     )

@@ -20,10 +20,14 @@ from hired.builders import (
     QWEN_VISION_START,
     VIDEO_TOKEN,
     default_pinpoints,
+    internvl_config,
+    internvl_processor,
+    internvl_tokenizer,
     mrope_section,
     onevision_pinpoints,
     qwen2_5_vl_config,
     qwen2_5_vl_processor,
+    qwen3_vl_processor,
     qwen_tokenizer,
     tiny_tokenizer,
 )
@@ -385,36 +389,7 @@ def _tiny_qwen3(prefix: str, seed: int, vision: dict, text: dict, rope: dict, ma
     torch.manual_seed(seed)
     model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config).eval()
     model.set_attn_implementation(attn)
-    image_cls = getattr(transformers, "Qwen2VLImageProcessorPil", None) or transformers.Qwen2VLImageProcessor
-    sizes = dict(patch_size=16, merge_size=2, temporal_patch_size=2)
-    processor = transformers.Qwen3VLProcessor(
-        image_processor=image_cls(min_pixels=64 * 64, max_pixels=max_pixels, **sizes),
-        tokenizer=tokenizer,
-        video_processor=transformers.Qwen3VLVideoProcessor(**sizes),
-    )
-    return model, processor
-
-
-INTERNVL_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>"}
-
-
-def internvl_tokenizer():
-    """:func:`tiny_tokenizer` with InternVL's ``<img>``, ``</img>``, ``<IMG_CONTEXT>`` and ``<video>`` tokens,
-    named as the InternVL processor reads them (``start_image_token``, ``context_image_token_id``, ...)."""
-    from transformers import PreTrainedTokenizerFast
-
-    base = tiny_tokenizer()
-    named = {**INTERNVL_TOKENS, "video_token": VIDEO_TOKEN}
-    base.add_special_tokens({"additional_special_tokens": list(named.values())})
-    return PreTrainedTokenizerFast(
-        tokenizer_object=base.backend_tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens=named,
-        padding_side="left",
-    )
+    return model, qwen3_vl_processor(tokenizer, max_pixels)
 
 
 def tiny_internvl(
@@ -440,47 +415,29 @@ def tiny_internvl(
     import transformers
 
     tokenizer = internvl_tokenizer()
-    tokens = (tile_size // patch_size // 2) ** 2
-    config = transformers.InternVLConfig(
-        vision_config=dict(
-            hidden_size=vision_hidden,
-            intermediate_size=vision_hidden * 2,
-            num_hidden_layers=vision_layers,
-            num_attention_heads=vision_heads,
-            image_size=tile_size,
-            patch_size=patch_size,
-            use_qk_norm=qk_norm,
-        ),
-        text_config=dict(
-            model_type="qwen2",
-            vocab_size=len(tokenizer),
-            hidden_size=text_hidden,
-            intermediate_size=text_hidden * 2,
-            num_hidden_layers=text_layers,
-            num_attention_heads=text_heads,
-            num_key_value_heads=text_heads,
-            max_position_embeddings=4096,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=1,
-            eos_token_id=2,
-        ),
-        image_token_id=tokenizer.context_image_token_id,
-        image_seq_length=tokens,
-        downsample_ratio=0.5,
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
+    vision = dict(
+        hidden_size=vision_hidden,
+        intermediate_size=vision_hidden * 2,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads,
+        image_size=tile_size,
+        patch_size=patch_size,
+        use_qk_norm=qk_norm,
+    )
+    text = dict(
+        model_type="qwen2",
+        vocab_size=len(tokenizer),
+        hidden_size=text_hidden,
+        intermediate_size=text_hidden * 2,
+        num_hidden_layers=text_layers,
+        num_attention_heads=text_heads,
+        num_key_value_heads=text_heads,
+        max_position_embeddings=4096,
     )
     torch.manual_seed(seed)
-    model = transformers.InternVLForConditionalGeneration(config).eval()
+    model = transformers.InternVLForConditionalGeneration(internvl_config(tokenizer, vision, text)).eval()
     model.set_attn_implementation(attn_implementation)
-    size = {"height": tile_size, "width": tile_size}
-    image_cls = getattr(transformers, "GotOcr2ImageProcessorPil", None) or transformers.GotOcr2ImageProcessor
-    processor = transformers.InternVLProcessor(
-        image_processor=image_cls(size=size, crop_to_patches=True, min_patches=min_patches, max_patches=max_patches),
-        tokenizer=tokenizer,
-        video_processor=transformers.InternVLVideoProcessor(size=size),
-        image_seq_length=tokens,
-    )
+    processor = internvl_processor(tokenizer, tile_size, patch_size, min_patches, max_patches)
     return model, processor
 
 

@@ -20,6 +20,17 @@ checkpoint's cost offline. ``build_arch(name, device, dtype)`` returns ``(model,
   intermediate 4304, full attention in every block, 48x48 learned positions, 2x2 merger, DeepStack from
   blocks 8, 16 and 24; Qwen3-8B: 36 layers, 4096 wide, 32 heads, 8 key/value heads of 128, intermediate
   12288, vocabulary 151936, interleaved M-RoPE).
+* ``qwen3.5``: Qwen3.5's tower as transformers' ``Qwen3_5VisionConfig`` defaults give it (the config names
+  ``Qwen/Qwen3.5-27B``: ViT/16, 27 blocks, 1152 wide, 16 heads, intermediate 4304, 48x48 learned positions,
+  2x2 merger, no DeepStack) and as language model transformers' ``Qwen3_5TextConfig`` defaults (32 layers,
+  4096 wide, 16 heads of 256, 4 key/value heads, intermediate 12288, vocabulary 248320, Gated DeltaNet in 3
+  layers of 4; 9.4 billion parameters in all, a "Qwen3.5-9B style configuration" in transformers' own
+  example), not a checkpoint's language model whose sizes could be checked here. Processor: Qwen3-VL's
+  (torchvision needed, ``pip install "hired-vlm[qwen]"``).
+* ``internvl3.5-8b``: the shapes of ``OpenGVLab/InternVL3.5-8B-HF`` (InternViT-300M: 24 layers, 1024 wide,
+  16 heads, intermediate 4096, 448 px tiles of 14 px patches, layer norm, a [CLS] token; a 0.5 pixel
+  shuffle, 256 tokens a tile; 1 to 12 tiles and a thumbnail; Qwen3-8B as for ``qwen3-vl-8b``, 1-D RoPE).
+  Its processor needs torchvision (``pip install "hired-vlm[internvl]"``).
 * ``onevision-small``: a scaled-down LLaVA-OneVision for CPUs with the OneVision token geometry (384 px
   crops of 14 px patches, 729 patches a crop, grids up to 6x6, ``anyres_max_9``: a 600x600 image gives 5
   partitions, 3645 patches, 3699 stock tokens) and ``small``'s widths, depths and vocabulary (SigLIP tower
@@ -48,8 +59,9 @@ _PINPOINTS_384_6X6 = tuple((384 * i, 384 * j) for i in range(1, 7) for j in rang
 @dataclass(frozen=True)
 class Arch:
     """Shapes of one architecture (``family`` is a :mod:`hired.families` name: ``"llava_next"``, ``"llava"``
-    or ``"onevision"``; OneVision has a SigLIP tower without [CLS] and a Qwen2 language model, the others
-    a CLIP tower and a Llama language model)."""
+    or ``"onevision"``, whose towers and language models are built in this module (OneVision: a SigLIP tower
+    without [CLS] and a Qwen2 language model; the others a CLIP tower and a Llama language model), or one
+    of :mod:`hired.bench.archs_vl`: Qwen2.5-VL, Qwen3-VL, Qwen3.5, InternVL)."""
 
     name: str
     family: str
@@ -78,6 +90,30 @@ class Arch:
     fullatt_blocks: tuple[int, ...] = ()
     max_pixels: int = 12845056
     deepstack_blocks: tuple[int, ...] = ()  # Qwen3-VL: the tower blocks whose outputs feed DeepStack
+    max_tiles: int = 12  # InternVL: an image is cut into 1 to max_tiles tiles of crop_size px (+ a thumbnail)
+
+    def vit_sizes(self) -> dict:
+        """A ViT config's sizes (CLIP, SigLIP, InternViT: widths, depth, heads, crop and patch)."""
+        return dict(
+            hidden_size=self.vision_hidden,
+            intermediate_size=self.vision_intermediate,
+            num_hidden_layers=self.vision_layers,
+            num_attention_heads=self.vision_heads,
+            image_size=self.crop_size,
+            patch_size=self.patch_size,
+        )
+
+    def text_sizes(self) -> dict:
+        """The language model config's sizes (widths, depth, heads, vocabulary, positions)."""
+        return dict(
+            vocab_size=self.vocab_size,
+            hidden_size=self.text_hidden,
+            intermediate_size=self.text_intermediate,
+            num_hidden_layers=self.text_layers,
+            num_attention_heads=self.text_heads,
+            num_key_value_heads=self.text_kv_heads or self.text_heads,
+            max_position_embeddings=self.max_position_embeddings,
+        )
 
 
 # the CPU-sized architectures' widths and depths (small, onevision-small, qwen2.5-vl-small): a language model
@@ -91,6 +127,22 @@ _SMALL_SIZES = dict(
     text_intermediate=1376,
     text_layers=8,
     text_heads=8,
+)
+
+# Qwen3-VL's tower (Qwen3.5's too: transformers' Qwen3_5VisionConfig defaults) and Qwen3-8B (Qwen3-VL-8B's and
+# InternVL3.5-8B's language model)
+_QWEN3_TOWER = dict(
+    crop_size=32,
+    patch_size=16,
+    vision_hidden=1152,
+    vision_intermediate=4304,
+    vision_layers=27,
+    vision_heads=16,
+    vision_feature_layer=-1,
+    max_pixels=16777216,
+)
+_QWEN3_8B = dict(
+    text_hidden=4096, text_intermediate=12288, text_layers=36, text_heads=32, text_kv_heads=8, vocab_size=151936
 )
 
 ARCHS: dict[str, Arch] = {
@@ -202,22 +254,41 @@ ARCHS: dict[str, Arch] = {
             family="qwen3_vl",
             summary="Qwen3-VL-8B-Instruct shapes: native-resolution ViT/16 (27x1152, full attention, 2x2 merger, "
             "DeepStack 8/16/24) + Qwen3-8B (36x4096), interleaved M-RoPE",
-            crop_size=32,
-            patch_size=16,
-            vision_hidden=1152,
-            vision_intermediate=4304,
-            vision_layers=27,
-            vision_heads=16,
+            **_QWEN3_TOWER,
+            **_QWEN3_8B,
+            max_position_embeddings=262144,
+            deepstack_blocks=(8, 16, 24),
+        ),
+        Arch(
+            name="qwen3.5",
+            family="qwen3_5",
+            summary="Qwen3.5's tower (transformers' Qwen3_5VisionConfig defaults: ViT/16 27x1152, 2x2 merger, no "
+            "DeepStack); language model: transformers' Qwen3_5TextConfig defaults (32x4096, 3 of 4 layers Gated "
+            "DeltaNet)",
+            **_QWEN3_TOWER,
             text_hidden=4096,
             text_intermediate=12288,
-            text_layers=36,
-            text_heads=32,
-            text_kv_heads=8,
-            vocab_size=151936,
+            text_layers=32,
+            text_heads=16,
+            text_kv_heads=4,
+            vocab_size=248320,
+            max_position_embeddings=32768,
+        ),
+        Arch(
+            name="internvl3.5-8b",
+            family="internvl",
+            summary="InternVL3.5-8B-HF shapes: InternViT-300M (24x1024, 448 px tiles of 14 px, [CLS]), 0.5 pixel "
+            "shuffle (256 tokens a tile), 1-12 tiles + thumbnail, + Qwen3-8B (36x4096)",
+            crop_size=448,
+            patch_size=14,
+            vision_hidden=1024,
+            vision_intermediate=4096,
+            vision_layers=24,
+            vision_heads=16,
+            **_QWEN3_8B,
             vision_feature_layer=-1,
-            max_position_embeddings=262144,
-            max_pixels=16777216,
-            deepstack_blocks=(8, 16, 24),
+            max_position_embeddings=40960,
+            max_tiles=12,
         ),
         Arch(
             name="qwen2.5-vl-small",
@@ -242,105 +313,19 @@ def list_archs() -> dict[str, str]:
     return {name: arch.summary for name, arch in ARCHS.items()}
 
 
-def _qwen_config(arch: Arch, tokenizer):
-    """Qwen2.5-VL-*-Instruct's config at ``arch``'s sizes (SiLU MLPs, RMSNorm, rope theta 1e6)."""
-    from hired.builders import qwen2_5_vl_config
-
-    vision = dict(
-        depth=arch.vision_layers,
-        hidden_size=arch.vision_hidden,
-        intermediate_size=arch.vision_intermediate,
-        num_heads=arch.vision_heads,
-        window_size=arch.window_size,
-        fullatt_block_indexes=list(arch.fullatt_blocks),
-    )
-    text = dict(
-        vocab_size=arch.vocab_size,
-        hidden_size=arch.text_hidden,
-        intermediate_size=arch.text_intermediate,
-        num_hidden_layers=arch.text_layers,
-        num_attention_heads=arch.text_heads,
-        num_key_value_heads=arch.text_kv_heads or arch.text_heads,
-        max_position_embeddings=arch.max_position_embeddings,
-        rms_norm_eps=1e-6,
-        rope_theta=1000000.0,
-        tie_word_embeddings=False,
-    )
-    return qwen2_5_vl_config(tokenizer, vision, text)
-
-
-def _qwen3_config(arch: Arch, tokenizer):
-    """Qwen3-VL-*-Instruct's config at ``arch``'s sizes (head 128, rope theta 5e6, interleaved M-RoPE)."""
-    from transformers import Qwen3VLConfig
-
-    from hired.builders import IMAGE_TOKEN, QWEN_VIDEO, QWEN_VISION_END, QWEN_VISION_START
-
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (IMAGE_TOKEN, QWEN_VIDEO, QWEN_VISION_START, QWEN_VISION_END)}
-    head_dim = 128
-    rope = {"rope_type": "default", "rope_theta": 5000000.0, "mrope_interleaved": True, "mrope_section": [24, 20, 20]}
-    vision = dict(
-        depth=arch.vision_layers,
-        hidden_size=arch.vision_hidden,
-        intermediate_size=arch.vision_intermediate,
-        num_heads=arch.vision_heads,
-        patch_size=arch.patch_size,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        in_channels=3,
-        out_hidden_size=arch.text_hidden,
-        num_position_embeddings=2304,
-        deepstack_visual_indexes=list(arch.deepstack_blocks),
-    )
-    text = dict(
-        vocab_size=arch.vocab_size,
-        hidden_size=arch.text_hidden,
-        intermediate_size=arch.text_intermediate,
-        num_hidden_layers=arch.text_layers,
-        num_attention_heads=arch.text_heads,
-        num_key_value_heads=arch.text_kv_heads or arch.text_heads,
-        head_dim=head_dim,
-        max_position_embeddings=arch.max_position_embeddings,
-        rms_norm_eps=1e-6,
-        rope_parameters=rope,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    return Qwen3VLConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=ids[IMAGE_TOKEN],
-        video_token_id=ids[QWEN_VIDEO],
-        vision_start_token_id=ids[QWEN_VISION_START],
-        vision_end_token_id=ids[QWEN_VISION_END],
-        tie_word_embeddings=False,
-    )
-
-
 def _config(arch: Arch, image_token_id: int, pad_token_id: int, video_token_id: int | None = None):
     if arch.family == "onevision":
         return _onevision_config(arch, image_token_id, pad_token_id, video_token_id)
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextConfig
 
     vision = CLIPVisionConfig(
-        hidden_size=arch.vision_hidden,
-        intermediate_size=arch.vision_intermediate,
-        num_hidden_layers=arch.vision_layers,
-        num_attention_heads=arch.vision_heads,
-        image_size=arch.crop_size,
-        patch_size=arch.patch_size,
+        **arch.vit_sizes(),
         projection_dim=768,
         hidden_act="quick_gelu",
         layer_norm_eps=1e-5,
     )
     text = LlamaConfig(
-        vocab_size=arch.vocab_size,
-        hidden_size=arch.text_hidden,
-        intermediate_size=arch.text_intermediate,
-        num_hidden_layers=arch.text_layers,
-        num_attention_heads=arch.text_heads,
-        num_key_value_heads=arch.text_kv_heads or arch.text_heads,
-        max_position_embeddings=arch.max_position_embeddings,
+        **arch.text_sizes(),
         rms_norm_eps=1e-5,
         pad_token_id=pad_token_id,
         bos_token_id=1,
@@ -364,24 +349,13 @@ def _onevision_config(arch: Arch, image_token_id: int, pad_token_id: int, video_
     from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
 
     vision = SiglipVisionConfig(
-        hidden_size=arch.vision_hidden,
-        intermediate_size=arch.vision_intermediate,
-        num_hidden_layers=arch.vision_layers,
-        num_attention_heads=arch.vision_heads,
-        image_size=arch.crop_size,
-        patch_size=arch.patch_size,
+        **arch.vit_sizes(),
         hidden_act="gelu_pytorch_tanh",
         layer_norm_eps=1e-6,
         vision_use_head=False,
     )
     text = Qwen2Config(
-        vocab_size=arch.vocab_size,
-        hidden_size=arch.text_hidden,
-        intermediate_size=arch.text_intermediate,
-        num_hidden_layers=arch.text_layers,
-        num_attention_heads=arch.text_heads,
-        num_key_value_heads=arch.text_kv_heads or arch.text_heads,
-        max_position_embeddings=arch.max_position_embeddings,
+        **arch.text_sizes(),
         rms_norm_eps=1e-6,
         rope_theta=1000000.0,
         tie_word_embeddings=False,
@@ -406,22 +380,13 @@ def _onevision_config(arch: Arch, image_token_id: int, pad_token_id: int, video_
 def _processor(arch: Arch, tokenizer):
     import transformers
 
+    from hired.bench import archs_vl
+
     if arch.family == "onevision":
         return _onevision_processor(arch, tokenizer)
-    if arch.family == "qwen2_5_vl":
-        from hired.builders import qwen2_5_vl_processor
-
+    if arch.family in archs_vl.FAMILIES:
         _need_torchvision(arch)
-        return qwen2_5_vl_processor(tokenizer, max_pixels=arch.max_pixels)
-    if arch.family == "qwen3_vl":
-        _need_torchvision(arch)
-        image_cls = getattr(transformers, "Qwen2VLImageProcessorPil", None) or transformers.Qwen2VLImageProcessor
-        sizes = dict(patch_size=arch.patch_size, merge_size=2, temporal_patch_size=2)
-        return transformers.Qwen3VLProcessor(
-            image_processor=image_cls(min_pixels=64 * 64, max_pixels=arch.max_pixels, **sizes),
-            tokenizer=tokenizer,
-            video_processor=transformers.Qwen3VLVideoProcessor(**sizes),
-        )
+        return archs_vl.processor(arch, tokenizer)
     size = {"shortest_edge": arch.crop_size}
     crop = {"height": arch.crop_size, "width": arch.crop_size}
     common = dict(
@@ -475,7 +440,8 @@ def build_arch(
     needs about 14 GB there; ``device="meta"`` builds the shapes only, without memory, for inspection).
     Nothing is downloaded. The processor emits the stock placeholder count; ``hired.apply`` changes it.
     """
-    from hired.builders import IMAGE_TOKEN, VIDEO_TOKEN, qwen_tokenizer, tiny_tokenizer
+    from hired.bench import archs_vl
+    from hired.builders import IMAGE_TOKEN, VIDEO_TOKEN, tiny_tokenizer
     from hired.families import get_family
 
     arch = ARCHS.get(name)
@@ -485,7 +451,8 @@ def build_arch(
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"unknown dtype {dtype!r}")
         dtype = getattr(torch, dtype)
-    tokenizer = qwen_tokenizer() if arch.family in ("qwen2_5_vl", "qwen3_vl") else tiny_tokenizer()
+    vl = arch.family in archs_vl.FAMILIES
+    tokenizer = archs_vl.tokenizer(arch) if vl else tiny_tokenizer()
     video_token_id = None
     if arch.family == "onevision":
         tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN]})
@@ -494,10 +461,8 @@ def build_arch(
     if len(tokenizer) > arch.vocab_size:
         raise ValueError(f"the local tokenizer has {len(tokenizer)} ids, more than {name}'s vocabulary")
     processor = _processor(arch, tokenizer)  # first: a processor without torchvision fails before any weight exists
-    if arch.family == "qwen2_5_vl":
-        config = _qwen_config(arch, tokenizer)
-    elif arch.family == "qwen3_vl":
-        config = _qwen3_config(arch, tokenizer)
+    if vl:
+        config = archs_vl.config(arch, tokenizer)
     else:
         config = _config(arch, image_token_id, tokenizer.pad_token_id, video_token_id)
     cls = next(c for c, attr in get_family(arch.family).model_classes().items() if attr is not None)

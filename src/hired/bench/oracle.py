@@ -62,7 +62,8 @@ def _oracle_features(
     batch_num_images: torch.Tensor | None = None,
     **kwargs,
 ):
-    """Replacement for ``get_image_features``: stock tower, the first ``counts[i]`` patches of image ``i``.
+    """Replacement for ``get_image_features``: stock tower, the first ``counts[i]`` patches of image ``i``
+    (InternVL: of its merged tokens, after the stock pixel shuffle).
 
     ``pixel_values`` is ``(images, P_max, C, H, W)`` (anyres families) or ``(images, C, H, W)``; returns
     the tower's output with ``pooler_output`` a list of ``(counts[i], hidden)``. OneVision's
@@ -81,6 +82,7 @@ def _oracle_features(
     layers = [layer] if isinstance(layer, int) else list(layer)
     prefix = family.prefix_tokens(config)  # the [CLS] token the stock model drops, if any
     feats = torch.cat([out.hidden_states[i][:, prefix:] for i in layers], dim=-1)  # (sum P, T, Dv)
+    feats, _, _ = family.merge_patches(inner, config, feats, {}, {})  # InternVL: the stock pixel shuffle
     slices, start = [], 0
     for p, n in zip(parts, counts):
         flat = feats[start : start + p].flatten(0, 1)  # (P * T, Dv)

@@ -71,11 +71,14 @@ def _replace(parent: nn.Module, old: nn.Module, new: nn.Module) -> None:
 
 
 def _image_inputs(model: nn.Module, processor, image) -> dict:
-    """What ``get_image_features`` takes for one image, from the processor's image processor."""
-    inner, _ = family_of(model)
+    """What ``get_image_features`` takes for one image: the image processor's output that it names, and the
+    image inputs that the family's patched processor adds (InternVL: ``image_sizes``, each image's tile
+    grid; the method's and the oracle's vision step both read them)."""
+    inner, family = family_of(model)
     out = processor.image_processor(images=[image], return_tensors="pt")
     names = inspect.signature(inner.get_image_features).parameters
     inputs = {k: v for k, v in dict(out).items() if k in names}
+    inputs.update(family.processor_inputs(processor, [image], {}))
     inputs["pixel_values"] = inputs["pixel_values"].to(inner.dtype)
     return inputs
 
@@ -117,16 +120,16 @@ class _Clock:
         self.marks, self.score = [], 0.0
 
 
-def _one_run(model: nn.Module, inputs: dict, clock: _Clock) -> tuple[dict[str, float], object]:
+def _one_run(model: nn.Module, inputs: dict, clock: _Clock) -> dict[str, float]:
     inner, _ = family_of(model)
     clock.reset()
     with torch.no_grad(), clock.running():
         start = time.perf_counter()
-        out = inner.get_image_features(**inputs)
+        inner.get_image_features(**inputs)
         step = time.perf_counter() - start
     if len(clock.marks) != 2:
         raise RuntimeError(f"the vision tower ran {len(clock.marks) // 2} times in one get_image_features call")
-    return {"tower": clock.marks[1] - clock.marks[0], "step": step, "score": clock.score}, out
+    return {"tower": clock.marks[1] - clock.marks[0], "step": step, "score": clock.score}
 
 
 def tower_benchmark(
@@ -164,13 +167,13 @@ def tower_benchmark(
                 if kind == "method":
                     hired.apply(model, processor, method)
                     try:
-                        run, out = _one_run(model, inputs, clock)
+                        run = _one_run(model, inputs, clock)
+                        counts = [s.num_tokens for s in hired.last_selection(model)]
                     finally:
                         hired.remove(model, processor)
-                    counts = [len(f) for f in out.pooler_output]
                 else:
                     with oracle(model, processor, counts):
-                        run, _ = _one_run(model, inputs, clock)
+                        run = _one_run(model, inputs, clock)
                 if index >= warmup:
                     times[kind].append(run)
         rows.append(_row(method, counts, times))
