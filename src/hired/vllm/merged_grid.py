@@ -274,8 +274,6 @@ class MergedGridModel(StageTiming):
             }
             with record(visual, spec, bounds) as (scored, keys):
                 rows = visual(pixel_values, grid_thw=grids, encoder_metadata=metadata)  # (sum N, D') raster
-            if self._hired_clock is not None:
-                self._hired_clock.at("projector_start")  # no projector stage: the merger ran in the tower
             order = metadata.get("reverse_indices")  # Qwen2.5-VL's windows → raster order
             if order is None:
                 order = torch.arange(rows.shape[0], device=rows.device)
@@ -287,7 +285,7 @@ class MergedGridModel(StageTiming):
             if rows.shape[1] != width:  # DeepStack: the kept rows whole
                 starts = itertools.accumulate([0, *[lay.tokens for lay in layouts]])
                 chosen = [(rows[start + c[1]], *c[1:]) for start, c in zip(starts, chosen)]
-        if self._hired_clock is not None:
+        if self._hired_clock is not None:  # no projector stage: the merger ran in the tower
             self._hired_clock.at("projector_start")
             self._hired_clock.at("projector_end")
         self._hired_last = (layouts, [c[2].detach() for c in chosen], [c[3] for c in chosen])
