@@ -79,6 +79,15 @@ def _post(port: int, payload: dict) -> dict:
         return json.loads(resp.read())
 
 
+def _post_error(port: int, payload: dict) -> tuple[int, str]:
+    """``(HTTP status, body)`` of a request the server must refuse."""
+    try:
+        reply = _post(port, payload)
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    raise AssertionError(f"the server answered {reply}")
+
+
 def _wait_healthy(proc: subprocess.Popen, port: int, deadline_s: float = 240) -> None:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
@@ -119,16 +128,30 @@ def test_server_answers_with_the_dropped_count(request, engines, family):
     expected = len(stock.prompt_token_ids) - stock_count + count
     assert len(offline.prompt_token_ids) == expected < len(stock.prompt_token_ids)
 
+    # a request's own budget: what an engine started with it builds
+    own = {"budget": 0.1}
+    offline_own = engines(path, {**entry, **own}).chat(_messages(image), _greedy(), use_tqdm=False)[0]
+    count_own = num_image_tokens(get_method("hired", budget=0.1, alpha=0.5), layout, newline=True)
+    assert len(offline_own.prompt_token_ids) == len(stock.prompt_token_ids) - stock_count + count_own < expected
+
     port = _free_port()
     proc = _serve(path, {"hired": entry}, port)
     try:
         _wait_healthy(proc, port)
-        reply = _post(port, {"model": path, "messages": _messages(image), "max_tokens": 6, "temperature": 0})
+        payload = {"model": path, "messages": _messages(image), "max_tokens": 6, "temperature": 0}
+        reply = _post(port, payload)
+        reply_own = _post(port, {**payload, "mm_processor_kwargs": {"hired": own}})
+        bad = _post_error(port, {**payload, "mm_processor_kwargs": {"hired": {"budget": 1.5}}})
+        after = _post(port, payload)
     finally:
         _stop(proc)
     assert reply["usage"]["prompt_tokens"] == expected
     assert reply["usage"]["completion_tokens"] == 6
     assert reply["choices"][0]["message"]["content"] == offline.outputs[0].text
+    assert reply_own["usage"]["prompt_tokens"] == len(offline_own.prompt_token_ids)
+    assert reply_own["choices"][0]["message"]["content"] == offline_own.outputs[0].text
+    assert bad[0] == 400 and "mm_processor_kwargs['hired']: budget must be in (0, 1], got 1.5" in bad[1], bad
+    assert after == {**after, "choices": reply["choices"], "usage": reply["usage"]}  # still serving, as before
 
 
 @pytest.mark.parametrize(

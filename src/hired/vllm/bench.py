@@ -119,6 +119,22 @@ def method_entry(args, budget: float, oracle: bool) -> dict:
     return entry
 
 
+def prompt_for(path: str) -> str:
+    """:data:`PROMPT` with the image placeholder of the model family in folder ``path`` (LLaVA's ``<image>``,
+    Qwen's ``<|image_pad|>`` between its vision markers, InternVL's ``<IMG_CONTEXT>``)."""
+    from transformers import AutoConfig, AutoProcessor
+
+    from hired.families import get_family
+    from hired.vllm import ARCHITECTURES
+
+    names = getattr(AutoConfig.from_pretrained(path), "architectures", None) or []
+    arch = next((a for a in names if a in ARCHITECTURES), None)
+    if arch is None:
+        raise ValueError(f"the model's architectures {names} are none the plugin serves: {', '.join(ARCHITECTURES)}")
+    family = get_family(ARCHITECTURES[arch][0])
+    return PROMPT.replace("<image>", family.image_placeholder(AutoProcessor.from_pretrained(path)))
+
+
 def _summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 
@@ -130,6 +146,7 @@ class _Engine:
         from vllm import LLM, SamplingParams
 
         self.label, self.overrides, self.args = label, overrides, args
+        self.prompt = prompt_for(path)
         extra = {}
         if args.gpu_memory_utilization is not None:
             extra["gpu_memory_utilization"] = args.gpu_memory_utilization
@@ -158,7 +175,9 @@ class _Engine:
         self.stages: dict[str, list[float]] = {}
 
     def _requests(self, seeds):
-        return [{"prompt": PROMPT, "multi_modal_data": {"image": im}} for im in _images(self.args.image_size, seeds)]
+        return [
+            {"prompt": self.prompt, "multi_modal_data": {"image": im}} for im in _images(self.args.image_size, seeds)
+        ]
 
     def _timings(self) -> list[dict]:
         return self.llm.apply_model(lambda model: model.hired_take_timings())[0] if self.clocked else []

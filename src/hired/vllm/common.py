@@ -1,29 +1,138 @@
-"""What every family module of the vLLM plugin shares: the ``Spec`` of a processing context's config, built
-once per config, and the per-pass stage clock that ``hired bench-vllm`` reads."""
+"""What every family module of the vLLM plugin shares: the ``Spec`` of a processing context's config and
+of each request's options, the per-request options carried from the processor to the encoder pass, and
+the per-pass stage clock that ``hired bench-vllm`` reads.
+
+**Options per request.** A request may carry ``mm_processor_kwargs={"hired": {"budget": 0.1}}``: the keys
+of the model's ``hf_overrides`` entry, which they update for that request's images
+(:func:`hired.vllm.config.request_spec`). The processor (:class:`RequestProcessor`) counts the request's
+placeholders with them and adds their canonical JSON to each image's kwargs (``hired_request``, kept on
+the host); vLLM's processor and encoder caches key an image by its ``mm_processor_kwargs`` too, so one
+image at two budgets is two entries. The encoder pass (:class:`RequestSpecs`) reads them back, one host
+read of host memory per pass, and selects each group of images of one options with those options.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import ClassVar
 
+import torch
 from torch import nn
+from vllm.multimodal.inputs import MultiModalFieldConfig
 
 from hired.engine import StageClock
-from hired.vllm.config import Spec, spec_from_config
+from hired.vllm.config import KEY, Spec, request_entry, request_spec
+
+FIELD = "hired_request"
+"""The image kwarg carrying the request's ``hired`` options (UTF-8 JSON bytes; empty: the model's)."""
+
+_ENTRY: ContextVar[str | None] = ContextVar("hired_request_entry", default=None)
+"""The ``hired`` options of the request being processed (canonical JSON), while its processor runs."""
+
+_PASS: ContextVar[list[Spec] | None] = ContextVar("hired_pass_specs", default=None)
+"""The specs of the images of the encoder pass running (``None``: all the model's)."""
+
+_MAX_SPECS = 256
+
+
+def _cached_spec(owner, config, family: str, entry: str | None) -> Spec | None:
+    """The spec of ``entry`` for ``config``, built once per config and entry (at most ``_MAX_SPECS``)."""
+    cached = owner.__dict__.get("_hired_specs")
+    if cached is None or cached[0] is not config:
+        cached = (config, {})
+        owner.__dict__["_hired_specs"] = cached
+    specs = cached[1]
+    if entry not in specs:
+        if len(specs) >= _MAX_SPECS:
+            specs.clear()
+        specs[entry] = request_spec(config, family, entry)
+    return specs[entry]
 
 
 class SpecCache:
     """Processing-info mixin: :meth:`hired_spec` is the :class:`Spec` of the context's config (``None``
-    without ``hired``), built once per config object."""
+    without ``hired``), or of the request being processed when it sets its own options, built once per
+    config and options."""
 
     hired_family: ClassVar[str]  # a name of hired.families
 
     def hired_spec(self) -> Spec | None:
-        config = self.get_hf_config()
-        cached = self.__dict__.get("_hired_spec")
-        if cached is None or cached[0] is not config:
-            cached = (config, spec_from_config(config, self.hired_family))
-            self.__dict__["_hired_spec"] = cached
-        return cached[1]
+        return _cached_spec(self, self.get_hf_config(), self.hired_family, _ENTRY.get())
+
+
+class RequestProcessor:
+    """Multimodal-processor mixin (put before vLLM's processor): a request's ``mm_processor_kwargs['hired']``
+    checked (a bad one fails that request with the message start-up would give), its counts used for the
+    request's placeholders, its options carried to the encoder pass in each image's kwargs."""
+
+    def apply(self, inputs, *args, **kwargs):
+        entry = request_entry(inputs.hf_processor_mm_kwargs)
+        token = _ENTRY.set(entry)
+        try:
+            if entry is not None:
+                self.info.hired_spec()  # raises for a bad entry, before any work
+            return super().apply(inputs, *args, **kwargs)
+        finally:
+            _ENTRY.reset(token)
+
+    def _apply_hf_processor_main(self, mm_items, hf_kwargs):
+        hf_kwargs = {k: v for k, v in hf_kwargs.items() if k != KEY}  # not a Hugging Face processor option
+        out = super()._apply_hf_processor_main(mm_items, hf_kwargs)
+        images = mm_items.get("image")
+        count = 0 if images is None else len(images)
+        if count and self.info.hired_spec() is not None:
+            data = list((_ENTRY.get() or "").encode())
+            out[FIELD] = torch.tensor([data] * count, dtype=torch.uint8).view(count, len(data))
+        return out
+
+    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs) -> Mapping[str, MultiModalFieldConfig]:
+        fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
+        if FIELD in hf_inputs:
+            fields[FIELD] = MultiModalFieldConfig.batched("image", keep_on_cpu=True)
+        return fields
+
+
+class RequestSpecs:
+    """Model mixin: the specs of the images of the running encoder pass (:meth:`hired_pass_specs`), read
+    from their ``hired_request`` kwargs."""
+
+    hired_family: ClassVar[str]
+    hired_spec: Spec | None
+
+    def embed_multimodal(self, **kwargs):
+        raw = kwargs.pop(FIELD, None)
+        token = _PASS.set(self._hired_request_specs(raw))
+        try:
+            return super().embed_multimodal(**kwargs)
+        finally:
+            _PASS.reset(token)
+
+    def _hired_request_specs(self, raw) -> list[Spec] | None:
+        if raw is None or self.hired_spec is None:
+            return None
+        rows = raw.tolist() if isinstance(raw, torch.Tensor) else [r.tolist() for r in raw]  # host memory
+        entries = [bytes(row).decode() or None for row in rows]
+        if all(e is None for e in entries):
+            return None
+        return [_cached_spec(self, self.config, self.hired_family, e) for e in entries]
+
+    def hired_pass_specs(self, count: int) -> list[Spec]:
+        """The spec of each of the ``count`` images of this encoder pass, in order."""
+        specs = _PASS.get()
+        if specs is None:
+            return [self.hired_spec] * count
+        if len(specs) != count:
+            raise RuntimeError(f"{count} images in this encoder pass but {len(specs)} hired_request entries")
+        return specs
+
+
+def spec_groups(specs: list[Spec]) -> list[tuple[Spec, list[int]]]:
+    """Images of one spec together, in order of first appearance: ``[(spec, [image index, ...]), ...]``."""
+    groups: dict[int, tuple[Spec, list[int]]] = {}
+    for i, spec in enumerate(specs):
+        groups.setdefault(id(spec), (spec, []))[1].append(i)
+    return list(groups.values())
 
 
 class StageTiming:

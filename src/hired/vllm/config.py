@@ -8,7 +8,8 @@ absent (stock behaviour), and raises one ``ValueError`` naming the problem other
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any
@@ -84,37 +85,45 @@ def override_error(message: str) -> ValueError:
     return ValueError(f"hf_overrides[{KEY!r}]: {message}")
 
 
-def parse_method(entry: Any, mrope: bool = False) -> tuple[Method, bool]:
+def request_error(message: str) -> ValueError:
+    """A ``ValueError`` about a request's ``mm_processor_kwargs['hired']``, so prefixed."""
+    return ValueError(f"mm_processor_kwargs[{KEY!r}]: {message}")
+
+
+def parse_method(
+    entry: Any, mrope: bool = False, error: Callable[[str], ValueError] = override_error
+) -> tuple[Method, bool]:
     """``(method, oracle)`` from the override's value, e.g. ``{"method": "hired", "budget": 0.2}``.
     ``mrope``: the model gives every kept token its own (t, h, w) id anyway (Qwen2.5-VL), so
-    ``keep_positions`` is accepted (and changes nothing)."""
+    ``keep_positions`` is accepted (and changes nothing). ``error`` builds the ``ValueError`` (its prefix
+    names where the entry came from)."""
     if not isinstance(entry, Mapping):
-        raise override_error(f"expected a dict such as {{'method': 'hired', 'budget': 0.2}}, got {entry!r}")
+        raise error(f"expected a dict such as {{'method': 'hired', 'budget': 0.2}}, got {entry!r}")
     options = {str(k): v for k, v in entry.items() if k not in _RESERVED}
     name = entry.get("method", "hired")
     if not isinstance(name, str):
-        raise override_error(f"'method' must be a method name, got {name!r}")
+        raise error(f"'method' must be a method name, got {name!r}")
     oracle = entry.get("oracle", False)
     if not isinstance(oracle, bool):
-        raise override_error(f"'oracle' must be true or false, got {oracle!r}")
+        raise error(f"'oracle' must be true or false, got {oracle!r}")
     try:
         method = get_method(name, **options)
     except (TypeError, ValueError) as err:
-        raise override_error(str(err)) from None
+        raise error(str(err)) from None
     if getattr(method, "adaptive", False):
-        raise override_error(
+        raise error(
             f"method {method.name!r} keeps a content-dependent number of tokens, but vLLM sizes the prompt "
             f"from the image size before the vision tower runs; use a fixed-budget method: "
             f"{', '.join(fixed_budget_methods())}, or give it a budget: "
             f"{{'method': {method.name!r}, 'budget': 0.2}}"
         )
     if getattr(method, "query_aware", False):
-        raise override_error(
+        raise error(
             f"method {method.name!r} reads the prompt to choose the image's tokens, but vLLM's encoder never "
             f"sees the prompt; use one of {', '.join(fixed_budget_methods())}, or the transformers adapter"
         )
     if method.keep_positions and not mrope:
-        raise override_error(
+        raise error(
             "keep_positions is not available in vLLM: vLLM gives a 1-D RoPE language model consecutive "
             "positions, and its only interface for custom positions of pruned multimodal tokens "
             "(SupportsMultiModalPruning.recompute_mrope_positions) serves M-RoPE models with video pruning "
@@ -136,20 +145,61 @@ def spec_from_config(config, family: str) -> Spec | None:
     entry = getattr(config, KEY, None)
     if entry is None:
         return None
+    return _build(entry, config, family, override_error)
+
+
+def _build(entry: Any, config, family: str, error: Callable[[str], ValueError]) -> Spec:
     try:
         fam = get_family(family)
     except ValueError as err:
-        raise override_error(str(err)) from None
-    method, oracle = parse_method(entry, mrope=fam.mrope)
+        raise error(str(err)) from None
+    method, oracle = parse_method(entry, mrope=fam.mrope, error=error)
     has_cls = fam.config_has_cls(config)
     if has_cls is None:
         vc = config.vision_config
-        raise override_error(
+        raise error(
             f"needs a CLIP or SigLIP vision tower (the plugin hooks their fused qkv projections to score "
             f"patches); this model has {getattr(vc, 'model_type', None) or type(vc).__name__!r}"
         )
     try:
         plan = make_plan(method, fam, config, has_cls, truncated_by="vLLM")
     except ValueError as err:
-        raise override_error(str(err)) from None
+        raise error(str(err)) from None
     return Spec(**{f.name: getattr(plan, f.name) for f in fields(Plan)}, oracle=oracle)
+
+
+def request_entry(kwargs: Mapping[str, object] | None) -> str | None:
+    """The ``hired`` entry of a request's ``mm_processor_kwargs`` as canonical JSON (sorted keys), or
+    ``None`` when the request has none. Raises ``ValueError`` for something that is not a dict of JSON
+    values or that sets ``oracle`` (benchmarks set it per model)."""
+    value = (kwargs or {}).get(KEY)
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise request_error(f"expected a dict such as {{'budget': 0.1}}, got {value!r}")
+    if "oracle" in value:
+        raise request_error("'oracle' is set per model (hf_overrides), not per request")
+    try:
+        return json.dumps({str(k): v for k, v in value.items()}, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        raise request_error(f"options must be JSON values (numbers, strings, true/false), got {value!r}") from None
+
+
+def request_spec(config, family: str, entry: str | None) -> Spec | None:
+    """The :class:`Spec` a request runs with: the model's (:func:`spec_from_config`) when ``entry`` (from
+    :func:`request_entry`) is ``None``, else the model's ``hired`` entry updated with the request's keys. A
+    request naming a method other than the model's starts from that method's defaults. Raises one
+    ``ValueError`` prefixed ``mm_processor_kwargs['hired']``, with the message start-up would give for
+    the same entry, and for a request to a model started without ``hired``."""
+    if entry is None:
+        return spec_from_config(config, family)
+    base = getattr(config, KEY, None)
+    if base is None:
+        raise request_error(
+            "this model was started without hired; start it with hf_overrides={'hired': {...}} (or "
+            "--hf-overrides '{\"hired\": {}}') to set options per request"
+        )
+    options = json.loads(entry)
+    same = options.get("method", base.get("method", "hired")) == base.get("method", "hired")
+    merged = {**base, **options} if same else {"oracle": base.get("oracle", False), **options}
+    return _build(merged, config, family, request_error)

@@ -42,7 +42,7 @@ from vllm.multimodal.processing import PromptReplacement, PromptUpdateDetails, c
 
 from hired.core.grid import Geometry, Layout
 from hired.families import get_family
-from hired.vllm.common import SpecCache
+from hired.vllm.common import RequestProcessor, SpecCache
 from hired.vllm.config import Spec, override_error
 from hired.vllm.partitions import PartitionModelMixin
 
@@ -83,7 +83,7 @@ class HiredInternVLProcessingInfo(SpecCache, InternS1ProcessingInfo):
         return spec.token_count(_layout(image_height, image_width, rows, cols, spec.geometry))
 
 
-class HiredInternVLMultiModalProcessor(InternS1MultiModalProcessor):
+class HiredInternVLMultiModalProcessor(RequestProcessor, InternS1MultiModalProcessor):
     """With ``hired``: every image's kwargs carry the family's image inputs, and its placeholder run holds
     the method's count."""
 

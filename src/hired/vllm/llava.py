@@ -12,11 +12,16 @@ from vllm.model_executor.models.llava import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
+from hired.vllm.common import RequestProcessor
 from hired.vllm.partitions import CountMixin, PartitionModelMixin
 
 
 class HiredLlavaProcessingInfo(CountMixin, LlavaProcessingInfo):
     hired_family = "llava"
+
+
+class HiredLlavaMultiModalProcessor(RequestProcessor, LlavaMultiModalProcessor):
+    pass
 
 
 def _llava_info(ctx):
@@ -29,7 +34,7 @@ def _llava_info(ctx):
 
 def _llava_processor(info, dummy_inputs):
     if isinstance(info, HiredLlavaProcessingInfo):
-        return LlavaMultiModalProcessor(info, dummy_inputs)
+        return HiredLlavaMultiModalProcessor(info, dummy_inputs)
     return _STOCK_LLAVA_FACTORIES.processor(info, dummy_inputs)
 
 

@@ -11,6 +11,7 @@ from vllm.model_executor.models.llava_next import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
+from hired.vllm.common import RequestProcessor
 from hired.vllm.partitions import CountMixin, PartitionModelMixin
 
 
@@ -18,8 +19,12 @@ class HiredLlavaNextProcessingInfo(CountMixin, LlavaNextProcessingInfo):
     hired_family = "llava_next"
 
 
+class HiredLlavaNextMultiModalProcessor(RequestProcessor, LlavaNextMultiModalProcessor):
+    pass
+
+
 @MULTIMODAL_REGISTRY.register_processor(
-    LlavaNextMultiModalProcessor,
+    HiredLlavaNextMultiModalProcessor,
     info=HiredLlavaNextProcessingInfo,
     dummy_inputs=LlavaDummyInputsBuilder,
 )

@@ -66,7 +66,7 @@ from hired.core.scores import pool_to_merged
 from hired.engine import image_selections, oracle_keep, select_merged
 from hired.engine.scores import LayerScores, Recording
 from hired.selection import ImageSelection
-from hired.vllm.common import SpecCache, StageTiming
+from hired.vllm.common import RequestProcessor, RequestSpecs, SpecCache, StageTiming, spec_groups
 from hired.vllm.config import Spec, spec_from_config
 
 CHANNELS = 4
@@ -99,8 +99,9 @@ class MergedGridInfo(SpecCache):
         return spec.grid_tokens((1, size.height // patch, size.width // patch))
 
 
-class MergedGridProcessor:
-    """Multimodal-processor mixin: with ``hired`` each image's placeholder run holds the method's count."""
+class MergedGridProcessor(RequestProcessor):
+    """Multimodal-processor mixin: with ``hired`` each image's placeholder run holds the method's count
+    (the request's own options, when it sets them)."""
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs) -> Sequence:
         updates = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
@@ -210,7 +211,7 @@ def widen(input_tokens: list[int], features: list, stock: list[int | None], imag
 # ------------------------------------------------------------------------------------------ the model
 
 
-class MergedGridModel(StageTiming):
+class MergedGridModel(RequestSpecs, StageTiming):
     """Model mixin of a merged-grid family's vLLM class (put before vLLM's class): with
     ``hf_overrides={"hired": {...}}`` it drops the merged tokens of images before the LLM, the kept ones
     with their stock M-RoPE ids (videos: vLLM's own path)."""
@@ -220,7 +221,7 @@ class MergedGridModel(StageTiming):
     def _hired_init(self) -> None:
         """Read the ``hired`` entry (after vLLM's ``__init__``) and refuse what the plugin cannot serve."""
         self.hired_spec = spec_from_config(self.config, self.hired_family)
-        self._hired_last: tuple[list[Layout], list[torch.Tensor], list[list[int]]] | None = None
+        self._hired_last: list[tuple[Spec, list[int], list[Layout], list[torch.Tensor], list[list[int]]]] | None = None
         self._hired_positions: tuple[torch.Tensor, torch.Tensor] | None = None
         if self.hired_spec is None:
             return
@@ -256,8 +257,30 @@ class MergedGridModel(StageTiming):
         return self.hired_timed(self._hired_features, image_input["pixel_values"], image_input["image_grid_thw"])
 
     def _hired_features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        spec, visual = self.hired_spec, self.visual
+        """Patches ``(sum t*h*w, C')`` of images of ``grid_thw`` ``(B, 3)`` → one ``(tokens_i, D' + 4)``
+        tensor per image. Images of requests with options of their own (:meth:`hired_pass_specs`) are
+        encoded and selected with those, one group of images per distinct options."""
         grids = grid_thw.tolist()  # one host read per pass (vLLM's own path reads it too)
+        groups = spec_groups(self.hired_pass_specs(len(grids)))
+        if len(groups) == 1:
+            spec, idx = groups[0]
+            out, last = self._hired_group(spec, pixel_values, grids)
+            self._hired_last = [(spec, idx, *last)]
+            return out
+        starts = list(itertools.accumulate([0, *[t * h * w for t, h, w in grids]]))
+        out: list = [None] * len(grids)
+        self._hired_last = []
+        for spec, idx in groups:
+            pixels = torch.cat([pixel_values[starts[i] : starts[i + 1]] for i in idx])
+            embeds, last = self._hired_group(spec, pixels, [grids[i] for i in idx])
+            self._hired_last.append((spec, idx, *last))
+            for i, e in zip(idx, embeds):
+                out[i] = e
+        return tuple(out)
+
+    def _hired_group(self, spec: Spec, pixel_values: torch.Tensor, grids: list[list[int]]) -> tuple[tuple, tuple]:
+        """One group's ``(embeds, (layouts, keeps, budgets))`` with the score hooks and method of ``spec``."""
+        visual = self.visual
         layouts = [spec.grid_layout(g) for g in grids]
         metadata = visual.prepare_encoder_metadata(grids)
         if spec.oracle:
@@ -288,11 +311,11 @@ class MergedGridModel(StageTiming):
         if self._hired_clock is not None:  # no projector stage: the merger ran in the tower
             self._hired_clock.at("projector_start")
             self._hired_clock.at("projector_end")
-        self._hired_last = (layouts, [c[2].detach() for c in chosen], [c[3] for c in chosen])
-        return tuple(
+        embeds = tuple(
             torch.cat([features, encode_positions(index, layout.partition_shape[1], features.dtype)], dim=1)
             for layout, (features, index, _keep, _budget) in zip(layouts, chosen)
         )
+        return embeds, (layouts, [c[2].detach() for c in chosen], [c[3] for c in chosen])
 
     # -------------------------------------------------------------------------------------- positions
 
@@ -361,5 +384,8 @@ class MergedGridModel(StageTiming):
         """What the last encoder pass kept, one entry per image (empty before any image or when off)."""
         if self.hired_spec is None or self._hired_last is None:
             return []
-        layouts, keeps, budgets = self._hired_last
-        return image_selections(self.hired_spec, layouts, keeps, budgets)
+        out: list = [None] * sum(len(group[1]) for group in self._hired_last)
+        for spec, idx, layouts, keeps, budgets in self._hired_last:
+            for i, selection in zip(idx, image_selections(spec, layouts, keeps, budgets)):
+                out[i] = selection
+        return out

@@ -12,6 +12,7 @@ from vllm.model_executor.models.llava_onevision import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
+from hired.vllm.common import RequestProcessor
 from hired.vllm.partitions import CountMixin, PartitionModelMixin
 
 
@@ -27,8 +28,12 @@ class HiredLlavaOnevisionProcessingInfo(CountMixin, LlavaOnevisionProcessingInfo
         return LlavaNextProcessingInfo.get_image_size_with_most_features(self)
 
 
+class HiredLlavaOnevisionMultiModalProcessor(RequestProcessor, LlavaOnevisionMultiModalProcessor):
+    pass
+
+
 @MULTIMODAL_REGISTRY.register_processor(
-    LlavaOnevisionMultiModalProcessor,
+    HiredLlavaOnevisionMultiModalProcessor,
     info=HiredLlavaOnevisionProcessingInfo,
     dummy_inputs=LlavaOnevisionDummyInputsBuilder,
 )

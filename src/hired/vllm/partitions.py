@@ -47,8 +47,8 @@ from hired.engine import StageClock, image_selections, oracle_keep, pack_and_pro
 from hired.engine.scores import LayerScores, Recording
 from hired.methods.base import Selection
 from hired.selection import ImageSelection
-from hired.vllm.common import SpecCache, StageTiming
-from hired.vllm.config import spec_from_config
+from hired.vllm.common import RequestSpecs, SpecCache, StageTiming, spec_groups
+from hired.vllm.config import Spec, spec_from_config
 
 
 class CountMixin(SpecCache):
@@ -160,12 +160,12 @@ def record(
             h.remove()
 
 
-class PartitionModelMixin(StageTiming):
+class PartitionModelMixin(RequestSpecs, StageTiming):
     """Encoder → [CLS] rows → selection → pack → projector, for ``spec`` (``None``: the parent's path)."""
 
     def _hired_init(self) -> None:
         self.hired_spec = spec_from_config(self.config, self.hired_family)
-        self._hired_last: tuple[list[Layout], torch.Tensor, list[list[int]]] | None = None
+        self._hired_last: list[tuple[Spec, list[int], list[Layout], torch.Tensor, list[list[int]]]] | None = None
         self._hired_attns: nn.ModuleList | None = None
         if self.hired_spec is not None:
             attns = attention_modules(self.vision_tower)  # fail at start-up on an unexpected tower
@@ -186,8 +186,31 @@ class PartitionModelMixin(StageTiming):
     # ---------------------------------------------------------------------------------- the hired path
 
     def _hired_features(self, pixel_values: torch.Tensor, layouts: list[Layout]) -> list[torch.Tensor]:
-        """``pixel_values`` ``(sum P, C, H, W)`` → one ``(tokens_i, D)`` tensor per image."""
-        spec = self.hired_spec
+        """``pixel_values`` ``(sum P, C, H, W)`` → one ``(tokens_i, D)`` tensor per image. Images of requests
+        with options of their own (:meth:`hired_pass_specs`) are encoded and selected with those, one group of
+        images per distinct options (the tower runs once per group)."""
+        groups = spec_groups(self.hired_pass_specs(len(layouts)))
+        if len(groups) == 1:
+            spec, idx = groups[0]
+            embeds, last = self._hired_group(spec, pixel_values, layouts)
+            self._hired_last = [(spec, idx, *last)]
+            return embeds
+        starts = [0]
+        for layout in layouts:
+            starts.append(starts[-1] + layout.num_partitions)
+        out: list = [None] * len(layouts)
+        self._hired_last = []
+        for spec, idx in groups:
+            pixels = torch.cat([pixel_values[starts[i] : starts[i + 1]] for i in idx])
+            embeds, last = self._hired_group(spec, pixels, [layouts[i] for i in idx])
+            self._hired_last.append((spec, idx, *last))
+            for i, e in zip(idx, embeds):
+                out[i] = e
+        return out
+
+    def _hired_group(self, spec: Spec, pixel_values: torch.Tensor, layouts: list[Layout]) -> tuple[list, tuple]:
+        """One group's ``(embeds, (layouts, keep, budgets))``: the tower with the score hooks of ``spec``,
+        its selection, packing and projection."""
         tokens = layouts[0].tokens
         if spec.oracle:
             feats = self._image_pixels_to_features(self.vision_tower, pixel_values)
@@ -208,11 +231,10 @@ class PartitionModelMixin(StageTiming):
             selection = select_partitions(spec, layouts, scores, keys, feats, self.multi_modal_projector)
         if feats.shape[1] != tokens:
             raise ValueError(f"the vision tower gave {feats.shape[1]} patch tokens per partition, expected {tokens}")
-        # kept on the device: copying it to the host here would wait for the selection on every pass
-        self._hired_last = (layouts, selection.keep.detach(), selection.budgets)
         newline = getattr(self, "image_newline", None)
         embeds, _ = pack_and_project(spec, layouts, selection, feats, self.multi_modal_projector, newline)
-        return embeds
+        # kept on the device: copying it to the host here would wait for the selection on every pass
+        return embeds, (layouts, selection.keep.detach(), selection.budgets)
 
     def _hired_anyres_features(self, image_input) -> list[torch.Tensor]:
         """LLaVA-NeXT / OneVision pixel input (``pixel_values`` ``(B, P_max, C, H, W)`` or a list of
@@ -247,6 +269,9 @@ class PartitionModelMixin(StageTiming):
         """What the last encoder pass kept, one entry per image (empty before any image or when off)."""
         if self.hired_spec is None or self._hired_last is None:
             return []
-        layouts, keep, budgets = self._hired_last
-        keeps = keep.cpu().split([layout.num_partitions for layout in layouts])
-        return image_selections(self.hired_spec, layouts, keeps, budgets)
+        out: list = [None] * sum(len(group[1]) for group in self._hired_last)
+        for spec, idx, layouts, keep, budgets in self._hired_last:
+            keeps = keep.cpu().split([layout.num_partitions for layout in layouts])
+            for i, selection in zip(idx, image_selections(spec, layouts, keeps, budgets)):
+                out[i] = selection
+        return out
