@@ -24,7 +24,13 @@ settings.register_profile("hired", deadline=None)
 settings.load_profile("hired")
 
 _PATCHED_ATTRS = ("get_image_features", "get_placeholder_mask", "_hired_state")
-_PROC_ATTRS = ("replace_image_token", "_process_images", "_hired_state")
+_PROC_ATTRS = (
+    "replace_image_token",
+    "_process_images",
+    "_process_videos",
+    "get_text_with_replacements",
+    "_hired_state",
+)
 
 
 def make_image(h: int, w: int, seed: int = 0) -> Image.Image:
@@ -71,9 +77,9 @@ def placeholder_runs(input_ids: torch.Tensor, token_id: int) -> list[int]:
 def last_record(model):
     """The calling thread's last vision step on ``model`` (layouts, selection, scores): adapter internals."""
     from hired.adapters.context import recall
-    from hired.adapters.transformers import _applied_state
+    from hired.adapters.transformers import applied_state
 
-    return recall(_applied_state(model))
+    return recall(applied_state(model))
 
 
 def leftovers(model, processor) -> list[str]:
@@ -262,3 +268,19 @@ def onevision(_onevision_session):
 def onevision_eager(_onevision_eager_session):
     """The shared tiny LLaVA-OneVision with eager attention, same weights as ``onevision``."""
     yield from _kept_stock(_onevision_eager_session)
+
+
+@pytest.fixture(scope="session")
+def _internvl_session():
+    require_torchvision()
+    from hired.testing import tiny_internvl
+
+    with torch.no_grad():
+        return tiny_internvl(seed=0)
+
+
+@pytest.fixture
+def internvl(_internvl_session):
+    """The shared tiny InternVL (112 px tiles, 16 tokens each, up to 6 tiles plus a thumbnail; sdpa)
+    ``(model, processor)``, stock before and after."""
+    yield from _kept_stock(_internvl_session)

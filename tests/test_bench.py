@@ -567,7 +567,102 @@ def test_qwen_archs_match_the_checkpoint_and_run_the_bench():
     assert hired.applied_method(model) is None
 
 
-@pytest.mark.parametrize("arch, extra", [("onevision-small", "onevision"), ("qwen2.5-vl-small", "qwen")])
+def test_oracle_feeds_internvl_one_tensor_inside_its_image_wrappers():
+    """InternVL: the oracle writes ``<img>``, N context tokens, ``</img>`` per image; the forward gets one
+    joined tensor; which tiles form which image comes from the processor's ``image_sizes``, carried from the
+    forward to the vision step; the features are the stock ones' first N merged tokens, thumbnail first."""
+    require_torchvision()
+    from hired.testing import tiny_internvl
+
+    model, processor = tiny_internvl()
+    images = [demo_image((200, 200)), demo_image((60, 130))]  # 2x2 tiles + thumbnail; 1x2 + thumbnail
+    prompt = "USER: <IMG_CONTEXT>\n<IMG_CONTEXT>\nBoth? ASSISTANT:"
+    stock = processor(images=images, text=[prompt], return_tensors="pt")
+    with oracle(model, processor, [7, 3]) as record:
+        inputs = processor(images=images, text=[prompt], return_tensors="pt")
+        assert inputs["image_sizes"].tolist() == [[200, 200, 2, 2], [60, 130, 1, 2]]
+        text = processor.tokenizer.decode(inputs["input_ids"][0])
+        ctx = processor.image_token
+        assert f"<img>{ctx * 7}</img>" in text and f"<img>{ctx * 3}</img>" in text and text.count("<img>") == 2
+        with torch.inference_mode():
+            out = model.model.get_image_features(pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"])
+            features = out.pooler_output
+            generated = model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
+        assert record.features_per_image == [7, 3]
+        assert generated.shape[1] == inputs["input_ids"].shape[1] + 2
+    assert torch.is_tensor(features) and features.shape[0] == 10
+    with torch.inference_mode():
+        tiles = model.model.get_image_features(pixel_values=stock["pixel_values"]).pooler_output  # (8, 16, D)
+    first = torch.cat([tiles[4:5], tiles[:4]]).flatten(0, 1)[:7]  # thumbnail (the last tile) first
+    second = torch.cat([tiles[7:8], tiles[5:7]]).flatten(0, 1)[:3]
+    torch.testing.assert_close(features, torch.cat([first, second]))
+    assert not {"get_image_features"} & set(model.model.__dict__) and not model.model._forward_pre_hooks
+    assert not {"replace_image_token", "_process_images"} & set(processor.__dict__)
+    again = processor(images=images, text=[prompt], return_tensors="pt")
+    assert "image_sizes" not in again and torch.equal(again["input_ids"], stock["input_ids"])
+
+
+_NEW_FAMILY_ARCHS = {
+    # arch: (image (height, width), stock tokens, kept at 0.2)
+    "qwen3-vl-small": ((600, 600), 361, 72),  # 608 x 608 px: 19 x 19 merged tokens of 32 px
+    "qwen3.5-small": ((600, 600), 361, 72),
+    "internvl-small": ((448, 896), 768, 153),  # 1x2 tiles of 448 px + thumbnail, 256 tokens each
+}
+
+
+@pytest.mark.parametrize("arch", sorted(_NEW_FAMILY_ARCHS))
+def test_small_archs_of_the_new_families_run_the_full_bench(arch):
+    """The CPU-sized Qwen3-VL, Qwen3.5 and InternVL: small's widths and depths, the family's geometry, and
+    one full-bench row each: HiRED keeps floor(0.2 N) tokens, the oracle feeds exactly as many."""
+    require_torchvision()
+    size, stock, kept = _NEW_FAMILY_ARCHS[arch]
+    model, processor = build_arch(arch)
+    cfg, vc, tc = model.config, model.config.vision_config, model.config.text_config
+    heads = getattr(vc, "num_heads", None) or vc.num_attention_heads
+    layers = getattr(vc, "depth", None) or vc.num_hidden_layers
+    assert (layers, vc.hidden_size, heads) == (8, 128, 2)
+    assert (tc.num_hidden_layers, tc.hidden_size, tc.num_key_value_heads, tc.vocab_size) == (8, 512, 2, 32064)
+    inner = model.model
+    tower = inner.visual if arch.startswith("qwen") else inner.vision_tower
+    assert sum(p.numel() for p in inner.language_model.layers.parameters()) > 5 * sum(
+        p.numel() for p in tower.parameters()
+    )
+    if arch == "qwen3-vl-small":
+        assert list(vc.deepstack_visual_indexes) == [2, 4, 6] and tc.rope_parameters["mrope_section"] == [12, 10, 10]
+    elif arch == "qwen3.5-small":
+        assert tc.layer_types == ["linear_attention"] * 3 + ["full_attention"] + ["linear_attention"] * 3 + [
+            "full_attention"
+        ]
+        linear = (tc.linear_num_key_heads, tc.linear_num_value_heads, tc.linear_key_head_dim, tc.linear_value_head_dim)
+        assert linear == (4, 8, 64, 64)
+        rope = tc.rope_parameters
+        assert sum(rope["mrope_section"]) == int(tc.head_dim * rope["partial_rotary_factor"]) // 2 == 8
+    else:
+        assert (list(vc.image_size), list(vc.patch_size), cfg.image_seq_length) == ([448, 448], [14, 14], 256)
+        assert (processor.image_processor.min_patches, processor.image_processor.max_patches) == (1, 12)
+    settings = Settings(budgets=(0.2,), batch_sizes=(1,), **{**TINY, "new_tokens": 2})
+    result = run_benchmark(model, processor, demo_image(size), settings)
+    rows = {row["label"]: row for row in result["rows"]}
+    reference = arch == "internvl-small"  # InternViT returns attention maps, the Qwen towers do not
+    assert set(rows) == {"full", "hired", "oracle(hired)"} | ({"hired (reference attention)"} if reference else set())
+    assert rows["full"]["tokens_per_image"] == [stock] and rows["hired"]["stock_tokens_per_image"] == stock
+    assert rows["hired"]["kept_per_image"] == rows["hired"]["tokens_per_image"] == [kept]
+    assert rows["oracle(hired)"]["features_per_image"] == rows["oracle(hired)"]["tokens_per_image"] == [kept]
+    assert all(row["summary"]["ttft"]["median"] > 0 for row in rows.values())
+    assert "overhead_vs_oracle" in rows["hired"] and result["meta"]["family"] == ARCHS[arch].family
+    assert hired.applied_method(model) is None
+
+
+@pytest.mark.parametrize(
+    "arch, extra",
+    [
+        ("onevision-small", "onevision"),
+        ("qwen2.5-vl-small", "qwen"),
+        ("qwen3-vl-small", "qwen"),
+        ("qwen3.5-small", "qwen"),
+        ("internvl-small", "internvl"),
+    ],
+)
 def test_arch_without_torchvision_names_the_extra(arch, extra, monkeypatch):
     """An architecture whose processor imports torchvision says which extra installs it (its family's)."""
     import sys

@@ -17,7 +17,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from conftest import make_image, require_torchvision
+from conftest import make_image
 
 import hired
 from hired.methods.base import get_method, list_methods
@@ -38,27 +38,6 @@ SIZES = {
     (150, 230): (2, 3),
     (400, 70): (6, 1),
 }
-
-
-@pytest.fixture(scope="module")
-def _session():
-    require_torchvision()
-    from hired.testing import tiny_internvl
-
-    with torch.no_grad():
-        return tiny_internvl(seed=0)
-
-
-@pytest.fixture
-def internvl(_session):
-    model, processor = _session
-    assert hired.applied_method(model) is None
-    yield model, processor
-    if hired.applied_method(model) is not None:
-        hired.remove(model, processor)
-    left = [a for a in ("get_image_features", "get_placeholder_mask", "_hired_state") if a in model.model.__dict__]
-    left += [a for a in ("replace_image_token", "_process_images", "_hired_state") if a in processor.__dict__]
-    assert not left, f"hired state left behind: {left}"
 
 
 def _inputs(processor, images, texts, **kwargs):
@@ -246,15 +225,6 @@ def test_adaptive_and_query_aware_methods(internvl):
     assert all(torch.equal(batch[i], singles[i]) for i in range(2))
     two = hired.prepare_inputs(model, processor, images=images, text=texts, return_tensors="pt", padding=True)
     assert torch.equal(_generate(model, two), batch)
-
-
-def test_videos_are_refused(internvl):
-    model, processor = internvl
-    hired.apply(model, processor, hired.HiRED(budget=0.3))
-    video = np.random.RandomState(0).randint(0, 256, size=(4, TILE, TILE, 3), dtype=np.uint8)
-    inputs = processor(text=["USER: <video> what happens ? ASSISTANT:"], videos=[video], return_tensors="pt")
-    with pytest.raises(ValueError, match="videos are not served yet"):
-        _generate(model, inputs, n=1)
 
 
 # ----------------------------------------------------------------------------------------------- positions

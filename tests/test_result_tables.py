@@ -16,13 +16,22 @@ RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
 def _load(name: str) -> tuple[dict, str]:
-    path = RESULTS / name
-    if not path.with_suffix(".json").is_file():
+    json_path, md_path = RESULTS / f"{name}.json", RESULTS / f"{name}.md"  # names may hold dots (qwen3.5)
+    if not json_path.is_file():
         pytest.skip(f"{name}.json is not in this checkout")
-    return json.loads(path.with_suffix(".json").read_text()), path.with_suffix(".md").read_text()
+    return json.loads(json_path.read_text()), md_path.read_text()
 
 
-@pytest.mark.parametrize("name", ["cpu-small-methods", "cpu-small-amd-epyc-2vcpu"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "cpu-small-methods",
+        "cpu-small-amd-epyc-2vcpu",
+        "cpu-qwen3-vl-small",
+        "cpu-qwen3.5-small",
+        "cpu-internvl-small",
+    ],
+)
 def test_bench_table_is_the_markdown_table(name):
     result, written = _load(name)
     table = report.table(result["rows"])

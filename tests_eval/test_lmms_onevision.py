@@ -79,25 +79,33 @@ def _expected(folder, images, budget: float | None) -> tuple[int, int]:
 
 
 def test_loads_onevision_and_scores_by_received_attention(ov_folder):
-    from hired.adapters.transformers import _applied_state
+    from hired.adapters.transformers import score_kind
 
     lm = _model(ov_folder, method="hired", budget=BUDGET)
     assert type(lm.model).__name__ == "LlavaOnevisionForConditionalGeneration"
     assert lm.family.name == "onevision" and lm.processor.tokenizer.padding_side == "left"
-    assert _applied_state(lm.model).score_kind == "received"  # SigLIP has no [CLS]
+    assert score_kind(lm.model) == "received"  # SigLIP has no [CLS]
+
+
+def check_batches_and_counts(folder, method: str, expected) -> list[tuple[str, dict]]:
+    """``generate_until`` on :data:`DOCS` with ``method`` (``"none"``: stock) at batch 1 and 3: the same
+    texts and counts, each document's ``(kept, stock)`` equal to ``expected(folder, images, budget)``, and
+    no visual token for the text-only document. Returns the rows ``(text, token counts)``."""
+    options = {"method": method, **({"budget": BUDGET} if method != "none" else {})}
+    one = _model(folder, batch_size=1, **options).generate_until(_requests("generate_until"))
+    many = _model(folder, batch_size=3, **options).generate_until(_requests("generate_until"))
+    rows = [(r.text, r.token_counts.to_dict()) for r in one]
+    assert [(r.text, r.token_counts.to_dict()) for r in many] == rows
+    for doc, (_, counts) in zip(DOCS, rows):
+        kept, stock = expected(folder, doc["images"], BUDGET if method != "none" else None)
+        assert (counts["visual_tokens"], counts["visual_tokens_stock"]) == (kept, stock)
+    assert rows[1][1]["visual_tokens"] == 0
+    return rows
 
 
 @pytest.mark.parametrize("method", ["hired", "none"])
 def test_batches_match_one_by_one_and_the_family_counts(ov_folder, method):
-    options = {"method": method, **({"budget": BUDGET} if method != "none" else {})}
-    one = _model(ov_folder, batch_size=1, **options).generate_until(_requests("generate_until"))
-    many = _model(ov_folder, batch_size=3, **options).generate_until(_requests("generate_until"))
-    rows = [(r.text, r.token_counts.to_dict()) for r in one]
-    assert [(r.text, r.token_counts.to_dict()) for r in many] == rows
-    for doc, (_, counts) in zip(DOCS, rows):
-        kept, stock = _expected(ov_folder, doc["images"], BUDGET if method != "none" else None)
-        assert (counts["visual_tokens"], counts["visual_tokens_stock"]) == (kept, stock)
-    assert rows[1][1]["visual_tokens"] == 0
+    rows = check_batches_and_counts(ov_folder, method, _expected)
     # the multi-image document: two single crops of 36 patches (+1 newline each in the stock model)
     assert rows[2][1]["visual_tokens_stock"] == 2 * (36 + 1)
 

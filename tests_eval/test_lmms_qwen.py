@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 from test_lmms_onevision import (
     BUDGET,
-    DOCS,
     _model,
-    _requests,
+    check_batches_and_counts,
     check_end_to_end,
     check_loglikelihood_batched_equals_one_by_one,
 )
@@ -41,7 +40,7 @@ def _expected(folder, images, budget: float | None) -> tuple[int, int]:
 
 
 def test_loads_qwen_and_scores_by_received_attention(qwen_folder):
-    from hired.adapters.transformers import _applied_state
+    from hired.adapters.transformers import score_kind
 
     lm = _model(qwen_folder, method="hired", budget=BUDGET)
     assert type(lm.model).__name__ in (
@@ -50,22 +49,15 @@ def test_loads_qwen_and_scores_by_received_attention(qwen_folder):
         "Qwen3_5ForConditionalGeneration",
     )
     assert lm.family.name in ("qwen2_5_vl", "qwen3_vl", "qwen3_5") and lm.processor.tokenizer.padding_side == "left"
-    assert _applied_state(lm.model).score_kind == "received"  # no [CLS] token
+    assert score_kind(lm.model) == "received"  # no [CLS] token
     # without a chat template each image is Qwen's wrapped placeholder
     assert lm.build_prompt("what?", 2) == "USER: " + "<|vision_start|><image><|vision_end|>\n" * 2 + "what? ASSISTANT:"
 
 
 @pytest.mark.parametrize("method", ["hired", "dart", "none"])
 def test_batches_match_one_by_one_and_the_counts(qwen_folder, method):
-    options = {"method": method, **({"budget": BUDGET} if method != "none" else {})}
-    one = _model(qwen_folder, batch_size=1, **options).generate_until(_requests("generate_until"))
-    many = _model(qwen_folder, batch_size=3, **options).generate_until(_requests("generate_until"))
-    rows = [(r.text, r.token_counts.to_dict()) for r in one]
-    assert [(r.text, r.token_counts.to_dict()) for r in many] == rows
-    for doc, (_, counts) in zip(DOCS, rows):
-        kept, stock = _expected(qwen_folder, doc["images"], BUDGET if method != "none" else None)
-        assert (counts["visual_tokens"], counts["visual_tokens_stock"]) == (kept, stock)
-    assert rows[1][1]["visual_tokens"] == 0 and rows[2][1]["visual_tokens"] > rows[0][1]["visual_tokens"] > 0
+    rows = check_batches_and_counts(qwen_folder, method, _expected)
+    assert rows[2][1]["visual_tokens"] > rows[0][1]["visual_tokens"] > 0
 
 
 def test_loglikelihood_batched_equals_one_by_one(qwen_folder):

@@ -61,7 +61,9 @@ class CallContext:
     ``recording``: what the score hooks record during the current tower forward; ``processing``: while the
     patched processor runs its image step, the image inputs the family adds to its output; ``carried``: the
     :class:`Carried` image inputs of the forward running now that its ``get_image_features`` call is not
-    given (``Family.carried_kwargs``)."""
+    given (``Family.carried_kwargs``); ``visuals``: between the patched processor's image and video steps
+    and its text step, what they made (:class:`Visuals`); ``plans``: ``id(state)`` → the plan this
+    context's calls run instead of the applied one (``hired.options``)."""
 
     last: Mapping[int, tuple] = field(default_factory=dict)
     encoding: dict | None = None
@@ -70,6 +72,8 @@ class CallContext:
     recording: Any = None
     processing: Mapping | None = None
     carried: Any = None
+    visuals: Any = None
+    plans: Mapping[int, Plan] = field(default_factory=dict)
 
 
 _CALL: ContextVar[CallContext] = ContextVar("hired_call", default=CallContext())  # noqa: B039 (frozen)
@@ -131,7 +135,7 @@ class Calls:
 class State:
     """What ``apply`` decided for one model: shared by every call, never changed by one."""
 
-    plan: Plan  # the method checked against the model (hired.engine.make_plan)
+    applied: Plan  # the method checked against the model (hired.engine.make_plan)
     layers: nn.ModuleList  # the tower's transformer blocks
     step: VisionStep  # the vision step of the family's token layout
     processor: Any = None
@@ -142,6 +146,11 @@ class State:
 
     def __deepcopy__(self, memo):
         return self  # shared, never copied (it holds locks, hooks and the model's modules)
+
+    @property
+    def plan(self) -> Plan:
+        """The plan of the calling context's calls: the applied one, or the one ``hired.options`` set."""
+        return _CALL.get().plans.get(id(self), self.applied)
 
     method = property(lambda self: self.plan.method)
     family = property(lambda self: self.plan.family)
@@ -171,7 +180,8 @@ class Record:
 
 @dataclass(frozen=True)
 class StockIndex:
-    """One image's tokens in its stock sequence: ``index`` ``(n,)`` long, of a sequence of ``length``.
+    """One image's tokens in its stock sequence: ``index`` ``(n,)`` long, of a sequence of ``length`` (or,
+    with ``stock``, the tokens of inputs the model gets stock, such as InternVL's video frames).
 
     Rides on the image's feature tensor (attribute ``_hired_stock``), so it follows the features into
     ``mm_encoder_outputs`` however the list of per-image tensors is reordered, repeated or cut."""
@@ -179,6 +189,7 @@ class StockIndex:
     index: torch.Tensor
     length: int
     mrope: torch.Tensor | None = None  # Qwen2.5-VL: (3, n) (t, h, w) offsets of the tokens from the image's first id
+    stock: bool = False  # the tokens of stock inputs among the images' (InternVL's video frames), kept whole
 
 
 STOCK = "_hired_stock"
@@ -224,6 +235,16 @@ class Pending:
     keys: dict[str, torch.Tensor]  # role → (P, T, H * D)
     features: torch.Tensor  # (P, T, Dv) the projector's input (Qwen: (N, D) merged tokens)
     deepstack: tuple[torch.Tensor, ...] = ()  # Qwen3-VL: (N, D) per DeepStack level
+
+
+@dataclass(frozen=True)
+class Visuals:
+    """What the patched processor's image and video steps returned in one call, ``(outputs, replacement
+    texts)`` each (``None``: that step did not run): its text step, which knows the prompts' order of images
+    and videos, adds the family's :meth:`~hired.families.base.Family.video_inputs` to them."""
+
+    images: tuple | None = None
+    videos: tuple | None = None
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from hired.adapters.context import (
     cache_of,
     current,
     hand_on,
+    per_image,
     pooled,
     remember,
     take_carried,
@@ -58,12 +59,21 @@ def image_features(
     aspect = kwargs.pop("vision_aspect_ratio", None)
     if aspect is not None and aspect != getattr(config, "vision_aspect_ratio", None):
         raise ValueError("hired was applied for the config's vision_aspect_ratio; pass None or the same value")
-    pixel_values_given = pixel_values
     if image_sizes is None:  # InternVL: the forward's image_sizes, which get_image_features is not given
         image_sizes = take_carried(pixel_values).get("image_sizes")
-    layouts, pixel_values = state.family.batch_layouts(state.geometry, pixel_values, image_sizes, extra)
     kwargs.pop("return_dict", None)
-    kwargs["output_hidden_states"] = True
+    split = state.family.stock_split(pixel_values, image_sizes)  # InternVL: video frames among the tiles
+    if split is not None:
+        return _with_stock(inner, state, split, pixel_values, extra, kwargs)
+    return _encode(inner, state, pixel_values, pixel_values, image_sizes, extra, kwargs)
+
+
+def _encode(inner, state: State, pixel_values, given, image_sizes, extra: dict, kwargs: dict, stock=None):
+    """The vision step of a batch of images: ``given`` is the tensor the call was given (its prompt's key);
+    ``stock``: ``StockSplit.order`` when that tensor holds stock inputs beside these images."""
+    config = inner.config
+    layouts, pixel_values = state.family.batch_layouts(state.geometry, pixel_values, image_sizes, extra)
+    kwargs = {**kwargs, "output_hidden_states": True}
     with state.calls.running(), state.hooks.recording() as rec:
         tower_out = inner.vision_tower(pixel_values, return_dict=True, **kwargs)
     prefix = state.family.prefix_tokens(config)  # [CLS], when the features drop it
@@ -78,7 +88,7 @@ def image_features(
     tokens = layouts[0].tokens
     if feats.shape[1] != tokens:
         raise ValueError(f"the vision tower gave {feats.shape[1]} tokens per partition, expected {tokens}")
-    prompts = take_prompt(inner, state, layouts, pixel_values_given) if state.method.query_aware else None
+    prompts = take_prompt(inner, state, layouts, given, stock) if state.method.query_aware else None
     tower_out.pooler_output, record = select_and_pack(inner, state, layouts, scores, keys, feats, prompts)
     hand_on(state, record)
     if state.method.query_aware and prompts is None:  # encoded without its prompt: select again with one
@@ -88,6 +98,37 @@ def image_features(
     tower_out._hired_record = record
     tower_out.pooler_output = pooled(state, tower_out.pooler_output)  # InternVL: one tensor
     return tower_out
+
+
+def _with_stock(inner, state: State, split, given, extra: dict, kwargs: dict):
+    """A batch holding stock inputs (InternVL's video frames): they go through the stock
+    ``get_image_features`` untouched, the images through :func:`_encode`; the features are joined in the
+    batch's order, each run of stock features marked as such (``StockIndex.stock``), so that
+    ``keep_positions`` gives its tokens their stock ids. Without images: the stock output, its features
+    marked the same way."""
+    original = state.saved.get("get_image_features") or functools.partial(type(inner).get_image_features, inner)
+    if split.num_images == 0:  # the stock output, its features cut into runs that say they are stock
+        remember(state, None)  # no image in this call: last_selection is empty
+        out = original(pixel_values=given, return_dict=True, **kwargs)
+        stock, images = out.pooler_output, iter(())
+    else:
+        stock = original(pixel_values=split.stock, return_dict=True, **kwargs).pooler_output
+        out = _encode(inner, state, split.images, given, split.image_sizes, extra, kwargs, split.order)
+        images = iter(per_image(out.pooler_output))
+    chunks, at = [], 0
+    for unit in split.order:
+        if unit is None:
+            chunks.append(next(images))
+            continue
+        chunk = stock[at : at + unit].flatten(0, 1).to(out.pooler_output.dtype)
+        at += unit
+        setattr(chunk, STOCK, StockIndex(torch.arange(len(chunk), device=chunk.device), len(chunk), stock=True))
+        chunks.append(chunk)
+    out.pooler_output = pooled(state, chunks)
+    forward = current().forward
+    if split.num_images and forward is not None and forward.state is state and forward.record is out._hired_record:
+        forward.images = tuple(getattr(chunk, STOCK) for chunk in chunks)  # the frames' tokens keep their ids too
+    return out
 
 
 def select_and_pack(
@@ -139,6 +180,8 @@ def stock_positions(state: State, _module, args, kwargs):
     if forward is None or forward.state is not state or forward.images is None or forward.image_mask is None:
         return None  # a prompt without images: its ids are the stock ones
     images, mask = forward.images, forward.image_mask
+    if all(image.stock for image in images):
+        return None  # stock inputs alone (InternVL's video frames): the stock ids
     if position_ids is None:
         position_ids = torch.arange(mask.shape[1], device=mask.device).expand(mask.shape[0], -1)
     if position_ids.dim() != 2:
@@ -156,6 +199,10 @@ def stock_positions(state: State, _module, args, kwargs):
     else:
         forward.shift = shift  # keep_shift puts it on the cache the language model makes
     if forward.record is not None:
+        if any(image.stock for image in images):  # stock tokens (video frames) among them: the images' alone
+            picks = torch.cat([torch.full((len(i.index),), not i.stock, device=mask.device) for i in images])
+            mask = mask.clone()
+            mask[mask.clone()] = picks
         remember(state, dataclasses.replace(forward.record, positions=(new, mask)))
     return args, kwargs
 

@@ -13,9 +13,11 @@ from hired.core.grid import Layout
 from hired.methods.base import Prompts
 
 
-def take_prompt(inner: nn.Module, state: State, layouts: list[Layout], pixel_values) -> Prompts | None:
+def take_prompt(inner: nn.Module, state: State, layouts: list[Layout], pixel_values, stock=None) -> Prompts | None:
     """The prompts of this vision step's images, or ``None`` when it runs without them (``get_image_features``
-    called directly). Takes the calling context's prompt, so no later step can reuse it."""
+    called directly). Takes the calling context's prompt, so no later step can reuse it. ``stock``: the
+    ``StockSplit.order`` of a batch whose ``pixel_values`` also hold stock inputs (InternVL's video frames,
+    which have placeholders of their own: ``geometry.tokens`` per input)."""
     raw = current().prompt
     if raw is None:
         return None
@@ -23,13 +25,18 @@ def take_prompt(inner: nn.Module, state: State, layouts: list[Layout], pixel_val
     if isinstance(raw, RawPrompt):
         if raw.pixel_values is not pixel_values:
             return None  # a prompt for other images (a forward that never reached its vision step)
-        prompts = prompts_from_inputs(
-            inner,
-            raw.input_ids,
-            raw.inputs_embeds,
-            raw.attention_mask,
-            [state.token_count(layout) for layout in layouts],
-        )
+        counts = [state.token_count(layout) for layout in layouts]
+        picks = None
+        if stock is not None:  # every run of placeholders in order, the images' picked out
+            images, counts, picks = iter(counts), [], []
+            for unit in stock:
+                if unit is None:
+                    picks.append(len(counts))
+                counts.append(next(images) if unit is None else unit * state.geometry.tokens)
+        prompts = prompts_from_inputs(inner, raw.input_ids, raw.inputs_embeds, raw.attention_mask, counts)
+        if picks is not None:
+            owner = prompts.owner[torch.tensor(picks, dtype=torch.long, device=prompts.owner.device)]
+            prompts = Prompts(embeds=prompts.embeds, mask=prompts.mask, owner=owner)
     else:
         prompts = raw
     if prompts.owner.numel() != len(layouts):

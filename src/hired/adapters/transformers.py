@@ -13,7 +13,10 @@ Instance attributes are set, nothing else is touched:
   placeholders do not match the kept features;
 * ``<processor>.replace_image_token``: emits exactly as many placeholders as the method keeps, computed
   from the image size alone, so ``model.generate(**processor(...))`` works unchanged;
-  ``<processor>._process_images`` first rejects empty images with a clear error.
+  ``<processor>._process_images`` first rejects empty images with a clear error. For a family whose video
+  frames share ``pixel_values`` with the images (InternVL), ``<processor>._process_videos`` and
+  ``<processor>.get_text_with_replacements`` also mark the frames in the image inputs, in the prompts'
+  order, so that the vision step hands them on stock.
 
 ``apply`` also installs, once, forward hooks on the q/k projections of the tower layers the method reads
 and a forward pre-hook on the model (a text-only prompt clears ``last_selection``). Nothing about one
@@ -45,6 +48,7 @@ from hired.adapters.context import (
     Forward,
     RawPrompt,
     State,
+    Visuals,
     cache_length,
     cache_of,
     current,
@@ -78,7 +82,7 @@ VISION_STEPS = {
 _MODEL_ATTRS = ("get_image_features", "get_placeholder_mask", "get_rope_index")
 
 
-_PROC_ATTRS = ("replace_image_token", "_process_images")
+_PROC_ATTRS = ("replace_image_token", "_process_images", "_process_videos", "get_text_with_replacements")
 
 
 _APPLY_LOCK = threading.RLock()
@@ -157,6 +161,8 @@ def apply(model: nn.Module, processor, method: Method) -> nn.Module:
             inner.__dict__[name] = patch
         if processor is not None:
             patches = {"replace_image_token": _replace_image_token, "_process_images": _checked_process_images}
+            if state.family.videos_in_pixel_values:  # InternVL: mark the video frames among the tiles
+                patches.update(_process_videos=_ordered_videos, get_text_with_replacements=_text_with_replacements)
             for name, fn in patches.items():
                 state.saved[name] = processor.__dict__.get(name)
                 processor.__dict__[name] = _ProcessorPatch(fn, processor, state)
@@ -181,7 +187,8 @@ def remove(model: nn.Module, processor=None) -> nn.Module:
             if proc.__dict__.get(_STATE) is state:
                 del proc.__dict__[_STATE]
                 for name in _PROC_ATTRS:
-                    _restore(proc, name, state.saved.get(name))
+                    if name in state.saved:
+                        _restore(proc, name, state.saved[name])
         state.calls.close()
         state.hooks.remove()
         for handle in state.handles:
@@ -203,10 +210,17 @@ def prepare_inputs(model: nn.Module, processor, images=None, text=None, *, query
     prompt, with the same ``<image>`` tokens) gives other texts for that, e.g. the prompts without the
     continuation a log-likelihood is scored on.
     """
-    state = _applied_state(model)
+    state = applied_state(model)
     if processor is None or processor.__dict__.get(_STATE) is not state:
         raise ValueError("prepare_inputs needs the processor that hired.apply was given with this model")
     inner, _ = _inner_model(model)
+    if state.family.videos_in_pixel_values and images is not None and kwargs.get("videos") is not None:
+        raise ValueError(
+            f"hired.prepare_inputs cannot take images and videos together for {state.family.title}: its video "
+            "frames share pixel_values with the images, and the two-pass inputs replace those by the encoded "
+            "images; build such inputs with the processor (model.generate(**processor(images=..., videos=..., "
+            "text=...))), which prunes the images and keeps the frames stock"
+        )
     encoding = {"model": inner, "state": state}
     query = text if query_text is None else query_text
     if state.method.query_aware and query is not None:
@@ -229,7 +243,7 @@ def _restore(obj, name: str, saved) -> None:
         obj.__dict__[name] = saved
 
 
-def _applied_state(model: nn.Module, required: bool = True) -> State | None:
+def applied_state(model: nn.Module, required: bool = True) -> State | None:
     """The adapter state of ``model``; with ``required``, an error when no method is applied."""
     inner, _ = _inner_model(model)
     state = inner.__dict__.get(_STATE)
@@ -239,8 +253,9 @@ def _applied_state(model: nn.Module, required: bool = True) -> State | None:
 
 
 def applied_method(model: nn.Module) -> Method | None:
-    """The method currently applied to ``model``, or ``None``."""
-    state = _applied_state(model, required=False)
+    """The method the calling thread's calls of ``model`` run (the applied one, or inside
+    ``hired.options`` the block's), or ``None``."""
+    state = applied_state(model, required=False)
     return None if state is None else state.method
 
 
@@ -252,7 +267,7 @@ def last_selection(model: nn.Module) -> list[ImageSelection]:
     threads run on the same model. Empty when this thread has seen no image since ``apply``, after a
     text-only prompt, or when no method is applied.
     """
-    state = _applied_state(model, required=False)
+    state = applied_state(model, required=False)
     record = None if state is None else recall(state)
     if record is None:
         return []
@@ -277,7 +292,7 @@ def last_scores(model: nn.Module) -> list[dict[str, torch.Tensor]]:
     with the received-attention score (towers without [CLS]) the attention each patch receives, averaged
     over the queries and summed over heads.
     """
-    state = _applied_state(model, required=False)
+    state = applied_state(model, required=False)
     record = None if state is None else recall(state)
     if record is None:
         return []
@@ -292,13 +307,13 @@ def last_scores(model: nn.Module) -> list[dict[str, torch.Tensor]]:
 def score_kind(model: nn.Module) -> str | None:
     """The attention score the applied method reads on ``model``'s tower (``"cls"``: the [CLS] row,
     ``"received"``: the attention each patch receives), or ``None`` when no method is applied."""
-    state = _applied_state(model, required=False)
+    state = applied_state(model, required=False)
     return None if state is None else state.score_kind
 
 
 def score_layers(model: nn.Module) -> dict[str, int]:
     """Role → vision encoder layer whose [CLS] attention the applied method reads (``{}`` if none is)."""
-    state = _applied_state(model, required=False)
+    state = applied_state(model, required=False)
     return {} if state is None else dict(state.roles)
 
 
@@ -316,7 +331,41 @@ def _checked_process_images(processor, state: State, images, **kwargs):
     original = state.saved.get("_process_images") or functools.partial(type(processor)._process_images, processor)
     extra = state.family.processor_inputs(processor, images, kwargs)  # InternVL: image sizes and tile grids
     with holding(processing=extra or None):
-        return original(images, **kwargs)
+        processed = original(images, **kwargs)
+    if state.family.videos_in_pixel_values:
+        update(visuals=Visuals(images=processed))
+    return processed
+
+
+def _ordered_videos(processor, state: State, videos, **kwargs):
+    """The processor's own video step; what it made waits for the text step (:func:`_text_with_replacements`)."""
+    original = state.saved.get("_process_videos") or functools.partial(type(processor)._process_videos, processor)
+    processed = original(videos, **kwargs)
+    images = getattr(current().visuals, "images", None)
+    update(visuals=Visuals(images=images, videos=processed))
+    return processed
+
+
+def _text_with_replacements(processor, state: State, text, *args, **kwargs):
+    """The processor's own text step; when this call's prompts hold videos, the family's marks of the frames
+    (``Family.video_inputs``, in the prompts' order) join the image (or, without images, the video) outputs."""
+    original = state.saved.get("get_text_with_replacements") or functools.partial(
+        type(processor).get_text_with_replacements, processor
+    )
+    out = original(text, *args, **kwargs)
+    visuals = current().visuals
+    update(visuals=None)
+    given = dict(zip(("images_replacements", "videos_replacements"), args))
+    given.update(kwargs)
+    if visuals is None or visuals.videos is None or visuals.videos[1] is not given.get("videos_replacements"):
+        return out  # no video in this call (or the video step's outputs are another call's)
+    images = visuals.images
+    if images is not None and images[1] is not given.get("images_replacements"):
+        images = None
+    order = [entry["type"] for row in out[1] for entry in row if entry["type"] in ("image", "video")]
+    target = visuals.videos[0] if images is None else images[0]
+    target.update(state.family.video_inputs(processor, None if images is None else images[0], visuals.videos[0], order))
+    return out
 
 
 def _flat_images(images) -> list:
@@ -450,8 +499,7 @@ def _encoded_forward(state: State, encoded) -> Forward:
             "get_image_features (or hired.prepare_inputs) unchanged; the list may be reordered, repeated or cut"
         )
     record = getattr(encoded, "_hired_record", None)
-    if record is not None and (
-        len(record.images) != len(images) or any(a is not b for a, b in zip(record.images, images))
-    ):
+    own = [image for image in images if not image.stock]  # InternVL: video frames' tokens beside the images'
+    if record is not None and (len(record.images) != len(own) or any(a is not b for a, b in zip(record.images, own))):
         record = None  # another arrangement of the images: last_selection keeps describing the encoding
     return Forward(state, images=images, record=record)

@@ -37,6 +37,14 @@ checkpoint's cost offline. ``build_arch(name, device, dtype)`` returns ``(model,
   8x128, Qwen2 language model 8x512 with 2 key/value heads, 32064 ids: the output layer stays a minor
   part of a decode step, as in the 7B model). Its processor needs torchvision
   (``pip install "hired-vlm[onevision]"``), as every OneVision processor does.
+* ``qwen2.5-vl-small``, ``qwen3-vl-small``, ``qwen3.5-small``, ``internvl-small``: the same scaled-down
+  widths and depths with each family's token geometry: Qwen2.5-VL's 14 px patches, 112 px windows and full
+  attention in blocks 3 and 7; Qwen3-VL's 16 px patches and DeepStack from blocks 2, 4 and 6; Qwen3.5's
+  16 px patches and a hybrid language model (Gated DeltaNet in 3 layers of 4, as in Qwen3.5, with 4 key
+  and 8 value heads of 64: half and all of the width, as in the real model; M-RoPE on a quarter of each
+  head, the sections scaled); InternVL's 448 px tiles of 14 px patches with a [CLS] token, the 0.5 pixel
+  shuffle (256 tokens a tile), 1 to 12 tiles and a thumbnail, a Qwen3 language model. Every language model
+  (each family's own kind) has 8 layers, 512 wide, 2 key/value heads, vocabulary 32064.
 
 The processor uses a small local byte-level tokenizer (``hired.builders.tiny_tokenizer``) that knows
 ``<image>`` and some English; its ids all lie inside the configs' vocabularies, so the embedding and
@@ -91,6 +99,8 @@ class Arch:
     max_pixels: int = 12845056
     deepstack_blocks: tuple[int, ...] = ()  # Qwen3-VL: the tower blocks whose outputs feed DeepStack
     max_tiles: int = 12  # InternVL: an image is cut into 1 to max_tiles tiles of crop_size px (+ a thumbnail)
+    # Qwen3.5's Gated DeltaNet layers: (key heads, value heads, head width); None: transformers' defaults
+    linear_heads: tuple[int, int, int] | None = None
 
     def vit_sizes(self) -> dict:
         """A ViT config's sizes (CLIP, SigLIP, InternViT: widths, depth, heads, crop and patch)."""
@@ -116,8 +126,8 @@ class Arch:
         )
 
 
-# the CPU-sized architectures' widths and depths (small, onevision-small, qwen2.5-vl-small): a language model
-# that dominates the cost, as in the 7B models
+# the CPU-sized architectures' widths and depths (small, onevision-small, qwen2.5-vl-small, qwen3-vl-small,
+# qwen3.5-small, internvl-small): a language model that dominates the cost, as in the 7B models
 _SMALL_SIZES = dict(
     vision_hidden=128,
     vision_intermediate=512,
@@ -303,6 +313,42 @@ ARCHS: dict[str, Arch] = {
             vision_feature_layer=-1,
             max_position_embeddings=32768,
             fullatt_blocks=(3, 7),
+        ),
+        Arch(
+            name="qwen3-vl-small",
+            family="qwen3_vl",
+            summary="CPU-sized Qwen3-VL: 16 px patches, 2x2 merger, full attention (ViT 8x128, DeepStack 2/4/6), "
+            "Qwen3 8x512, interleaved M-RoPE",
+            **{**_QWEN3_TOWER, **_SMALL_SIZES},
+            text_kv_heads=2,
+            vocab_size=32064,  # small's: the output layer stays a minor cost of a decode step
+            max_position_embeddings=32768,
+            deepstack_blocks=(2, 4, 6),
+        ),
+        Arch(
+            name="qwen3.5-small",
+            family="qwen3_5",
+            summary="CPU-sized Qwen3.5: 16 px patches, 2x2 merger (ViT 8x128, no DeepStack), hybrid LLM 8x512 "
+            "(3 of 4 layers Gated DeltaNet, 4 key / 8 value heads of 64)",
+            **{**_QWEN3_TOWER, **_SMALL_SIZES},
+            text_kv_heads=2,
+            vocab_size=32064,
+            max_position_embeddings=32768,
+            linear_heads=(4, 8, 64),
+        ),
+        Arch(
+            name="internvl-small",
+            family="internvl",
+            summary="CPU-sized InternVL: 448 px tiles of 14 px ([CLS], InternViT 8x128), 0.5 pixel shuffle (256 "
+            "tokens a tile), 1-12 tiles + thumbnail, Qwen3 8x512",
+            crop_size=448,
+            patch_size=14,
+            **_SMALL_SIZES,
+            text_kv_heads=2,
+            vocab_size=32064,
+            vision_feature_layer=-1,
+            max_position_embeddings=40960,
+            max_tiles=12,
         ),
     )
 }
@@ -501,5 +547,5 @@ def _check_memory(name: str, cls, config, device: torch.device, dtype: torch.dty
         raise ValueError(
             f"{name} needs about {need / 1e9:.1f} GB for its {str(dtype).replace('torch.', '')} weights but "
             f"{device} has {free / 1e9:.1f} GB free; use a larger device (e.g. --device cuda) or a CPU-sized "
-            "--arch (small, onevision-small)"
+            f"--arch ({', '.join(n for n in ARCHS if n.endswith('small'))})"
         )

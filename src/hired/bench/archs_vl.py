@@ -7,7 +7,7 @@ here needs torchvision (its video processor imports it); :func:`hired.bench.arch
 
 from __future__ import annotations
 
-__all__ = ["FAMILIES", "config", "processor", "tokenizer"]
+__all__ = ["FAMILIES", "config", "processor", "scaled_section", "tokenizer"]
 
 FAMILIES = ("qwen2_5_vl", "qwen3_vl", "qwen3_5", "internvl")
 """The :mod:`hired.families` names built here."""
@@ -69,7 +69,9 @@ def _qwen3_config(arch, tokenizer):
     """Qwen3-VL-*-Instruct's config at ``arch``'s sizes (rope theta 5e6, interleaved M-RoPE on the whole head,
     DeepStack from ``arch.deepstack_blocks``), or for ``family="qwen3_5"`` Qwen3.5's: the same tower without
     DeepStack, and the rotary settings and Gated DeltaNet layers (every fourth layer full attention) of
-    transformers' ``Qwen3_5TextConfig`` defaults. The head is ``text_hidden / text_heads`` wide."""
+    transformers' ``Qwen3_5TextConfig`` defaults (``arch.linear_heads``: other linear-attention heads). The
+    head is ``text_hidden / text_heads`` wide; on a narrower head than the checkpoints' the M-RoPE sections
+    are scaled to its rotary dimensions."""
     import transformers
 
     from hired.builders import IMAGE_TOKEN, QWEN_VIDEO, QWEN_VISION_END, QWEN_VISION_START
@@ -94,7 +96,16 @@ def _qwen3_config(arch, tokenizer):
     if arch.family == "qwen3_vl":
         vision["deepstack_visual_indexes"] = list(arch.deepstack_blocks)
         rope = {"rope_type": "default", "rope_theta": 5000000.0, "mrope_interleaved": True}
-        text["rope_parameters"] = {**rope, "mrope_section": [24, 20, 20]}
+        text["rope_parameters"] = {**rope, "mrope_section": scaled_section(_QWEN3_VL_SECTION, text["head_dim"] // 2)}
+    else:
+        section = scaled_section(_QWEN3_5_SECTION, int(text["head_dim"] * _QWEN3_5_ROTARY) // 2)
+        if section != list(_QWEN3_5_SECTION):  # a narrower head: the defaults' rotary settings, sections scaled
+            rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": _QWEN3_5_ROTARY}
+            text["rope_parameters"] = {**rope, "mrope_section": section}
+        if arch.linear_heads is not None:
+            keys, values, width = arch.linear_heads
+            text.update(linear_num_key_heads=keys, linear_num_value_heads=values)
+            text.update(linear_key_head_dim=width, linear_value_head_dim=width)
     cls = transformers.Qwen3VLConfig if arch.family == "qwen3_vl" else transformers.Qwen3_5Config
     return cls(
         vision_config=vision,
@@ -105,6 +116,21 @@ def _qwen3_config(arch, tokenizer):
         vision_end_token_id=ids[QWEN_VISION_END],
         tie_word_embeddings=False,
     )
+
+
+_QWEN3_VL_SECTION = (24, 20, 20)  # Qwen3-VL's M-RoPE sections (t, h, w) of a 128 wide head's 64 rotary pairs
+_QWEN3_5_SECTION = (11, 11, 10)  # Qwen3.5's of the 32 rotary pairs of a 256 wide head (a quarter rotated)
+_QWEN3_5_ROTARY = 0.25  # Qwen3_5TextConfig's default partial_rotary_factor
+
+
+def scaled_section(section, pairs: int) -> list[int]:
+    """M-RoPE sections ``(t, h, w)`` scaled to a head of ``pairs`` rotary pairs: ``h`` and ``w`` in proportion
+    (rounded), ``t`` the rest; the checkpoints' own sections where ``pairs`` is their sum."""
+    if pairs < 3:
+        raise ValueError(f"M-RoPE needs at least 3 rotary pairs a head (time, height, width), got {pairs}")
+    total = sum(section)
+    rest = [max(1, round(s * pairs / total)) for s in section[1:]]
+    return [pairs - sum(rest), *rest]
 
 
 def _internvl_config(arch, tokenizer):

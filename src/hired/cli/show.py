@@ -92,7 +92,7 @@ def cmd_show(args) -> int:
     image = load_image(args.image)
     out = viz.check_figure_path(args.out)
     model, processor = load_model(args.model, args.device, args.dtype)
-    family = family_of(model)[1]
+    inner, family = family_of(model)
     if family.merged_grid:
         raise CommandError(
             f"hired show draws LLaVA partitions; {family.title} images are one grid of merged tokens, which it "
@@ -109,7 +109,8 @@ def cmd_show(args) -> int:
         labels=labels,
         heatmap=args.heatmap,
         title=args.title if args.title is not None else f"{Path(args.model).name} on {Path(args.image).name}",
-        patch_size=int(model.config.vision_config.patch_size),
+        patch_size=family.geometry(inner.config).patch_size,  # one token's side in pixels (InternVL: merged)
+        stretched=family.fills_canvas,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=viz.DPI)

@@ -1,5 +1,5 @@
-"""``hired_llava``: an lmms-eval model (LLaVA-NeXT / LLaVA-1.5 / LLaVA-OneVision / Qwen2.5-VL / Qwen3-VL / Qwen3.5 on
-transformers) with a ``hired`` method applied.
+"""``hired_llava``: an lmms-eval model (LLaVA-NeXT / LLaVA-1.5 / LLaVA-OneVision / Qwen2.5-VL / Qwen3-VL / Qwen3.5 /
+InternVL on transformers) with a ``hired`` method applied.
 
 Registered with lmms-eval through the entry-point group ``lmms_eval.models`` (``pip install "hired-vlm[eval]"``)::
 
@@ -9,7 +9,8 @@ Registered with lmms-eval through the entry-point group ``lmms_eval.models`` (``
 
 ``pretrained`` may be a LLaVA-OneVision checkpoint too (e.g. ``llava-hf/llava-onevision-qwen2-7b-ov-hf``;
 needs torchvision: ``pip install "hired-vlm[eval,onevision]"``): the model class follows the config's
-``model_type`` (``llava_next``, ``llava``, ``llava_onevision``), so the same model name serves all three::
+``model_type`` (``llava_next``, ``llava``, ``llava_onevision``, ``qwen2_5_vl``, ``internvl``, ...), so the same
+model name serves every family::
 
     python -m lmms_eval --model hired_llava \\
         --model_args pretrained=llava-hf/llava-onevision-qwen2-7b-ov-hf,method=hired,budget=0.2 \\
@@ -126,8 +127,8 @@ def _torch_dtype(dtype: Any, device: torch.device) -> torch.dtype:
 
 def _load(pretrained: str, device: torch.device, dtype: torch.dtype, revision, attn_implementation):
     """``(model, processor)`` for a folder or hub id of a supported family (LLaVA-NeXT, LLaVA-1.5,
-    LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL, Qwen3.5) on ``device``, in eval mode; the classes come from the config's ``model_type`` through
-    :mod:`hired.families` (:func:`hired.loading.model_class_for`)."""
+    LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL, Qwen3.5, InternVL) on ``device``, in eval mode; the classes come
+    from the config's ``model_type`` through :mod:`hired.families` (:func:`hired.loading.model_class_for`)."""
     from transformers import AutoConfig
 
     from hired.loading import load_processor, model_class_for

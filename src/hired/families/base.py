@@ -10,6 +10,7 @@ placeholder count, the packing and the stock positions agree by construction.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from hired.core.grid import Geometry, Layout, layout_for
@@ -17,6 +18,26 @@ from hired.methods.base import ModelInfo
 
 _CLS_BY_TOWER = {"clip_vision_model": True, "siglip_vision_model": False}
 """Vision towers known by their config's ``model_type`` → whether they prepend a [CLS] token."""
+
+
+@dataclass(frozen=True)
+class StockSplit:
+    """A batch given to ``get_image_features`` that holds, beside the images' partitions, inputs the model
+    gets stock (InternVL's video frames, which share ``pixel_values`` with the images' tiles).
+
+    ``images``: the images' partitions ``(sum P, C, H, W)``, in order (possibly none); ``image_sizes``: the
+    images' own image inputs (``None`` without images); ``stock``: the stock inputs ``(N, C, H, W)``, in
+    order; ``order``: the batch in its given order, one entry per run: ``None`` for the next image, ``n``
+    for the next ``n`` stock inputs."""
+
+    images: Any
+    image_sizes: Any
+    stock: Any
+    order: tuple[int | None, ...]
+
+    @property
+    def num_images(self) -> int:
+        return sum(unit is None for unit in self.order)
 
 
 class Family:
@@ -53,6 +74,8 @@ class Family:
     torchvision_extra: ClassVar[str | None] = None  # hired's pip extra for a processor that imports torchvision
     tower_attentions: ClassVar[bool] = True  # the tower can return attention maps (the bench's reference path)
     joins_features: ClassVar[bool] = False  # the forward takes get_image_features' pooler_output as one tensor
+    videos_in_pixel_values: ClassVar[bool] = False  # video frames share pixel_values with the images (InternVL)
+    fills_canvas: ClassVar[bool] = False  # the processor stretches an image over its crops, no padding (InternVL)
 
     def tower(self, inner):
         """The vision tower module of the inner model."""
@@ -171,6 +194,19 @@ class Family:
     def placeholder(self, processor, count: int) -> str:
         """The text the processor writes for one image that gives the language model ``count`` tokens."""
         return processor.image_token * count
+
+    def video_inputs(self, processor, image_inputs: dict | None, video_inputs: dict, order: list[str]) -> dict:
+        """Image inputs the patched processor adds to its output once a prompt batch holds videos, for a
+        family whose video frames share ``pixel_values`` with the images (:attr:`videos_in_pixel_values`):
+        ``image_inputs`` / ``video_inputs`` are the image and video processors' outputs (``image_inputs``
+        with :meth:`processor_inputs`' additions; ``None`` without images), ``order`` the kind of each image
+        and video in the batch's prompts (``"image"``, ``"video"``), in order."""
+        return {}
+
+    def stock_split(self, pixel_values, image_sizes) -> StockSplit | None:
+        """The stock inputs (video frames) in a batch given to ``get_image_features``, marked in its image
+        inputs by :meth:`video_inputs`; ``None`` when it holds images only."""
+        return None
 
     def merge_patches(self, inner, config, feats, scores, keys):
         """The tower's patch features ``(P, T, Dv)``, scores ``role → (P, T)`` and keys ``role → (P, T, H * D)``

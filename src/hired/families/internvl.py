@@ -31,7 +31,13 @@ How hired maps that onto its partitions (:class:`TileLayout`):
   takes ``image_sizes`` and ignores it); the runtime carries it from the forward to the vision step of
   exactly that forward's ``pixel_values``, so nothing about a call is kept on the shared model. A direct
   ``get_image_features`` call may pass ``image_sizes`` itself; without it the tiles must be one image of
-  one tile, anything else is a ``ValueError``. Videos (frames in ``pixel_values`` too) are not served yet.
+  one tile, anything else is a ``ValueError``.
+* **Videos.** The stock processor writes each video frame as one tile (``<img>``, ``image_seq_length``
+  context tokens, ``</img>``) and puts the frames into ``pixel_values`` among the images' tiles, in the
+  prompts' order. With hired applied it marks them in ``image_sizes`` (:meth:`InternVL.video_inputs`),
+  which then holds one row per image and per frame in that order, a frame's row ``(height, width, 0, 0)``;
+  the vision step runs the frames through the stock ``get_image_features`` and the images through hired
+  (:meth:`InternVL.stock_split`), so frames are never pruned.
 * **Positions.** The language model uses 1-D RoPE, so ``keep_positions`` works as for LLaVA-NeXT: each kept
   token gets its id in the stock sequence and ``<img>``, ``</img>`` and the text after an image continue
   after its stock length.
@@ -45,7 +51,7 @@ from typing import Any
 import torch
 
 from hired.core.grid import Geometry, Layout
-from hired.families.base import Family
+from hired.families.base import Family, StockSplit
 
 
 class TileLayout(Layout):
@@ -102,6 +108,8 @@ class InternVL(Family):
     title = "InternVL"
     anyres = True  # a thumbnail (HiRED's full image) and a grid of tiles (its sub-images)
     joins_features = True  # the forward takes get_image_features' pooler_output as one tensor
+    videos_in_pixel_values = True  # video frames are tiles in pixel_values, among the images' tiles
+    fills_canvas = True  # the image is stretched over its tile grid and into the thumbnail
     torchvision_extra = "internvl"  # its processor needs a video processor, which imports torchvision
 
     # ------------------------------------------------------------------------------------ config
@@ -202,23 +210,59 @@ class InternVL(Family):
             if tiles != 1:
                 raise ValueError(
                     f"InternVL's get_image_features was given {tiles} tiles without image_sizes, so hired cannot "
-                    "tell which tiles form which image: pass the image_sizes that the processor hired was "
-                    "applied to returns (videos are not served yet)"
+                    "tell which tiles form which image (or which are video frames): pass the image_sizes that "
+                    "the processor hired was applied to returns"
                 )
             return [self.tile_layout((tile, tile), (1, 1), geometry)], pixel_values
         layouts = [self.tile_layout((h, w), (r, c), geometry) for h, w, r, c in _sizes(image_sizes)]
         expected = sum(lay.num_partitions for lay in layouts)
         if tiles != expected:
-            raise ValueError(
-                f"pixel_values hold {tiles} tiles, image_sizes imply {expected} (hired does not serve InternVL "
-                "videos yet)"
-            )
+            raise ValueError(f"pixel_values hold {tiles} tiles, image_sizes imply {expected}")
         order, start = [], 0
         for lay in layouts:
             p = lay.num_partitions
             order += [start + p - 1, *range(start, start + p - 1)] if p > 1 else [start]
             start += p
         return layouts, pixel_values[torch.tensor(order, device=pixel_values.device)]
+
+    def stock_split(self, pixel_values, image_sizes) -> StockSplit | None:
+        """The video frames among the tiles: rows ``(height, width, 0, 0)`` of ``image_sizes``, one tile each."""
+        if image_sizes is None:
+            return None
+        rows = _sizes(image_sizes)
+        frame = [r == 0 and c == 0 for _, _, r, c in rows]
+        if not any(frame):
+            return None
+        if any((r < 1 or c < 1) and not f for (_, _, r, c), f in zip(rows, frame)):
+            raise ValueError(
+                "InternVL's image_sizes rows are (height, width, rows, cols) of an image's tile grid or "
+                f"(height, width, 0, 0) of a video frame; got {rows}"
+            )
+        order: list[int | None] = []
+        image_tiles, frame_tiles, at = [], [], 0
+        for (_, _, r, c), is_frame in zip(rows, frame):
+            if is_frame:
+                frame_tiles.append(at)
+                at += 1
+                if order and order[-1] is not None:
+                    order[-1] += 1
+                else:
+                    order.append(1)
+            else:
+                tiles = r * c + (r * c > 1)  # a thumbnail beside more than one tile
+                image_tiles += range(at, at + tiles)
+                at += tiles
+                order.append(None)
+        if pixel_values.shape[0] != at:
+            raise ValueError(f"pixel_values hold {pixel_values.shape[0]} tiles, image_sizes imply {at}")
+        device = pixel_values.device
+        images = [r for r, f in zip(rows, frame) if not f]
+        return StockSplit(
+            images=pixel_values[torch.tensor(image_tiles, dtype=torch.long, device=device)],
+            image_sizes=torch.tensor(images, dtype=torch.long).reshape(-1, 4) if images else None,
+            stock=pixel_values[torch.tensor(frame_tiles, dtype=torch.long, device=device)],
+            order=tuple(order),
+        )
 
     def merge_patches(self, inner, config, feats, scores, keys):
         """Patch features, scores and keys of each tile → per language-model token: the model's own pixel
@@ -262,6 +306,24 @@ class InternVL(Family):
                 array = to_numpy_array(image)
                 h, w = array.shape if array.ndim == 2 else get_image_size(array)
             rows.append([h, w, *self.tile_grid((h, w), tile, low, high, crop)])
+        return {"image_sizes": torch.tensor(rows, dtype=torch.long).reshape(-1, 4)}
+
+    def video_inputs(self, processor, image_inputs, video_inputs, order) -> dict:
+        """``image_sizes`` with a row per image and per video frame, in the order of ``pixel_values`` (the
+        prompts' order, as the stock processor joins them): an image's ``(height, width, rows, cols)``, a
+        frame's ``(height, width, 0, 0)``."""
+        images = [] if image_inputs is None else _sizes(image_inputs["image_sizes"])
+        frames = video_inputs["pixel_values_videos"]
+        count = int(frames.shape[1])  # the stock processor stacks the videos: one frame count
+        frame = [int(frames.shape[-2]), int(frames.shape[-1]), 0, 0]
+        if order.count("image") != len(images) or order.count("video") != int(frames.shape[0]):
+            raise ValueError(
+                f"the prompts hold {order.count('image')} images and {order.count('video')} videos, the processor "
+                f"was given {len(images)} images and {int(frames.shape[0])} videos"
+            )
+        rows, next_image = [], iter(images)
+        for kind in order:
+            rows += [next(next_image)] if kind == "image" else [frame] * count
         return {"image_sizes": torch.tensor(rows, dtype=torch.long).reshape(-1, 4)}
 
     @staticmethod

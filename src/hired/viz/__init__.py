@@ -236,6 +236,7 @@ def plot_selection(
     patch_size: int = 14,
     min_crop_px: int = 240,
     full_view: str | None = None,
+    stretched: bool = False,
 ):
     """A matplotlib Figure of what was kept: one row per selection (e.g. one per method, same image).
 
@@ -257,6 +258,8 @@ def plot_selection(
         min_crop_px: small crops are upscaled (nearest, by an integer factor) to at least this size.
         full_view: how the full-image partition was made: ``"squash"`` (LLaVA-NeXT, the default with a
             sub-image grid) or ``"crop"`` (centre crop, LLaVA-1.5's processor, the default without one).
+        stretched: the processor stretched the image over the sub-image grid, without padding, and squashed
+            it into the full image (InternVL's tiles and thumbnail, ``Family.fills_canvas``).
     """
     matplotlib_classes()
     image = load_image(image)
@@ -285,7 +288,7 @@ def plot_selection(
                 f"plot_selection draws square partitions (LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision); this selection's "
                 f"image is one {rows_}x{cols_} grid of merged tokens (Qwen2.5-VL), which it does not draw yet"
             )
-    layouts = [selection_layout(s) for s in selections]
+    layouts = [selection_layout(s, stretched) for s in selections]
     shapes = {(lay.grid, lay.side, lay.top, lay.bottom, lay.left, lay.right) for lay in layouts}
     if len(shapes) > 1:
         raise ValueError("all selections in one figure must come from the same image and model geometry")
@@ -304,7 +307,7 @@ def plot_selection(
     crop = side * patch_size
     scale = max(1, math.ceil(min_crop_px / crop))
     c = crop * scale  # panel side in display pixels
-    mode = full_view or ("squash" if layout.num_subimages else "crop")
+    mode = full_view or ("squash" if layout.num_subimages or stretched else "crop")
     if mode not in ("squash", "crop"):
         raise ValueError(f"full_view must be 'squash' or 'crop', got {full_view!r}")
 
@@ -376,7 +379,7 @@ def plot_selection(
     # the processor's views of the image, upscaled for display
     full_img, full_region = full_image_view(image, crop, mode)
     full_px = np.asarray(full_img.resize((c, c), Image.NEAREST))
-    canvas = canvas_image(image, layout, crop) if layout.num_subimages else None
+    canvas = canvas_image(image, layout, crop, stretched) if layout.num_subimages else None
     comp_px = np.asarray(image.resize((max(1, round(comp_w)), max(1, round(comp_h))), Image.LANCZOS))
     valid = layout.valid_mask.numpy().reshape(-1, side, side)
 

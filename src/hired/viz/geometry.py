@@ -15,24 +15,31 @@ from hired.selection import ImageSelection
 PAD_COLOR = (0.55, 0.55, 0.55)  # padded canvas pixels
 
 
-def selection_layout(selection: ImageSelection) -> Layout:
-    """The selection's partition layout (valid region in canvas patches), rebuilt from its sizes."""
+def selection_layout(selection: ImageSelection, stretched: bool = False) -> Layout:
+    """The selection's partition layout (valid region in canvas patches), rebuilt from its sizes;
+    ``stretched``: the image fills the whole canvas (InternVL's tiles), else it is padded (LLaVA-NeXT)."""
     side = selection.partitions[0].grid[0]
     rows, cols = selection.grid
     if rows * cols == 0:
         return Layout(image_size=selection.image_size, side=side)
-    geometry = Geometry(crop_size=side, patch_size=1, grid_pinpoints=((rows * side, cols * side),))
-    layout = layout_for(selection.image_size, geometry)
+    if stretched:
+        layout = Layout(selection.image_size, side, (rows, cols), bottom=rows * side, right=cols * side)
+    else:
+        geometry = Geometry(crop_size=side, patch_size=1, grid_pinpoints=((rows * side, cols * side),))
+        layout = layout_for(selection.image_size, geometry)
     if layout.valid_counts != tuple(p.valid for p in selection.partitions):
         raise ValueError("the selection's valid patch counts do not match its image size and grid")
     return layout
 
 
-def canvas_image(image: Image.Image, layout: Layout, crop: int) -> Image.Image:
+def canvas_image(image: Image.Image, layout: Layout, crop: int, stretched: bool = False) -> Image.Image:
     """The image resized into the ``rows x cols`` canvas of ``crop``-pixel crops and centrally padded,
-    as LLaVA-NeXT's processor does (padding shown grey instead of black)."""
+    as LLaVA-NeXT's processor does (padding shown grey instead of black); ``stretched``: resized onto the
+    whole canvas, as InternVL's processor does."""
     rows, cols = layout.grid
     target_h, target_w = rows * crop, cols * crop
+    if stretched:
+        return image.resize((target_w, target_h), Image.BICUBIC)
     w, h = image.size
     if target_w / w < target_h / h:
         new_w, new_h = target_w, min(math.ceil(h * target_w / w), target_h)
