@@ -109,6 +109,7 @@ METHODS = [
     hired.HiRED(budget=0.4, keep_newline=True, keep_positions=True),
     hired.Spatial(budget=0.3, keep_positions=True),
     hired.VisionZip(budget=0.3, keep_positions=True),
+    hired.Pool(budget=0.3, keep_positions=True),
     hired.DivPrune(budget=0.3, keep_positions=True),
     hired.DART(budget=0.3, keep_newline=True, keep_positions=True),
     hired.CDPruner(budget=0.3, keep_positions=True),
@@ -276,7 +277,7 @@ def test_rearranged_encoder_outputs_keep_each_images_positions(llava_next):
         processor.tokenizer.padding_side = side
 
 
-@pytest.mark.parametrize("name", ["hired", "cls_topk", "spatial", "divprune", "dart", "visionzip", "random"])
+@pytest.mark.parametrize("name", ["hired", "cls_topk", "spatial", "divprune", "dart", "visionzip", "random", "pool"])
 def test_an_image_keeps_one_token_where_the_budget_rounds_to_none(name):
     """The rule for an image whose budget rounds down to no token: it keeps one, in every family and both
     runtimes (vLLM needs a placeholder per image; with keep_positions that token places the image's ids);

@@ -140,7 +140,13 @@ def test_full_budget_is_bit_identical_and_remove_restores(qwen):
 
 @pytest.mark.parametrize(
     "method",
-    [hired.HiRED(budget=0.3), hired.Spatial(budget=0.5), hired.DivPrune(budget=0.2), hired.CDPruner(budget=0.3)],
+    [
+        hired.HiRED(budget=0.3),
+        hired.Spatial(budget=0.5),
+        hired.DivPrune(budget=0.2),
+        hired.CDPruner(budget=0.3),
+        hired.Pool(budget=0.3),
+    ],
     ids=lambda m: m.name,
 )
 def test_mrope_ids_equal_the_stock_ids_in_prefill_and_decode(qwen, method):

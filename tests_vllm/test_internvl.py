@@ -44,6 +44,7 @@ FIXED = [
     {"method": "cls_topk", "budget": 0.25},
     {"method": "spatial", "budget": 0.3},
     {"method": "dart", "budget": 0.3},
+    {"method": "pool", "budget": 0.3},
 ]
 
 
@@ -409,3 +410,26 @@ def test_stock_path_equals_vllm_without_the_plugin(engines, internvl_path):
     assert [[o.prompt_token_ids, list(o.outputs[0].token_ids)] for o in outs] == reference["outs"]
     assert hired.vllm.last_selection(llm) == []
     assert type(llm.apply_model(lambda m: m)[0]).__name__ == "HiredInternVLForConditionalGeneration"
+
+
+def test_bench_vllm_runs_an_internvl_folder(internvl_path, tmp_path):
+    """``hired bench-vllm --model <folder>``: stock vLLM, the method and its oracle, with InternVL's own image
+    placeholder in the requests; the method's prompts are shorter than stock by the context tokens it drops
+    (``floor(budget * N)`` of the stock processor's N for the benchmark's picture)."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from hired.cli import main
+
+    report = tmp_path / "bench.json"
+    argv = ["bench-vllm", "--model", internvl_path, "--budgets", "0.5", "--requests", "2", "--runs", "1"]
+    argv += ["--new-tokens", "2", "--image-size", "120", "--max-model-len", "2048", "--json", str(report)]
+    assert main(argv) == 0
+    rows = {r["config"]: r for r in json.loads(report.read_text())["rows"]}
+    assert set(rows) == {"stock vLLM", "hired 0.5", "oracle 0.5"}
+    processor = AutoProcessor.from_pretrained(internvl_path)
+    ids = processor(images=Image.new("RGB", (120, 120)), text=processor.image_token, return_tensors="pt")["input_ids"]
+    n = int((ids == processor.image_token_id).sum())
+    dropped = n - math.floor(0.5 * n)
+    assert rows["stock vLLM"]["prompt_tokens"] - rows["hired 0.5"]["prompt_tokens"] == dropped
+    assert rows["oracle 0.5"]["prompt_tokens"] == rows["hired 0.5"]["prompt_tokens"]

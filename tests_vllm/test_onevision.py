@@ -189,6 +189,7 @@ def _assert_same_kept(vllm_sel, tf_sel, tf_scores):
         {"method": "cls_topk", "budget": 0.25},
         {"method": "divprune", "budget": 0.3},
         {"method": "dart", "budget": 0.3},
+        {"method": "pool", "budget": 0.3},
     ],
     ids=lambda e: e["method"],
 )

@@ -220,6 +220,7 @@ SAME_ENTRIES = [
     {"method": "hired", "budget": 0.3, "regions": 2},
     {"method": "cls_topk", "budget": 0.25},
     {"method": "dart", "budget": 0.3},
+    {"method": "pool", "budget": 0.3},
 ]
 
 

@@ -8,6 +8,7 @@ hired.last_scores(model)      # the attention scores that decided it ([CLS] row 
 hired.remove(model, processor)
 """
 
+from hired.adapters.options import options
 from hired.adapters.transformers import (
     applied_method,
     apply,
@@ -24,6 +25,7 @@ from hired.methods import (
     DivPrune,
     HiRED,
     Method,
+    Pool,
     PruMerge,
     PruMergePlus,
     Random,
@@ -45,6 +47,7 @@ __all__ = [
     "ImageSelection",
     "Method",
     "PartitionSelection",
+    "Pool",
     "PruMerge",
     "PruMergePlus",
     "Random",
@@ -56,6 +59,7 @@ __all__ = [
     "last_scores",
     "last_selection",
     "list_methods",
+    "options",
     "prepare_inputs",
     "remove",
     "score_layers",

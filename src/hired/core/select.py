@@ -50,10 +50,8 @@ def lattice_indices(height: int, width: int, k: int) -> torch.Tensor:
         raise ValueError(f"cannot place {k} points on a {height} x {width} grid")
     if k == 0:
         return torch.zeros(0, dtype=torch.long)
-    a = round(math.sqrt(k * height / width))
-    a = max(-(-k // width), min(a, height, k), 1)
+    a, per_row = lattice_rows(height, width, k)
     i = torch.arange(a)
-    per_row = ((i + 1) * k) // a - (i * k) // a  # (a,), each in [1, width]
     rows = ((2 * i + 1) * height) // (2 * a)
     row_of = torch.repeat_interleave(i, per_row)  # (k,)
     first = torch.cumsum(per_row, 0) - per_row
@@ -61,6 +59,48 @@ def lattice_indices(height: int, width: int, k: int) -> torch.Tensor:
     n = per_row[row_of]
     cols = ((2 * j + 1) * width) // (2 * n)
     return rows[row_of] * width + cols
+
+
+def lattice_rows(height: int, width: int, k: int) -> tuple[int, torch.Tensor]:
+    """The rows of :func:`lattice_indices` (``k >= 1``): their number ``a``, about ``sqrt(k * height / width)``
+    and between ``ceil(k / width)`` and ``min(height, k)``, and the long ``(a,)`` count of each, the uneven
+    ones spread over the rows (``floor((i + 1) k / a) - floor(i k / a)``, each in ``[1, width]``)."""
+    a = round(math.sqrt(k * height / width))
+    a = max(-(-k // width), min(a, height, k), 1)
+    i = torch.arange(a)
+    return a, ((i + 1) * k) // a - (i * k) // a
+
+
+def pool_windows(height: int, width: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut a ``height x width`` grid into ``k`` disjoint rectangular windows for average pooling.
+
+    The windows lie in the rows of :func:`lattice_rows` (so about as many along each axis as the grid's
+    aspect ratio asks, the spare ones spread over the rows): row ``i`` of ``a`` spans grid rows
+    ``floor(i * height / a)`` to ``floor((i + 1) * height / a) - 1``, and its ``n`` windows split the
+    columns the same way (``floor(j * width / n)`` ...). Every cell lies in exactly one window; where the
+    sizes divide evenly this is ``torch.nn.functional.avg_pool2d``'s tiling. A window's *anchor* is its
+    middle cell (the upper-left one of the middle four), where the pooled token sits.
+
+    Returns:
+        ``(owner, anchors)``: long ``(height * width,)``, the window (0..k-1, raster order of the windows)
+        of every cell, and long ``(k,)``, the flat index ``row * width + column`` of every window's anchor,
+        ascending.
+    """
+    if height <= 0 or width <= 0:
+        raise ValueError(f"grid must be non-empty, got {height} x {width}")
+    if not 1 <= k <= height * width:
+        raise ValueError(f"cannot pool a {height} x {width} grid to {k} windows")
+    a, per_row = lattice_rows(height, width, k)
+    owner = torch.empty(height, width, dtype=torch.long)
+    anchors, first = [], 0
+    for i, n in enumerate(per_row.tolist()):
+        r0, r1 = i * height // a, (i + 1) * height // a
+        for j in range(n):
+            c0, c1 = j * width // n, (j + 1) * width // n
+            owner[r0:r1, c0:c1] = first + j
+            anchors.append(((r0 + r1 - 1) // 2) * width + (c0 + c1 - 1) // 2)
+        first += n
+    return owner.flatten(), torch.tensor(anchors, dtype=torch.long)
 
 
 def region_of(rows: int, cols: int, regions: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ from hired.methods.base import (
 from hired.methods.diverse import DART, CDPruner, DivPrune
 from hired.methods.hired import HiRED
 from hired.methods.merging import PruMerge, PruMergePlus, VisionZip
+from hired.methods.pool import Pool
 from hired.methods.simple import ClsTopK, Random, Spatial
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "HiRED",
     "Method",
     "ModelInfo",
+    "Pool",
     "Prompts",
     "PruMerge",
     "PruMergePlus",

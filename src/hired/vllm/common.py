@@ -126,6 +126,30 @@ class RequestSpecs:
             raise RuntimeError(f"{count} images in this encoder pass but {len(specs)} hired_request entries")
         return specs
 
+    def hired_grouped(self, pixel_values: torch.Tensor, rows: list[int], items: list, run) -> list:
+        """One output per image of a pass, each group of images of one spec run together:
+        ``run(spec, pixels, items)`` → ``(outputs, last)`` for the group's rows of ``pixel_values`` (image
+        ``i`` has ``rows[i]`` of them) and its ``items`` (layouts, grids); each group's ``(spec, image
+        indices, *last)`` goes to ``_hired_last``. One group (the usual case): no copy of the pixels."""
+        groups = spec_groups(self.hired_pass_specs(len(items)))
+        if len(groups) == 1:
+            spec, idx = groups[0]
+            outputs, last = run(spec, pixel_values, items)
+            self._hired_last = [(spec, idx, *last)]
+            return list(outputs)
+        starts = [0]
+        for n in rows:
+            starts.append(starts[-1] + n)
+        out: list = [None] * len(items)
+        self._hired_last = []
+        for spec, idx in groups:
+            pixels = torch.cat([pixel_values[starts[i] : starts[i + 1]] for i in idx])
+            outputs, last = run(spec, pixels, [items[i] for i in idx])
+            self._hired_last.append((spec, idx, *last))
+            for i, o in zip(idx, outputs):
+                out[i] = o
+        return out
+
 
 def spec_groups(specs: list[Spec]) -> list[tuple[Spec, list[int]]]:
     """Images of one spec together, in order of first appearance: ``[(spec, [image index, ...]), ...]``."""

@@ -66,7 +66,7 @@ from hired.core.scores import pool_to_merged
 from hired.engine import image_selections, oracle_keep, select_merged
 from hired.engine.scores import LayerScores, Recording
 from hired.selection import ImageSelection
-from hired.vllm.common import RequestProcessor, RequestSpecs, SpecCache, StageTiming, spec_groups
+from hired.vllm.common import RequestProcessor, RequestSpecs, SpecCache, StageTiming
 from hired.vllm.config import Spec, spec_from_config
 
 CHANNELS = 4
@@ -261,22 +261,8 @@ class MergedGridModel(RequestSpecs, StageTiming):
         tensor per image. Images of requests with options of their own (:meth:`hired_pass_specs`) are
         encoded and selected with those, one group of images per distinct options."""
         grids = grid_thw.tolist()  # one host read per pass (vLLM's own path reads it too)
-        groups = spec_groups(self.hired_pass_specs(len(grids)))
-        if len(groups) == 1:
-            spec, idx = groups[0]
-            out, last = self._hired_group(spec, pixel_values, grids)
-            self._hired_last = [(spec, idx, *last)]
-            return out
-        starts = list(itertools.accumulate([0, *[t * h * w for t, h, w in grids]]))
-        out: list = [None] * len(grids)
-        self._hired_last = []
-        for spec, idx in groups:
-            pixels = torch.cat([pixel_values[starts[i] : starts[i + 1]] for i in idx])
-            embeds, last = self._hired_group(spec, pixels, [grids[i] for i in idx])
-            self._hired_last.append((spec, idx, *last))
-            for i, e in zip(idx, embeds):
-                out[i] = e
-        return tuple(out)
+        rows = [t * h * w for t, h, w in grids]
+        return tuple(self.hired_grouped(pixel_values, rows, grids, self._hired_group))
 
     def _hired_group(self, spec: Spec, pixel_values: torch.Tensor, grids: list[list[int]]) -> tuple[tuple, tuple]:
         """One group's ``(embeds, (layouts, keeps, budgets))`` with the score hooks and method of ``spec``."""

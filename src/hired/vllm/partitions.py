@@ -47,7 +47,7 @@ from hired.engine import StageClock, image_selections, oracle_keep, pack_and_pro
 from hired.engine.scores import LayerScores, Recording
 from hired.methods.base import Selection
 from hired.selection import ImageSelection
-from hired.vllm.common import RequestSpecs, SpecCache, StageTiming, spec_groups
+from hired.vllm.common import RequestSpecs, SpecCache, StageTiming
 from hired.vllm.config import Spec, spec_from_config
 
 
@@ -189,24 +189,8 @@ class PartitionModelMixin(RequestSpecs, StageTiming):
         """``pixel_values`` ``(sum P, C, H, W)`` → one ``(tokens_i, D)`` tensor per image. Images of requests
         with options of their own (:meth:`hired_pass_specs`) are encoded and selected with those, one group of
         images per distinct options (the tower runs once per group)."""
-        groups = spec_groups(self.hired_pass_specs(len(layouts)))
-        if len(groups) == 1:
-            spec, idx = groups[0]
-            embeds, last = self._hired_group(spec, pixel_values, layouts)
-            self._hired_last = [(spec, idx, *last)]
-            return embeds
-        starts = [0]
-        for layout in layouts:
-            starts.append(starts[-1] + layout.num_partitions)
-        out: list = [None] * len(layouts)
-        self._hired_last = []
-        for spec, idx in groups:
-            pixels = torch.cat([pixel_values[starts[i] : starts[i + 1]] for i in idx])
-            embeds, last = self._hired_group(spec, pixels, [layouts[i] for i in idx])
-            self._hired_last.append((spec, idx, *last))
-            for i, e in zip(idx, embeds):
-                out[i] = e
-        return out
+        rows = [layout.num_partitions for layout in layouts]
+        return self.hired_grouped(pixel_values, rows, layouts, self._hired_group)
 
     def _hired_group(self, spec: Spec, pixel_values: torch.Tensor, layouts: list[Layout]) -> tuple[list, tuple]:
         """One group's ``(embeds, (layouts, keep, budgets))``: the tower with the score hooks of ``spec``,
