@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from hired.cli.common import Parser, floats, run_command
+from hired.cli.common import Parser, floats, model_help, run_command
 from hired.vllm import bench as vllm_bench
 
 
@@ -28,10 +28,7 @@ def add_bench_vllm_parser(sub) -> argparse.ArgumentParser:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``hired bench-vllm`` on ``p``."""
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument(
-        "--model",
-        help="local model folder or hub id that vLLM loads (LLaVA-NeXT, LLaVA-1.5, LLaVA-OneVision or Qwen2.5-VL)",
-    )
+    src.add_argument("--model", help=model_help() + ", which vLLM loads")
     src.add_argument(
         "--arch", help="a `hired bench` architecture with random weights, e.g. small (needs --random-weights)"
     )
@@ -61,6 +58,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="per engine (a method and its oracle run side by side); default 0.85 / engines on CUDA",
+    )
+    p.add_argument(
+        "--kv-cache-gib",
+        type=float,
+        default=None,
+        help="KV cache per engine in GiB; default on a CPU (unless VLLM_CPU_KVCACHE_SPACE or "
+        "--gpu-memory-utilization is set): room for --requests sequences of --max-model-len tokens",
     )
     p.add_argument("--no-oracle", action="store_true", help="skip the oracle rows")
     p.add_argument("--json", metavar="PATH", help="write the results (every run) as JSON")

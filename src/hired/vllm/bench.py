@@ -142,7 +142,7 @@ def _summary(values: list[float]) -> dict:
 class _Engine:
     """One in-process vLLM engine for one configuration, with the model's stage clock on."""
 
-    def __init__(self, path: str, label: str, overrides: dict, args, group_size: int):
+    def __init__(self, path: str, label: str, overrides: dict, args, group_size: int, kv_bytes: int | None = None):
         from vllm import LLM, SamplingParams
 
         self.label, self.overrides, self.args = label, overrides, args
@@ -152,6 +152,8 @@ class _Engine:
             extra["gpu_memory_utilization"] = args.gpu_memory_utilization
         elif _cuda():
             extra["gpu_memory_utilization"] = round(0.85 / group_size, 3)  # the engines of a group share the GPU
+        if kv_bytes is not None:
+            extra["kv_cache_memory_bytes"] = kv_bytes  # on a CPU it replaces the memory fraction
         self.llm = LLM(
             model=path,
             hf_overrides=overrides,
@@ -227,8 +229,56 @@ class _Engine:
         }
 
     def close(self) -> None:
+        shutdown_engine(self.llm)
         del self.llm
         gc.collect()
+
+
+def shutdown_engine(llm) -> None:
+    """Run the teardown of a ``vllm.LLM`` now rather than whenever the object is collected: its engine core's
+    ``shutdown`` (executor, scheduler, the ``gc.freeze()`` of start-up undone, vLLM's distributed state torn
+    down), so that the next engine starts on a clean process. The distributed state is shared by the
+    in-process engines: shut down the engines that run together together, after their last request."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None:
+        core.shutdown()
+
+
+def kv_cache_bytes(path: str, dtype: str, max_model_len: int, sequences: int) -> int:
+    """Bytes of a KV cache that holds ``sequences`` sequences of ``max_model_len`` tokens for the language
+    model in folder ``path`` (keys and values of every layer; a hybrid model's linear-attention layers are
+    counted as attention layers, which over-sizes its cache), rounded up to a MiB."""
+    from transformers import AutoConfig
+
+    text = AutoConfig.from_pretrained(path).get_text_config()
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    per_token = 2 * text.num_hidden_layers * kv_heads * head_dim * (4 if dtype == "float32" else 2)
+    mib = 1 << 20
+    return -(-per_token * max_model_len * sequences // mib) * mib
+
+
+def kv_cache_setting(args, path: str) -> tuple[int | None, str]:
+    """``(bytes, how)``: the KV cache each engine gets and where that comes from. ``--kv-cache-gib`` if
+    given; on a CPU, when neither ``VLLM_CPU_KVCACHE_SPACE`` (which vLLM itself reads, and which wins) nor
+    ``--gpu-memory-utilization`` is set, a cache sized for ``--requests`` sequences of ``--max-model-len``
+    tokens (:func:`kv_cache_bytes`), instead of vLLM-CPU's default of 92% of the machine's memory per
+    engine, which leaves nothing for the second engine of a group; otherwise ``None`` (vLLM's sizing)."""
+    gib = 1 << 30
+    chosen = getattr(args, "kv_cache_gib", None)
+    if chosen is not None:
+        if chosen <= 0:
+            raise ValueError(f"--kv-cache-gib must be positive, got {chosen:g}")
+        return int(chosen * gib), f"{chosen:g} GiB per engine (--kv-cache-gib)"
+    if _cuda():
+        return None, "vLLM's, from the GPU memory fraction (--gpu-memory-utilization)"
+    if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        return None, f"{os.environ['VLLM_CPU_KVCACHE_SPACE']} GiB per engine (VLLM_CPU_KVCACHE_SPACE)"
+    if args.gpu_memory_utilization is not None:
+        return None, f"vLLM's from --gpu-memory-utilization {args.gpu_memory_utilization:g}"
+    size = kv_cache_bytes(path, args.dtype, args.max_model_len, args.requests)
+    return size, f"{size / gib:.2f} GiB per engine ({args.requests} sequences of {args.max_model_len} tokens)"
 
 
 def _cuda() -> bool:
@@ -240,13 +290,15 @@ def _cuda() -> bool:
         return False
 
 
-def _run_group(path: str, group: list[tuple[str, dict]], args, seed_base: int, bar=None) -> list[dict]:
+def _run_group(
+    path: str, group: list[tuple[str, dict]], args, seed_base: int, bar=None, kv_bytes: int | None = None
+) -> list[dict]:
     """Start the group's engines, warm each up, then time them in turn, run by run, on the same pictures
-    (the order alternates every run)."""
+    (the order alternates every run); shut them all down before the next group starts."""
     engines = []
     try:
         for label, overrides in group:
-            engines.append(_Engine(path, label, overrides, args, len(group)))
+            engines.append(_Engine(path, label, overrides, args, len(group), kv_bytes))
         seed = seed_base
         for engine in engines:
             engine.warm_up(list(range(seed, seed + args.requests + 1)))
@@ -372,6 +424,7 @@ def markdown(result: dict) -> str:
         f"- {s['requests']} requests per throughput run, {s['new_tokens']} output tokens each, one {s['image_size']}x"
         f"{s['image_size']} picture per request (a new one every request); TTFT: one request alone, one token; "
         f"median [min, max] of {s['runs']} runs; a method and its oracle interleaved run by run on the same pictures",
+        *([f"- KV cache: {s['kv_cache']}"] if s.get("kv_cache") else []),
         "",
         table(result["rows"]),
         "",
@@ -395,14 +448,17 @@ def run_bench_vllm(args, command: str) -> dict:
     """Run the benchmark that ``args`` describe (the options of ``hired bench-vllm`` as attributes: ``model``
     or ``arch`` with ``random_weights``, ``method``, ``option``, ``budgets``, ``requests``, ``new_tokens``,
     ``runs``, ``image_size``, ``dtype``, ``max_model_len``, ``tensor_parallel_size``,
-    ``gpu_memory_utilization``, ``no_oracle``); returns the JSON-ready result (:func:`markdown` renders it),
-    ``command`` being the command line it records. ``ValueError`` for settings it refuses."""
+    ``gpu_memory_utilization``, ``kv_cache_gib``, ``no_oracle``); returns the JSON-ready result
+    (:func:`markdown` renders it), ``command`` being the command line it records. ``ValueError`` for
+    settings it refuses."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     for name in ("requests", "new_tokens", "runs", "image_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     if not args.budgets:
         raise ValueError("--budgets needs at least one budget")
+    if getattr(args, "kv_cache_gib", None) is not None and args.kv_cache_gib <= 0:
+        raise ValueError(f"--kv-cache-gib must be positive, got {args.kv_cache_gib:g}")
     groups = [[("stock vLLM", {})]]  # engines of one group are alive together and interleaved
     for budget in args.budgets:
         group = [(f"{args.method} {budget:g}", {"hired": method_entry(args, budget, oracle=False)})]
@@ -419,6 +475,7 @@ def run_bench_vllm(args, command: str) -> dict:
     load_before = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     with tempfile.TemporaryDirectory(prefix="hired-bench-vllm-") as tmp:
         path = prepare_model(args, Path(tmp))
+        kv_bytes, kv_how = kv_cache_setting(args, path)
         rows = []
         try:
             from tqdm import tqdm
@@ -426,7 +483,7 @@ def run_bench_vllm(args, command: str) -> dict:
             tqdm = None
         bar = tqdm(total=sum(map(len, groups)), desc="configurations", file=sys.stderr) if tqdm else None
         for i, group in enumerate(groups):
-            rows += _run_group(path, group, args, seed_base=1000 * (i + 1), bar=bar)
+            rows += _run_group(path, group, args, seed_base=1000 * (i + 1), bar=bar, kv_bytes=kv_bytes)
         if bar:
             bar.close()
     result = {
@@ -444,6 +501,7 @@ def run_bench_vllm(args, command: str) -> dict:
             "image_size": args.image_size,
             "dtype": args.dtype,
             "tensor_parallel_size": args.tensor_parallel_size,
+            "kv_cache": kv_how,
         },
         "rows": rows,
         "overheads": overheads(rows),
