@@ -363,3 +363,63 @@ def test_merge_of_runs_of_both_families_keeps_each_family(tmp_path, capsys):
     merged = json.loads((tmp_path / "m.json").read_text())
     assert merged["task"] == "both" and merged["results"][1]["families"]["dense"]["accuracy"] in (0.25, 0.5)
     assert (tmp_path / "m-dense.png").is_file() and (tmp_path / "m-first.png").is_file()
+
+
+def test_adaptive_rows_are_calibrated_to_the_fixed_rows_mean_count():
+    """A ``hired (adapt=...)`` row spends the fixed row's tokens on average, more on the tables than on the
+    photos, and records the reference it was calibrated to."""
+    model, processor = tiny_vlm.load_hired_tiny()
+    split = offline.make_split("both", 6, seed=1)
+    cfgs = [
+        c for c in offline.configs((0.1,), ["hired"], variants=[{"hired": {"adapt": 1.0}}]) if "mapping" not in c.label
+    ]
+    results = {r.label: r for r in offline.evaluate(model, processor, split, cfgs, batch_size=24, progress=False)}
+    fixed, adaptive = results["hired"], results["hired (adapt=1.0)"]
+    assert fixed.reference is None and adaptive.reference > 0
+    tokens = {name: figures["visual_tokens"] for name, figures in adaptive.families.items()}
+    assert tokens["dense"] > fixed.families["dense"]["visual_tokens"] > tokens["first"]
+    # the closest mean any reference gives: here within one token in all over the 12 images
+    assert abs(adaptive.visual_tokens - fixed.visual_tokens) <= 1 / 12
+    images = [split.image(i) for i in range(len(split.scenes))]
+    expected = hired.calibrate(model, processor, images, hired.HiRED(budget=0.1, adapt=1.0))
+    assert adaptive.reference == expected.reference
+    text = offline.report(list(results.values()), (0.1,), "both")
+    assert "Variant `hired (adapt=1.0)` against base `hired`" in text and "| 0.1 | dense (24) |" in text
+
+
+def test_adaptive_rows_find_their_fixed_rows():
+    labels = [
+        "all tokens",
+        "hired",
+        "hired (adapt=0.5)",
+        "hired (keep_positions=True)",
+        "hired (keep_positions=True, adapt=1.0)",
+    ]
+    labels += ["hired (adapt=0.0)", "pool (adapt=1.0)"]  # adapt 0 is fixed; no fixed pool row
+    rows = [offline.Result(label, 0.1) for label in labels]
+    assert offline.adaptive_pairs(rows) == [
+        ("hired", "hired (adapt=0.5)"),
+        ("hired (keep_positions=True)", "hired (keep_positions=True, adapt=1.0)"),
+    ]
+
+
+def test_comparison_table_pairs_the_rows_per_family():
+    def row(label, accuracy, correct, first, dense):
+        """A row of 2 + 2 questions; ``first`` / ``dense``: (accuracy, visual tokens) of each family."""
+        families = {
+            n: {"accuracy": a, "visual_tokens": t, "questions": 2} for n, (a, t) in (("first", first), ("dense", dense))
+        }
+        return offline.Result(label, 0.1, accuracy, {}, 5.0, families=families, correct=correct)
+
+    rows = [
+        offline.Result("all tokens", None, 1.0, {}, 10.0, families={}, correct="1111"),
+        row("hired", 0.5, "1010", (0.5, 5.0), (0.5, 5.0)),
+        row("hired (adapt=1.0)", 0.75, "1011", (0.5, 3.0), (1.0, 7.0)),
+    ]
+    table = offline.comparison(rows, "hired", "hired (adapt=1.0)").splitlines()
+    assert table[2] == "| 0.1 | first (2) | 5.0 / 3.0 | 0.500 | 0.500 | +0.000 ± 0.000 |"
+    assert table[3] == "| 0.1 | dense (2) | 5.0 / 7.0 | 0.500 | 1.000 | +0.500 ± 0.500 |"
+    # together: differences (0, 0, 0, 1): mean 0.25, sample variance 0.25, SE sqrt(0.25 / 4)
+    assert table[4] == "| 0.1 | together (4) | 5.0 / 5.0 | 0.500 | 0.750 | +0.250 ± 0.250 |"
+    with pytest.raises(ValueError, match="no rows"):
+        offline.comparison(rows, "hired", "pool")

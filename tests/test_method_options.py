@@ -97,7 +97,7 @@ def test_parse_option_refuses_text_of_another_type(cls, option, text):
 
 
 def test_parse_option_names_unknown_options():
-    with pytest.raises(ValueError, match="HiRED has no option bogus; options: alpha"):
+    with pytest.raises(ValueError, match="HiRED has no option bogus; options: adapt, alpha"):
         parse_option(hired.HiRED, "bogus", "1")
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         method_class("nope")

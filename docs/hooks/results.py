@@ -12,12 +12,17 @@ files, merges them and lays out the views that no command prints. VIEW picks the
 ``offline``
     ``hired eval --offline --json`` (one family): the all-token line, accuracy (retention) per method and
     budget, accuracy per question kind at budget 0.2, the adaptive rows: ``hired.eval.offline.markdown``
-    (``budgets=B,B,...`` picks the columns; default the run's budgets).
+    (``budgets=B,B,...`` picks the columns; default the run's budgets; ``family=first|dense|both`` one
+    family's rows of a ``--task both`` run, default all rows).
 ``offline-variant``
     the rows of ``base=LABEL`` against ``variant=LABEL`` per budget, with the paired difference and its
     standard error over the same questions (``hired.eval.offline.paired``), and each question kind's
     accuracy; ``name=`` and ``vname=`` give the column headings, ``short=`` and ``vshort=`` their names in
     the per-kind columns.
+``offline-compare``
+    a ``--task both`` run: ``variant=LABEL`` against ``base=LABEL`` at every budget, per family and
+    together: mean visual tokens, accuracies, and the paired difference with its standard error
+    (``hired.eval.offline.comparison``).
 ``bench``
     ``hired bench --json``: every row, the table of ``hired.bench.markdown`` (``hired.bench.report.table``).
 ``bench-compact``
@@ -78,7 +83,13 @@ def _results(payload: dict) -> list[offline.Result]:
 
 def _offline(payload: dict, opts: dict) -> str:
     budgets = [float(b) for b in opts["budgets"].split(",")] if "budgets" in opts else payload["budgets"]
-    return offline.markdown(_results(payload), budgets)
+    results = _results(payload)
+    if "family" in opts:  # one family's rows of a --task both run (first, dense, both)
+        groups = offline.by_family(results, offline.task_of(payload))
+        if opts["family"] not in groups:
+            raise PluginError(f"results hook: no family {opts['family']!r}; the run has {', '.join(groups)}")
+        results = groups[opts["family"]]
+    return offline.markdown(results, budgets)
 
 
 def _signed(x: float) -> str:
@@ -188,7 +199,21 @@ def _vllm(payloads: list[dict], opts: dict) -> str:
 
 # ---------------------------------------------------------------- the hook
 
-SINGLE = {"offline": _offline, "offline-variant": _offline_variant, "bench": _bench, "bench-compact": _bench_compact}
+
+def _offline_compare(payload: dict, opts: dict) -> str:
+    try:
+        return offline.comparison(_results(payload), opts["base"], opts["variant"], offline.task_of(payload))
+    except (KeyError, ValueError) as err:
+        raise PluginError(f"results hook: offline-compare: {err}") from None
+
+
+SINGLE = {
+    "offline": _offline,
+    "offline-variant": _offline_variant,
+    "offline-compare": _offline_compare,
+    "bench": _bench,
+    "bench-compact": _bench_compact,
+}
 MULTI = {"bench-methods": _bench_methods, "vllm": _vllm}
 
 

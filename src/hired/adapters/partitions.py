@@ -29,6 +29,7 @@ from hired.adapters.context import (
 )
 from hired.adapters.prompts import take_prompt
 from hired.adapters.vision import ScoreHooks
+from hired.core.detail import edge_density
 from hired.core.grid import Layout
 from hired.core.positions import stock_position_ids
 from hired.engine import pack_and_project, select_partitions
@@ -73,6 +74,8 @@ def _encode(inner, state: State, pixel_values, given, image_sizes, extra: dict, 
     ``stock``: ``StockSplit.order`` when that tensor holds stock inputs beside these images."""
     config = inner.config
     layouts, pixel_values = state.family.batch_layouts(state.geometry, pixel_values, image_sizes, extra)
+    if state.method.reads_pixels():  # a content-adaptive budget: each image's sharp-edge density
+        layouts = with_detail(state, layouts, pixel_values)
     kwargs = {**kwargs, "output_hidden_states": True}
     with state.calls.running(), state.hooks.recording() as rec:
         tower_out = inner.vision_tower(pixel_values, return_dict=True, **kwargs)
@@ -98,6 +101,20 @@ def _encode(inner, state: State, pixel_values, given, image_sizes, extra: dict, 
     tower_out._hired_record = record
     tower_out.pooler_output = pooled(state, tower_out.pooler_output)  # InternVL: one tensor
     return tower_out
+
+
+def with_detail(state: State, layouts: list[Layout], pixel_values: torch.Tensor) -> list[Layout]:
+    """``layouts`` with each image's sharp-edge density (:func:`edge_density`) of its partitions'
+    ``pixel_values`` ``(sum P, C, H, W)``, read with the normalisation of the processor ``apply`` was given."""
+    ip = getattr(state.processor, "image_processor", None)
+    mean, std = getattr(ip, "image_mean", None), getattr(ip, "image_std", None)
+    if mean is None or std is None:
+        raise ValueError(
+            f"{type(state.method).__name__}(adapt=...) reads the pixels, which needs the image processor's "
+            "image_mean and image_std: apply it with the model's processor (hired.apply(model, processor, ...))"
+        )
+    details = edge_density(layouts, pixel_values, list(mean), list(std))
+    return [dataclasses.replace(lay, detail=d) for lay, d in zip(layouts, details)]
 
 
 def _with_stock(inner, state: State, split, given, extra: dict, kwargs: dict):

@@ -164,7 +164,8 @@ def add_eval_parser(sub) -> None:
         action="append",
         metavar="[NAME:]KEY=VALUE[,...]",
         help="also run the chosen methods (or NAME) with these options, in the same run, e.g. "
-        "--variant keep_positions=true; repeatable, one variant each",
+        "--variant keep_positions=true; repeatable, one variant each. HiRED rows with adapt > 0 are first "
+        "calibrated on the run's images (hired.calibrate), so their mean count is the fixed budget's",
     )
     p.add_argument("--seed", type=int, default=0, help="test split seed")
     p.add_argument("--batch-size", type=int, default=16)

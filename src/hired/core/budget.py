@@ -22,6 +22,16 @@ def total_budget(rate: float, partitions: int, tokens: int) -> int:
     return scaled_floor(rate, partitions * tokens)
 
 
+def adapted_budget(rate: float, gamma: float, ratio: float, partitions: int, tokens: int, valid: int) -> int:
+    """A content-adaptive image budget: ``floor(min(1, rate * ratio ** gamma) * P * T)``, at least one token
+    where the image has one (``valid`` patches). ``ratio``: the image's content statistic over the one
+    that keeps exactly ``rate`` (``>= 0``)."""
+    if ratio < 0 or gamma < 0:
+        raise ValueError(f"ratio and gamma must be non-negative, got {ratio!r} and {gamma!r}")
+    scaled = min(1.0, rate * ratio**gamma)
+    return max(scaled_floor(scaled, partitions * tokens), min(1, valid))
+
+
 def largest_remainder(total: int, weights: Sequence[float], caps: Sequence[int] | None = None) -> list[int]:
     """Split ``total`` into integers proportional to ``weights``, none above its cap.
 

@@ -105,6 +105,8 @@ class Layout:
     the shape the stock model interpolates that region to (LLaVA-OneVision's anyres_max), ``None`` if it
     keeps it as it is. ``shape = (rows, cols)``: a single partition that is not ``side x side`` (a
     native-resolution tower such as Qwen2.5-VL's, whose one partition is the image's grid of merged tokens).
+    ``detail``: the image's sharp-edge density (:func:`hired.core.detail.edge_density`), set by the vision
+    step for a content-adaptive budget, ``None`` otherwise.
     """
 
     image_size: tuple[int, int]
@@ -116,6 +118,7 @@ class Layout:
     right: int = 0
     scaled: tuple[int, int] | None = None
     shape: tuple[int, int] | None = None
+    detail: float | None = None
 
     def __post_init__(self) -> None:
         if self.shape is not None and self.grid != (0, 0):

@@ -84,6 +84,8 @@ class Result:
     families: dict[str, dict] = dataclasses.field(default_factory=dict)
     # per question of the split, in its order: "1" right, "0" wrong (for paired differences: :func:`paired`)
     correct: str = ""
+    # a content-adaptive budget's ``reference``, calibrated on the split's images (``hired.calibrate``)
+    reference: float | None = None
 
 
 def paired(a: Result, b: Result) -> tuple[float, float, int]:
@@ -246,7 +248,9 @@ def evaluate(
     """Greedy exact-match accuracy of every config on every question of ``split`` (see :func:`answer`).
 
     A batch holds all questions of ``batch_size // questions per image`` images; for fixed-count methods
-    the first batch also checks the processor's promised count against the model's.
+    the first batch also checks the processor's promised count against the model's. A content-adaptive
+    budget (``HiRED(adapt=...)``) is first calibrated on the split's images (:func:`hired.calibrate`), so
+    that its mean count is the fixed budget's; the reference it got is in ``Result.reference``.
     """
     from tqdm.auto import tqdm
 
@@ -267,8 +271,12 @@ def evaluate(
         results.append(result)
         if hired.applied_method(model) is not None:
             hired.remove(model, processor)
-        if cfg.method is not None:
-            hired.apply(model, processor, cfg.method)
+        method = cfg.method
+        if method is not None and method.reads_pixels():  # same mean count as the fixed budget, on these images
+            method = hired.calibrate(model, processor, [images[i] for i in order], method)
+            result.reference = method.reference
+        if method is not None:
+            hired.apply(model, processor, method)
         bar.set_postfix_str(f"{cfg.label} {'' if cfg.budget is None else cfg.budget}")
         right, tokens, kinds = 0, 0, defaultdict(list)
         families: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # right, tokens, questions
@@ -313,6 +321,31 @@ def evaluate(
         if full and r.accuracy is not None:
             r.retention = r.accuracy / full
     return results
+
+
+def comparison(results: list[Result], base: str, variant: str, task: str = "both") -> str:
+    """A Markdown table of the rows labelled ``variant`` against those labelled ``base`` at every budget of
+    ``base``, per family and (for a ``"both"`` run) together: mean visual tokens per question, accuracy, and
+    the paired difference ``variant - base`` with its standard error over the same questions."""
+    groups = by_family(results, task)
+    names = [n for n in (*FAMILIES, "both") if n in groups] if task == "both" else [task]
+    lines = [
+        "| budget | questions | visual tokens, base / variant | accuracy, base | variant | variant − base ± SE |",
+        "|---|---|---|---|---|---|",
+    ]
+    budgets = sorted({r.budget for r in results if r.label == base and r.budget is not None})
+    for b in budgets:
+        for name in names:
+            rows = {r.label: r for r in groups[name] if r.budget == b}
+            if base not in rows or variant not in rows:
+                raise ValueError(f"no rows {base!r} and {variant!r} at budget {b:g}")
+            a, v = rows[base], rows[variant]
+            diff, se, n = paired(v, a)
+            lines.append(
+                f"| {b:g} | {'together' if name == 'both' else name} ({n}) | {a.visual_tokens:.1f} / "
+                f"{v.visual_tokens:.1f} | {a.accuracy:.3f} | {v.accuracy:.3f} | {diff:+.3f} ± {se:.3f} |"
+            )
+    return "\n".join(lines)
 
 
 def markdown(results: list[Result], budgets=BUDGETS) -> str:
@@ -467,13 +500,35 @@ def report(results: list[Result], budgets, task: str, questions: dict[str, int] 
     the table of the one family."""
     views = by_family(results, task)
     if len(views) == 1:
-        return markdown(results, budgets)
-    parts = []
-    for name, rows in views.items():
-        head = "Both families together" if name == "both" else f"Family {name!r}: {FAMILIES[name]}"
-        n = (questions or {}).get(name)
-        parts += [f"### {head}" + (f", {n} questions" if n else ""), "", markdown(rows, budgets), ""]
+        parts = [markdown(results, budgets), ""]
+    else:
+        parts = []
+        for name, rows in views.items():
+            head = "Both families together" if name == "both" else f"Family {name!r}: {FAMILIES[name]}"
+            n = (questions or {}).get(name)
+            parts += [f"### {head}" + (f", {n} questions" if n else ""), "", markdown(rows, budgets), ""]
+    for base, variant in adaptive_pairs(results):
+        parts += [f"Variant `{variant}` against base `{base}` (paired over the same questions):", ""]
+        parts += [comparison(results, base, variant, task), ""]
     return "\n".join(parts).rstrip()
+
+
+def adaptive_pairs(results: list[Result]) -> list[tuple[str, str]]:
+    """``(base, variant)`` labels of every row with a content-adaptive budget (a label noting ``adapt=`` not
+    0) whose fixed row (the same label without that note) is in ``results``, in order."""
+    labels = list(dict.fromkeys(r.label for r in results))
+    out = []
+    for label in labels:
+        name, _, notes = label.partition(" (")
+        kept = [n for n in notes.rstrip(")").split(", ") if n] if notes else []
+        adapt = [n for n in kept if n.startswith("adapt=")]
+        if not adapt or float(adapt[0].split("=", 1)[1]) == 0:
+            continue
+        rest = [n for n in kept if n != adapt[0]]
+        base = f"{name} ({', '.join(rest)})" if rest else name
+        if base in labels:
+            out.append((base, label))
+    return out
 
 
 def plots(results: list[Result], path: str | Path, budgets, task: str) -> list[Path]:

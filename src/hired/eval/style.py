@@ -35,6 +35,7 @@ METHODS = {
     "divprune": ("#9467bd", "<"),
     "dart": ("#bcbd22", ">"),
     "cdpruner": ("#17becf", "*"),
+    "pool": ("#637939", "h"),  # tab20b's dark olive: tab10 is used up
 }
 # colours for methods not listed above (registered later): tab20's light shades, none of them red
 SPARE_COLOURS = ("#aec7e8", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5", "#ffbb78")
@@ -46,10 +47,11 @@ NOTE_STYLES = (
     ("score=", ":"),
     ("alpha=", "-."),
     ("keep_positions", (0, (5, 1))),
+    ("adapt=", (0, (1, 1))),
 )
 VARIANT_STYLE = (0, (3, 1, 1, 1))  # any other note
 # markers of other methods' variants, by note (their colour is the method's)
-NOTE_MARKERS = {"reference mapping": "+", "score=": "x", "alpha=": "1", "keep_positions": "2"}
+NOTE_MARKERS = {"reference mapping": "+", "score=": "x", "alpha=": "1", "keep_positions": "2", "adapt=": "3"}
 
 LINEWIDTH = {"hired": 2.8, "hired variant": 1.9, "other": 1.3}
 ZORDER = {"hired": 10, "hired variant": 6, "other": 3}

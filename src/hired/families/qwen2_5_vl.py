@@ -65,9 +65,10 @@ class Qwen25VL(Family):
                 "language model's input; use space='projected'"
             )
         if method.adaptive:
+            fixed = ", ".join(f"{k}={v!r}" for k, v in method.fixed_options().items())
             raise ValueError(
-                f"{name} without a budget keeps a content-dependent number of tokens; on {self.title} only "
-                f"fixed-budget methods run yet: give it a budget (e.g. {name}(budget=0.2))"
+                f"{name} keeps a content-dependent number of tokens as configured; on {self.title} only "
+                f"fixed-budget methods run yet: e.g. {name}({fixed})"
             )
 
     def image_placeholder(self, processor) -> str:

@@ -278,6 +278,15 @@ class Method:
         the language model's input space, ``(sum P, T, D)``; the adapter then projects every patch)."""
         return None
 
+    def fixed_options(self) -> dict[str, Any]:
+        """Options that give this method a fixed count (for messages about an adaptive form)."""
+        return {"budget": 0.2}
+
+    def reads_pixels(self) -> bool:
+        """Whether the vision step must give each layout its ``detail`` (the image's sharp-edge density, read
+        from the pixels the tower is given) before :meth:`count` and :meth:`select`."""
+        return False
+
     def count(self, layout: Layout) -> int:
         """Patch tokens kept for one image (image-newline tokens not included)."""
         raise NotImplementedError
@@ -372,10 +381,11 @@ def newline_tokens(layout: Layout) -> int:
 
 def adaptive_message(method: Method) -> str:
     """The error for asking an adaptive method for its count before the vision tower has run."""
+    fixed = ", ".join(f"{k}={v!r}" for k, v in method.fixed_options().items())
     return (
         f"{type(method).__name__} keeps a content-dependent number of tokens, which is not known before the "
         "vision tower runs: build the inputs with hired.prepare_inputs(model, processor, images=..., text=...), "
-        f"or give it a fixed budget, e.g. {type(method).__name__}(budget=0.2)"
+        f"or give it a fixed budget, e.g. {type(method).__name__}({fixed})"
     )
 
 

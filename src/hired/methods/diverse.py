@@ -273,7 +273,7 @@ class CDPruner(_EvenSplit, Method):
     invert_relevance: bool = False
 
     def validate(self) -> None:
-        check_rate("budget", self.budget, low_open=True)
+        super().validate()
         if self.theta is not None and not 0.0 <= self.theta < 1.0:
             raise ValueError(f"theta must be None or in [0, 1), got {self.theta!r}")
 

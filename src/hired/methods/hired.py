@@ -8,7 +8,7 @@ from typing import Literal
 
 import torch
 
-from hired.core.budget import allocate, scaled_floor
+from hired.core.budget import adapted_budget, allocate, scaled_floor
 from hired.core.grid import Layout, full_to_subimage, row_chunk_to_subimage
 from hired.core.select import region_of, region_topk
 from hired.methods.base import (
@@ -16,11 +16,16 @@ from hired.methods.base import (
     ModelInfo,
     ScoreKind,
     Selection,
+    adaptive_message,
     check_layer,
     check_rate,
     register,
     topk_selection,
 )
+
+DETAIL_REFERENCE = 0.0067
+"""The default ``reference`` of :class:`HiRED`'s content-adaptive budget: the median sharp-edge density of
+hired-tiny's two test families (240 images); calibrate it for your data with ``hired.calibrate``."""
 
 
 @register
@@ -52,6 +57,15 @@ class HiRED(Method):
             top tokens by the selection score; the ``floor(alpha * B)`` left are the best of the rest, a
             global share like the full image's. ``None`` (the default): one global top-k, and the
             ``budget_layer`` is not read. Refused on models that cut images into sub-images.
+        adapt: the content-adaptive budget's exponent gamma, ``>= 0``. ``0`` (the default): every image keeps
+            ``floor(budget * P * T)``. Otherwise image i keeps ``floor(min(1, budget * (d_i / reference) **
+            gamma) * P * T)`` tokens (at least one), where ``d_i`` is its sharp-edge density: the share of
+            neighbouring pixel pairs of its sub-images (its full image without them) that differ in luminance
+            by more than 96/255 (:func:`hired.core.detail.edge_density`). Pages of text and tables get more
+            tokens, smooth photos fewer. The count is then known only after the image is seen: transformers
+            only, through ``hired.prepare_inputs`` (vLLM refuses it). ``hired.calibrate`` sets ``reference``
+            so that a data set's mean count is the fixed budget's.
+        reference: the sharp-edge density that keeps exactly ``budget`` (with ``adapt > 0``).
 
     On a one-grid image without ``regions`` there is nothing to split: HiRED keeps the image's top ``B``
     tokens by the selection score, and only the selection layer is scored.
@@ -67,6 +81,12 @@ class HiRED(Method):
     mapping: Literal["2d", "reference"] = "2d"
     score: ScoreKind = "auto"
     regions: int | None = None
+    adapt: float = 0.0
+    reference: float = DETAIL_REFERENCE
+
+    @property
+    def adaptive(self) -> bool:  # type: ignore[override]
+        return self.adapt > 0
 
     def validate(self) -> None:
         check_rate("budget", self.budget, low_open=True)
@@ -75,6 +95,10 @@ class HiRED(Method):
         check_layer("selection_layer", self.selection_layer)
         if self.regions is not None and self.regions < 1:
             raise ValueError(f"regions must be a positive number of blocks per side or None, got {self.regions!r}")
+        if not self.adapt >= 0 or self.adapt == float("inf"):
+            raise ValueError(f"adapt must be a finite number >= 0 (0: a fixed budget), got {self.adapt!r}")
+        if not 0 < self.reference < float("inf"):
+            raise ValueError(f"reference must be a positive sharp-edge density, got {self.reference!r}")
 
     def score_layers(self, info: ModelInfo) -> Mapping[str, int]:
         select = info.feature_layer if self.selection_layer is None else self.selection_layer
@@ -89,10 +113,29 @@ class HiRED(Method):
         return {"budget": self.budget_layer, "select": select}
 
     def _budget(self, layout: Layout) -> int:
-        return self.total(layout)
+        if not self.adaptive:
+            return self.total(layout)
+        if layout.detail is None:
+            raise ValueError(adaptive_message(self))
+        return adapted_budget(
+            self.budget,
+            self.adapt,
+            layout.detail / self.reference,
+            layout.num_partitions,
+            layout.tokens,
+            layout.num_valid,
+        )
 
     def count(self, layout: Layout) -> int:
+        """Patch tokens kept for one image; with ``adapt > 0`` only for a layout that carries its ``detail``."""
         return sum(self._allocate(layout, [0] * layout.num_subimages))
+
+    def fixed_options(self) -> dict[str, float]:
+        return {"budget": self.budget, "adapt": 0.0}
+
+    def reads_pixels(self) -> bool:
+        """Whether the vision step must set each layout's ``detail`` from the pixels (``adapt > 0``)."""
+        return self.adaptive
 
     def content(self, layout: Layout, full_scores: torch.Tensor) -> list[int]:
         """Visual content per sub-image: how many of the full image's top ``(1 - alpha) * T`` patches

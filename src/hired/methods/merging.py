@@ -238,7 +238,7 @@ class VisionZip(_KeyMerge, _EvenSplit, Method):
     score: ScoreKind = "auto"
 
     def validate(self) -> None:
-        check_rate("budget", self.budget, low_open=True)
+        super().validate()
         check_rate("contextual", self.contextual, low_open=False)
         check_layer("layer", self.layer)
 

@@ -15,8 +15,8 @@ import torch
 
 from hired.core.grid import Layout
 from hired.core.select import pool_windows
-from hired.methods.base import Method, ModelInfo, Selection, check_rate, register
-from hired.methods.simple import _device, _EvenSplit
+from hired.methods.base import Method, ModelInfo, Selection, register
+from hired.methods.simple import _device, _EvenSplit, valid_rectangles
 
 
 @lru_cache(maxsize=512)
@@ -26,18 +26,10 @@ def pool_groups(layout: Layout, budgets: tuple[int, ...]) -> torch.Tensor:
 
     Partition ``p`` is pooled to ``budgets[p]`` windows over its valid (unpadded) rectangle with
     :func:`hired.core.select.pool_windows`."""
-    height_p, width_p = layout.partition_shape
-    valid = layout.valid_mask.view(-1, height_p, width_p)
+    width_p = layout.partition_shape[1]
     groups = torch.full((layout.num_partitions, layout.tokens), -1, dtype=torch.long)
-    for p, k in enumerate(budgets):
-        rows = torch.nonzero(valid[p].any(dim=1)).flatten()
-        cols = torch.nonzero(valid[p].any(dim=0)).flatten()
-        if k == 0 or rows.numel() == 0:
-            continue
-        height, width = rows.numel(), cols.numel()
-        if height * width != int(valid[p].sum()):
-            raise RuntimeError(f"partition {p} of {layout} has a non-rectangular valid region")
-        owner, anchors = pool_windows(height, width, k)
+    for p, k, rows, cols in valid_rectangles(layout, budgets):
+        owner, anchors = pool_windows(rows.numel(), cols.numel(), k)
         cells = rows[:, None] * width_p + cols[None, :]  # (height, width) partition index of each valid cell
         flat = cells.flatten()
         groups[p, flat] = flat[anchors][owner]
@@ -91,9 +83,6 @@ class Pool(_EvenSplit, Method):
     summary = "average pooling of every partition's patch grid to its share of the budget, split evenly (no scores)"
 
     budget: float = 0.2
-
-    def validate(self) -> None:
-        check_rate("budget", self.budget, low_open=True)
 
     def select(
         self, layouts: list[Layout], scores: Mapping[str, torch.Tensor], info: ModelInfo, keys=None

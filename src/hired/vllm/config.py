@@ -114,8 +114,8 @@ def parse_method(
         raise error(
             f"method {method.name!r} keeps a content-dependent number of tokens, but vLLM sizes the prompt "
             f"from the image size before the vision tower runs; use a fixed-budget method: "
-            f"{', '.join(fixed_budget_methods())}, or give it a budget: "
-            f"{{'method': {method.name!r}, 'budget': 0.2}}"
+            f"{', '.join(fixed_budget_methods())}, or its fixed form: "
+            f"{ {'method': method.name, **method.fixed_options()} }"
         )
     if getattr(method, "query_aware", False):
         raise error(

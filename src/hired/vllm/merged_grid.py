@@ -63,9 +63,8 @@ from vllm.multimodal.processing import PromptReplacement
 
 from hired.core.grid import Layout
 from hired.core.scores import pool_to_merged
-from hired.engine import image_selections, oracle_keep, select_merged
+from hired.engine import oracle_keep, select_merged
 from hired.engine.scores import LayerScores, Recording
-from hired.selection import ImageSelection
 from hired.vllm.common import RequestProcessor, RequestSpecs, SpecCache, StageTiming
 from hired.vllm.config import Spec, spec_from_config
 
@@ -363,15 +362,3 @@ class MergedGridModel(RequestSpecs, StageTiming):
             positions[1, where] = base + row_col[0].to(positions.dtype)
             positions[2, where] = base + row_col[1].to(positions.dtype)
         return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
-
-    # -------------------------------------------------------------------------------------- inspection
-
-    def hired_last_selection(self) -> list[ImageSelection]:
-        """What the last encoder pass kept, one entry per image (empty before any image or when off)."""
-        if self.hired_spec is None or self._hired_last is None:
-            return []
-        out: list = [None] * sum(len(group[1]) for group in self._hired_last)
-        for spec, idx, layouts, keeps, budgets in self._hired_last:
-            for i, selection in zip(idx, image_selections(spec, layouts, keeps, budgets)):
-                out[i] = selection
-        return out

@@ -29,7 +29,7 @@ as transformers does; the published checkpoints use ``anyres_max_9``, where the 
 
 An encoder pass makes no host round trip per image: the only device-to-host reads are the batch's image
 sizes and the method's own (HiRED: one ``tolist`` of the budgets of the whole batch); what the pass kept
-stays on the device until :meth:`PartitionModelMixin.hired_last_selection` asks for it. ``hired_timing``
+stays on the device until :meth:`RequestSpecs.hired_last_selection` asks for it. ``hired_timing``
 switches on a per-pass stage clock (vision tower, [CLS] rows inside it, selection, projector) that
 ``hired bench-vllm`` reads; off, it costs nothing.
 """
@@ -43,10 +43,9 @@ import torch
 from torch import nn
 
 from hired.core.grid import Layout
-from hired.engine import StageClock, image_selections, oracle_keep, pack_and_project, select_partitions
+from hired.engine import StageClock, oracle_keep, pack_and_project, select_partitions
 from hired.engine.scores import LayerScores, Recording
 from hired.methods.base import Selection
-from hired.selection import ImageSelection
 from hired.vllm.common import RequestSpecs, SpecCache, StageTiming
 from hired.vllm.config import Spec, spec_from_config
 
@@ -165,7 +164,7 @@ class PartitionModelMixin(RequestSpecs, StageTiming):
 
     def _hired_init(self) -> None:
         self.hired_spec = spec_from_config(self.config, self.hired_family)
-        self._hired_last: list[tuple[Spec, list[int], list[Layout], torch.Tensor, list[list[int]]]] | None = None
+        self._hired_last: list[tuple[Spec, list[int], list[Layout], list[torch.Tensor], list[list[int]]]] | None = None
         self._hired_attns: nn.ModuleList | None = None
         if self.hired_spec is not None:
             attns = attention_modules(self.vision_tower)  # fail at start-up on an unexpected tower
@@ -193,7 +192,7 @@ class PartitionModelMixin(RequestSpecs, StageTiming):
         return self.hired_grouped(pixel_values, rows, layouts, self._hired_group)
 
     def _hired_group(self, spec: Spec, pixel_values: torch.Tensor, layouts: list[Layout]) -> tuple[list, tuple]:
-        """One group's ``(embeds, (layouts, keep, budgets))``: the tower with the score hooks of ``spec``,
+        """One group's ``(embeds, (layouts, keeps, budgets))``: the tower with the score hooks of ``spec``,
         its selection, packing and projection."""
         tokens = layouts[0].tokens
         if spec.oracle:
@@ -217,8 +216,9 @@ class PartitionModelMixin(RequestSpecs, StageTiming):
             raise ValueError(f"the vision tower gave {feats.shape[1]} patch tokens per partition, expected {tokens}")
         newline = getattr(self, "image_newline", None)
         embeds, _ = pack_and_project(spec, layouts, selection, feats, self.multi_modal_projector, newline)
-        # kept on the device: copying it to the host here would wait for the selection on every pass
-        return embeds, (layouts, selection.keep.detach(), selection.budgets)
+        # kept on the device (views per image): copying it to the host here would wait for the selection
+        keeps = selection.keep.detach().split([layout.num_partitions for layout in layouts])
+        return embeds, (layouts, keeps, selection.budgets)
 
     def _hired_anyres_features(self, image_input) -> list[torch.Tensor]:
         """LLaVA-NeXT / OneVision pixel input (``pixel_values`` ``(B, P_max, C, H, W)`` or a list of
@@ -248,14 +248,3 @@ class PartitionModelMixin(RequestSpecs, StageTiming):
         else:
             stacked = torch.cat([pv[: lay.num_partitions] for pv, lay in zip(pixel_values, layouts)])
         return self._hired_features(stacked, layouts)
-
-    def hired_last_selection(self) -> list[ImageSelection]:
-        """What the last encoder pass kept, one entry per image (empty before any image or when off)."""
-        if self.hired_spec is None or self._hired_last is None:
-            return []
-        out: list = [None] * sum(len(group[1]) for group in self._hired_last)
-        for spec, idx, layouts, keep, budgets in self._hired_last:
-            keeps = keep.cpu().split([layout.num_partitions for layout in layouts])
-            for i, selection in zip(idx, image_selections(spec, layouts, keeps, budgets)):
-                out[i] = selection
-        return out
