@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from hired.adapters.partitions import with_detail
 from hired.adapters.vision import has_cls_token
-from hired.core.detail import edge_density
 from hired.core.grid import Layout
 from hired.engine import make_plan
 from hired.families import family_of
@@ -29,8 +29,7 @@ def image_details(model: nn.Module, processor, images: Sequence, *, batch_size: 
         pixels = dict(ip(images=batch, return_tensors="pt"))
         pixels.update(family.processor_inputs(processor, batch, {}))
         layouts, values = family.batch_layouts(geometry, pixels["pixel_values"], pixels.get("image_sizes"), {})
-        details = edge_density(layouts, values, list(ip.image_mean), list(ip.image_std))
-        out += [dataclasses.replace(lay, detail=d) for lay, d in zip(layouts, details)]
+        out += with_detail(processor, layouts, values)
     return out
 
 
@@ -75,5 +74,6 @@ def calibrate(model: nn.Module, processor, images: Sequence, method: Method, *, 
             lo = mid
         else:
             hi = mid
-    best = min((abs(mean(math.exp(x)) - target), mean(math.exp(x)) > target, x) for x in (lo, hi))
-    return dataclasses.replace(method, reference=float(math.exp(best[2])))
+    means = {x: mean(math.exp(x)) for x in (lo, hi)}
+    best = min(means, key=lambda x: (abs(means[x] - target), means[x] > target))  # from below on a tie
+    return dataclasses.replace(method, reference=float(math.exp(best)))

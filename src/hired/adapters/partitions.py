@@ -75,7 +75,7 @@ def _encode(inner, state: State, pixel_values, given, image_sizes, extra: dict, 
     config = inner.config
     layouts, pixel_values = state.family.batch_layouts(state.geometry, pixel_values, image_sizes, extra)
     if state.method.reads_pixels():  # a content-adaptive budget: each image's sharp-edge density
-        layouts = with_detail(state, layouts, pixel_values)
+        layouts = with_detail(state.processor, layouts, pixel_values, type(state.method).__name__)
     kwargs = {**kwargs, "output_hidden_states": True}
     with state.calls.running(), state.hooks.recording() as rec:
         tower_out = inner.vision_tower(pixel_values, return_dict=True, **kwargs)
@@ -103,14 +103,15 @@ def _encode(inner, state: State, pixel_values, given, image_sizes, extra: dict, 
     return tower_out
 
 
-def with_detail(state: State, layouts: list[Layout], pixel_values: torch.Tensor) -> list[Layout]:
+def with_detail(processor, layouts: list[Layout], pixel_values: torch.Tensor, name: str = "HiRED") -> list[Layout]:
     """``layouts`` with each image's sharp-edge density (:func:`edge_density`) of its partitions'
-    ``pixel_values`` ``(sum P, C, H, W)``, read with the normalisation of the processor ``apply`` was given."""
-    ip = getattr(state.processor, "image_processor", None)
+    ``pixel_values`` ``(sum P, C, H, W)``, read with the normalisation of ``processor``'s image processor
+    (``name``: the method, for the error when there is none)."""
+    ip = getattr(processor, "image_processor", None)
     mean, std = getattr(ip, "image_mean", None), getattr(ip, "image_std", None)
     if mean is None or std is None:
         raise ValueError(
-            f"{type(state.method).__name__}(adapt=...) reads the pixels, which needs the image processor's "
+            f"{name}(adapt=...) reads the pixels, which needs the image processor's "
             "image_mean and image_std: apply it with the model's processor (hired.apply(model, processor, ...))"
         )
     details = edge_density(layouts, pixel_values, list(mean), list(std))

@@ -17,7 +17,7 @@ from typing import Any
 
 from hired.core.grid import Geometry, Layout
 from hired.families.base import Family
-from hired.methods.base import ModelInfo
+from hired.methods.base import ModelInfo, fixed_form
 
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"  # the same strings in every Qwen2/2.5-VL tokenizer
 
@@ -65,10 +65,9 @@ class Qwen25VL(Family):
                 "language model's input; use space='projected'"
             )
         if method.adaptive:
-            fixed = ", ".join(f"{k}={v!r}" for k, v in method.fixed_options().items())
             raise ValueError(
                 f"{name} keeps a content-dependent number of tokens as configured; on {self.title} only "
-                f"fixed-budget methods run yet: e.g. {name}({fixed})"
+                f"fixed-budget methods run yet: e.g. {fixed_form(method)}"
             )
 
     def image_placeholder(self, processor) -> str:

@@ -379,13 +379,18 @@ def newline_tokens(layout: Layout) -> int:
     return layout.valid_rows if layout.num_subimages else 1
 
 
+def fixed_form(method: Method) -> str:
+    """The config of ``method``'s fixed-count form, as written in messages: ``"HiRED(budget=0.2, adapt=0.0)"``."""
+    options = ", ".join(f"{k}={v!r}" for k, v in method.fixed_options().items())
+    return f"{type(method).__name__}({options})"
+
+
 def adaptive_message(method: Method) -> str:
     """The error for asking an adaptive method for its count before the vision tower has run."""
-    fixed = ", ".join(f"{k}={v!r}" for k, v in method.fixed_options().items())
     return (
         f"{type(method).__name__} keeps a content-dependent number of tokens, which is not known before the "
         "vision tower runs: build the inputs with hired.prepare_inputs(model, processor, images=..., text=...), "
-        f"or give it a fixed budget, e.g. {type(method).__name__}({fixed})"
+        f"or give it a fixed budget, e.g. {fixed_form(method)}"
     )
 
 
