@@ -69,7 +69,7 @@ def test_relevance_marks_what_the_question_is_about(processor, split):
             assert marks.any() and torch.equal(marks.bool(), shape_of == named)
 
 
-def _train(tmp_path, name, seed=0, steps=3, checkpoints=None):
+def _train(tmp_path, name, seed=0, steps=3, checkpoints=None, decay=0.25):
     out = tmp_path / name
     argv = [
         "--out",
@@ -94,6 +94,8 @@ def _train(tmp_path, name, seed=0, steps=3, checkpoints=None):
         "3",
         "--warmup",
         "2",
+        "--decay",
+        str(decay),
         "--hidden",
         "32",
         "--layers",
@@ -137,10 +139,10 @@ def test_training_is_seeded_and_writes_a_loadable_hired_tiny(tmp_path):
 
 def test_a_checkpoint_of_a_longer_run_equals_the_shorter_run(tmp_path):
     # the README's claim: the step-N checkpoint of a longer run (--checkpoints) is what --steps N writes,
-    # so a default step count can be chosen from one run's checkpoints
+    # so a default step count can be chosen from one run's checkpoints; only with a constant rate (--decay 0)
     ckpt = tmp_path / "ckpt"
-    longer = _train(tmp_path, "longer", steps=5, checkpoints=ckpt)
-    shorter = _train(tmp_path, "shorter", steps=3)
+    longer = _train(tmp_path, "longer", steps=5, checkpoints=ckpt, decay=0)
+    shorter = _train(tmp_path, "shorter", steps=3, decay=0)
     at3 = load_file(str(ckpt / "step-3" / tiny_vlm.WEIGHTS_FILE))
     short = load_file(str(shorter / tiny_vlm.WEIGHTS_FILE))
     assert _same_weights(at3, short)
@@ -218,3 +220,20 @@ def test_folded_standardisation_gives_the_same_projection():
     expected = projector((raw - mean.double()) / std.double())
     train.fold_standardisation(projector, mean.double(), std.double())
     assert torch.allclose(projector(raw), expected, atol=1e-10)
+
+
+def test_the_rate_warms_up_holds_and_falls_to_zero_over_the_last_share():
+    f = [train.rate_factor(s, steps=20, warmup=4, decay=0.25) for s in range(20)]
+    assert f[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert f[4:16] == [1.0] * 12  # the fall starts at step 15 (= 20 - 5), still at 1.0
+    assert f[15:] == [1.0, 0.8, 0.6, 0.4, 0.2]  # the last step still moves; the next would be 0
+    assert train.decay_steps(6000, 0.25) == 1500
+    # a constant rate does not depend on the run's length, which the step-N checkpoint test relies on
+    assert [train.rate_factor(s, steps=10, warmup=4, decay=0.0) for s in range(10)] == [
+        train.rate_factor(s, steps=1000, warmup=4, decay=0.0) for s in range(10)
+    ]
+    for bad in (-0.1, 1.0, 2.0):
+        with pytest.raises(ValueError, match="decay is the share"):
+            train.rate_factor(0, steps=10, warmup=1, decay=bad)
+    with pytest.raises(SystemExit):
+        train.main(["--decay", "1.5", "--steps", "3"])

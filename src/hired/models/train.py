@@ -29,9 +29,11 @@ A small decoder trained from scratch on the answers alone learns the answer prio
   the question is about.
 
 The probes are thrown away; only the answers' loss shapes what the model outputs. All of it is training
-only: dropping is applied at inference, training-free, as in the paper. Everything is seeded, and the
-learning rate is constant after a linear warm-up, so the checkpoint written at step N of a longer run
-equals the result of ``--steps N``.
+only: dropping is applied at inference, training-free, as in the paper. Everything is seeded. The
+learning rate rises linearly over ``--warmup`` steps, stays constant, and falls linearly to 0 over the last
+``--decay`` share of the steps (:func:`rate_factor`; default a quarter, which is what lifts the held-out
+accuracy at the end). With ``--decay 0`` the rate is constant after the warm-up, so the checkpoint written
+at step N of a longer run equals the result of ``--steps N``.
 """
 
 from __future__ import annotations
@@ -321,6 +323,25 @@ def batch_loss(model, encoded, split, rows, index: list[int], aux: Auxiliary | N
     return loss, per_question, losses
 
 
+def decay_steps(steps: int, decay: float) -> int:
+    """Number of final steps over which the rate falls to 0: ``round(decay * steps)``."""
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"decay is the share of the steps at the end of the run, in [0, 1); got {decay}")
+    return round(decay * steps)
+
+
+def rate_factor(step: int, *, steps: int, warmup: int, decay: float) -> float:
+    """Learning-rate multiplier before optimiser step ``step`` (0-based) of ``steps``.
+
+    Linear warm-up over ``warmup`` steps, then constant, then (``decay`` > 0) a linear fall to 0 over the
+    last ``decay_steps(steps, decay)`` steps. With ``decay=0`` the factor does not depend on ``steps``, so
+    the checkpoint written at step N of a longer run is what ``--steps N`` gives.
+    """
+    tail = decay_steps(steps, decay)
+    fall = 1.0 if tail == 0 or step < steps - tail else max(0.0, (steps - step) / tail)
+    return min(1.0, (step + 1) / warmup) * fall
+
+
 def train(args) -> Path:
     from tqdm.auto import tqdm
 
@@ -390,9 +411,9 @@ def train(args) -> Path:
         flush=True,
     )
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.98))
-    # linear warm-up over a fixed number of steps, then constant: the checkpoint written at step N of a
-    # longer run is exactly what ``--steps N`` gives
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: rate_factor(s, steps=args.steps, warmup=args.warmup, decay=args.decay)
+    )
     order: list[int] = []
     rng = random.Random(args.seed)
     model.train()
@@ -485,6 +506,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps, then a constant rate")
+    p.add_argument(
+        "--decay",
+        type=float,
+        default=0.25,
+        help="share of the steps, at the end, over which the rate falls linearly to 0 (0 = constant to the end)",
+    )
     p.add_argument("--hidden", type=int, default=128, help="decoder width")
     p.add_argument("--layers", type=int, default=4, help="decoder layers")
     p.add_argument("--heads", type=int, default=4, help="decoder attention heads")
@@ -504,7 +531,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--checkpoints", default=None, help="also write the model to DIR/step-N at every evaluation")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
-    train(p.parse_args(argv))
+    args = p.parse_args(argv)
+    try:
+        decay_steps(args.steps, args.decay)
+    except ValueError as e:
+        p.error(str(e))
+    train(args)
     return 0
 
 
